@@ -1,0 +1,249 @@
+"""Safe loading of brain-age models from untrusted files.
+
+Supported formats (detected from the file content, not its name):
+
+* ``torchscript`` - a TorchScript archive (``torch.jit.save``);
+* ``export`` - a ``torch.export`` program (``.pt2``, ``torch.export.save``);
+* ``safetensors`` - weights of a built-in architecture;
+* ``state_dict`` - a PyTorch state dict of a built-in architecture, read with
+  ``torch.load(weights_only=True)``.
+
+No file is ever unpickled with unrestricted code execution: a pickle that names arbitrary
+Python objects (a whole pickled ``nn.Module``, or a malicious payload) is refused by the
+restricted unpickler and reported as a :class:`~worker.engine.errors.ModelError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+import struct
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError, ModelError
+from . import architectures as _architectures  # noqa: F401  (registers the built-ins)
+from .metadata import ModelMetadata, resolve_metadata
+from .registry import build_architecture
+
+FORMATS = ("torchscript", "export", "safetensors", "state_dict")
+_STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "weights")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for feature extraction.
+
+    Attributes:
+        module: the model in eval mode (an ``nn.Module``, a TorchScript module or the
+            module of an exported program).
+        metadata: its declared input grid, voxel size, normalisation and architecture.
+        format: one of :data:`FORMATS`.
+        path: the file it was loaded from.
+        sha256: hex digest of the file.
+    """
+
+    module: nn.Module
+    metadata: ModelMetadata
+    format: str
+    path: Path
+    sha256: str
+
+    def provenance(self) -> dict[str, Any]:
+        """The model part of a report's provenance."""
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "format": self.format,
+            "architecture": self.metadata.arch,
+            "metadata": json.loads(self.metadata.model_dump_json()),
+        }
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Streamed sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def detect_format(path: Path) -> str:
+    """Tell the model format from the file content.
+
+    Raises:
+        ModelError: not a recognised model file.
+    """
+    if zipfile.is_zipfile(path):
+        try:
+            names = zipfile.ZipFile(path).namelist()
+        except zipfile.BadZipFile as exc:
+            raise ModelError(path, f"corrupt archive: {exc}") from None
+        if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
+            return "export"
+        if any("/code/" in n for n in names) or any(n.endswith("constants.pkl") for n in names):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "state_dict"
+        raise ModelError(path, "zip archive that is neither TorchScript, a torch.export program nor a state dict")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) == 8:
+            (header_len,) = struct.unpack("<Q", head)
+            if 1 < header_len < 100_000_000 and fh.read(1) == b"{":
+                return "safetensors"
+    with open(path, "rb") as fh:
+        first = fh.read(2)
+    if first[:1] == b"\x80":  # a (legacy) pickle stream: only the restricted unpickler reads it
+        return "state_dict"
+    raise ModelError(
+        path,
+        "unrecognised model file: expected a TorchScript archive, a torch.export program (.pt2), "
+        "safetensors weights or a PyTorch state dict",
+    )
+
+
+def _refused(path: Path, exc: Exception) -> ModelError:
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    named = f" (it names the Python object '{found.group(1)}')" if found else ""
+    return ModelError(
+        path,
+        f"refused: the file needs unrestricted unpickling, which could run arbitrary code{named}; "
+        "it was not loaded. Save the model as TorchScript (torch.jit.save), a torch.export program, "
+        "safetensors, or a plain state dict instead.",
+    )
+
+
+def _load_state_dict(path: Path, fmt: str) -> dict[str, torch.Tensor]:
+    if fmt == "safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelError(path, f"cannot read safetensors weights: {exc}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise _refused(path, exc) from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+        if "weights_only" in str(exc) or "Unsupported" in str(exc):
+            raise _refused(path, exc) from None
+        raise ModelError(path, f"cannot read state dict: {exc}") from None
+    if isinstance(obj, dict):
+        for key in _STATE_DICT_WRAPPERS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(path, "a weights file must hold a state dict (parameter name -> tensor)")
+    return obj
+
+
+def _from_weights(path: Path, fmt: str, metadata: ModelMetadata) -> nn.Module:
+    if not metadata.arch:
+        raise ModelError(
+            path,
+            f"a {fmt} file holds weights only: give the architecture with --arch "
+            "(brain_age_3d or brain_age_slice_mean) or in the sidecar's 'arch' field",
+        )
+    state = _load_state_dict(path, fmt)
+    try:
+        module = build_architecture(metadata.arch, **metadata.arch_kwargs)
+    except InputError as exc:
+        raise ModelError(path, str(exc)) from None
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = str(exc).replace("\n", " ")[:600]
+        raise ModelError(path, f"weights do not fit architecture '{metadata.arch}' {metadata.arch_kwargs}: {detail}") from None
+    return module
+
+
+def _load_module(path: Path, fmt: str, metadata: ModelMetadata, device: str) -> nn.Module:
+    if fmt == "torchscript":
+        try:
+            return torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:  # noqa: BLE001 - TorchScript raises many types
+            raise ModelError(path, f"cannot load TorchScript archive: {exc}") from None
+    if fmt == "export":
+        try:
+            program = torch.export.load(str(path))
+            if device != "cpu":
+                from torch.export.passes import move_to_device_pass
+
+                program = move_to_device_pass(program, device)
+            return program.module()
+        except pickle.UnpicklingError as exc:
+            raise _refused(path, exc) from None
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(path, f"cannot load torch.export program: {exc}") from None
+    return _from_weights(path, fmt, metadata)
+
+
+def check_output(module: nn.Module, metadata: ModelMetadata, path: Path, device: str = "cpu") -> None:
+    """Check that the model maps one conformed volume to one finite age.
+
+    Raises:
+        ModelError: wrong input grid, wrong output shape, or non-finite output.
+    """
+    x = torch.zeros((1, 1, *metadata.input_shape), device=device)
+    try:
+        with torch.no_grad():
+            out = module(x)
+    except Exception as exc:  # noqa: BLE001 - the user's model may raise anything
+        raise ModelError(
+            path, f"the model fails on a 1x1x{'x'.join(map(str, metadata.input_shape))} input: {exc}"
+        ) from None
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(path, f"the model must return a tensor of ages, got {type(out).__name__}")
+    if out.numel() != 1:
+        raise ModelError(path, f"the model must return one age per scan, got output shape {tuple(out.shape)} for one scan")
+    if not torch.isfinite(out).all():
+        raise ModelError(path, "the model returns a non-finite age on a blank input")
+
+
+def load_model(
+    path: Path,
+    overrides: dict[str, Any] | None = None,
+    *,
+    device: str = "cpu",
+    check: bool = True,
+) -> LoadedModel:
+    """Load a model file safely, with its metadata.
+
+    Args:
+        path: the model file.
+        overrides: metadata fields given explicitly; they win over the sidecar.
+        device: where to put the model.
+        check: run the model once to check it returns one finite age per scan.
+
+    Raises:
+        ModelError: missing, unrecognised, refused or misbehaving model (exit code 2).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(path, "model file not found")
+    metadata = resolve_metadata(path, overrides)
+    fmt = detect_format(path)
+    module = _load_module(path, fmt, metadata, device)
+    if fmt != "export":  # an exported program is already specialised for inference and placed
+        module = module.to(device)
+        module.eval()
+    for param in module.parameters():
+        param.requires_grad_(False)
+    if check:
+        check_output(module, metadata, path, device)
+    return LoadedModel(module=module, metadata=metadata, format=fmt, path=path, sha256=file_sha256(path))
