@@ -1,0 +1,186 @@
+"""Per-scan feature extraction: a model and a manifest in, a :class:`FeatureTable` out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..cache import VolumeCache
+from ..dataset import ScanDataset, make_loader
+from ..errors import BrainMIAError, InputError
+from ..manifest import Manifest, ScanRecord
+from ..models.loading import LoadedModel
+from . import extractors as _extractors  # noqa: F401  (registers the built-ins)
+from .per_sample import FunctionalModel, layer_aliases, param_modules
+from .registry import FEATURE_EXTRACTORS, BatchContext
+from .table import FeatureTable
+
+DEFAULT_LAYERS = ("first_conv", "last_conv", "output")
+ProgressFn = Callable[[int, int], None]
+
+
+class ExtractionCancelled(BrainMIAError):
+    """Feature extraction was stopped by the caller."""
+
+
+@dataclass
+class ExtractionOptions:
+    """Options of feature extraction.
+
+    Attributes:
+        white_box: compute gradient features (otherwise predictions only).
+        layers: layers (aliases or module paths) whose full per-sample gradient is kept.
+        batch_size: scans per vectorised pass.
+        device: ``cpu``, ``cuda``, ``cuda:1``...; None picks CUDA when present.
+        num_workers: data-loader processes decoding scans.
+    """
+
+    white_box: bool = True
+    layers: Sequence[str] = DEFAULT_LAYERS
+    batch_size: int = 8
+    device: str | None = None
+    num_workers: int = 0
+
+
+def pick_device(device: str | None) -> str:
+    """The device to use: the one asked for, else CUDA when present, else CPU."""
+    if device:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"device '{device}' asked for, but CUDA is not available here")
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _base_table(records: Sequence[ScanRecord]) -> pd.DataFrame:
+    table = pd.DataFrame(
+        {
+            "scan_id": [r.scan_id for r in records],
+            "member": [int(bool(r.member)) for r in records],
+            "age": np.array([r.age for r in records], dtype=np.float64),
+        }
+    )
+    return table
+
+
+def _with_attributes(table: pd.DataFrame, records: Sequence[ScanRecord], names: list[str]) -> pd.DataFrame:
+    extra = {name: [r.attributes.get(name, "") for r in records] for name in names}
+    return pd.concat([table, pd.DataFrame(extra, index=table.index)], axis=1) if extra else table
+
+
+def _attribute_names(manifest: Manifest) -> list[str]:
+    names = list(manifest.attribute_names)
+    if any(r.learner for r in manifest.records) and "learner" not in names:
+        names.append("learner")
+    return names
+
+
+
+
+def resolve_layers(requested: Sequence[str], aliases: dict[str, str], paths: Sequence[str]) -> list[str]:
+    """Map requested layer names (aliases or module paths) to module paths.
+
+    Raises:
+        InputError: a name that is neither an alias of this model nor one of its module paths.
+    """
+    resolved = []
+    for name in requested:
+        path = aliases.get(name, name)
+        if path not in paths:
+            raise InputError(
+                f"unknown layer '{name}': use first_conv, last_conv, output or a parametrised module "
+                f"path of this model ({', '.join(paths)})"
+            )
+        if path not in resolved:
+            resolved.append(path)
+    return resolved
+
+
+def extract_features(
+    model: LoadedModel,
+    manifest: Manifest,
+    options: ExtractionOptions | None = None,
+    *,
+    cache: VolumeCache | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FeatureTable:
+    """Compute the per-scan features of ``model`` on every scan of ``manifest``.
+
+    Args:
+        model: the loaded model (its metadata gives the conform grid).
+        manifest: the scans with ages and membership.
+        options: extraction options.
+        cache: conformed-volume cache (None: decode every scan).
+        progress: called with (scans done, total) after each batch.
+        should_stop: checked before each batch; True raises :class:`ExtractionCancelled`.
+
+    Returns:
+        the feature table, with gradient features when ``options.white_box``.
+    """
+    options = options or ExtractionOptions()
+    device = pick_device(options.device)
+    module = model.module
+    if device != "cpu" and model.format != "export":
+        module = module.to(device)
+    fmodel = FunctionalModel(module)
+    modules = param_modules(module)
+    aliases = layer_aliases(modules)
+    paths = [m.path for m in modules]
+    layers = resolve_layers(options.layers, aliases, paths) if options.white_box else []
+    extractors = [e for e in FEATURE_EXTRACTORS.values() if options.white_box or not e.white_box]
+
+    records = manifest.records
+    dataset = ScanDataset(records, model.metadata.conform_spec(), cache)
+    loader = make_loader(dataset, batch_size=options.batch_size, num_workers=options.num_workers)
+    ages_all = torch.tensor([r.age for r in records], dtype=torch.float32)
+
+    columns: dict[str, list[np.ndarray]] = {}
+    done = 0
+    for x, index in loader:
+        if should_stop is not None and should_stop():
+            raise ExtractionCancelled("feature extraction cancelled")
+        x = x.to(device, non_blocking=True)
+        ages = ages_all[index].to(device)
+        if options.white_box:
+            jac, pred = fmodel.prediction_jacobian(x)
+        else:
+            jac, pred = None, fmodel.predict(x)
+        ctx = BatchContext(pred=pred, ages=ages, jac=jac, modules=modules, aliases=aliases, layers=layers)
+        for extractor in extractors:
+            for name, value in extractor.fn(ctx).items():
+                columns.setdefault(name, []).append(value.detach().to("cpu", torch.float32).numpy())
+        done += len(index)
+        if progress is not None:
+            progress(done, len(records))
+        del jac, ctx
+
+    merged = {name: np.concatenate(parts) for name, parts in columns.items()}
+    if not np.all(np.isfinite(merged["prediction"])):
+        bad = [records[i].scan_id for i in np.flatnonzero(~np.isfinite(merged["prediction"]))[:5]]
+        raise InputError(f"{model.path}: the model predicts a non-finite age for scan(s) {', '.join(bad)}")
+    table = _base_table(records)
+    scalars = {k: v.astype(np.float64) for k, v in merged.items() if v.ndim == 1}
+    table = pd.concat([table, pd.DataFrame(scalars, index=table.index)], axis=1)
+    attributes = _attribute_names(manifest)
+    table = _with_attributes(table, records, attributes)
+    arrays = {k: v for k, v in merged.items() if v.ndim == 2}
+    return FeatureTable(table=table, arrays=arrays, layer_aliases=aliases, attributes=attributes)
+
+
+def features_from_predictions(manifest: Manifest, predictions: dict[str, float]) -> FeatureTable:
+    """The black-box feature table of a model known only by its predictions.
+
+    Args:
+        manifest: the scans with ages and membership.
+        predictions: scan_id -> predicted age (see ``worker.engine.predictions``).
+    """
+    records = manifest.records
+    table = _base_table(records)
+    table["prediction"] = np.array([predictions[r.scan_id] for r in records], dtype=np.float64)
+    table["error"] = table["prediction"] - table["age"]
+    attributes = _attribute_names(manifest)
+    return FeatureTable(table=_with_attributes(table, records, attributes), attributes=attributes)
