@@ -1,0 +1,75 @@
+"""Tests of the scan dataset and its loader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.engine.conftest_scans import real_t1_dir, write_phantom  # noqa: F401  (fixture)
+from worker.engine.cache import VolumeCache
+from worker.engine.dataset import ScanDataset, make_loader
+from worker.engine.errors import ScanError
+from worker.engine.manifest import load_manifest
+from worker.engine.volumes import ConformSpec, load_conformed
+
+SPEC = ConformSpec(shape=(20, 24, 18), voxel_size=(4.0, 4.0, 4.0))
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    rows = []
+    for i in range(5):
+        write_phantom(tmp_path / f"s{i}.nii.gz", seed=i)
+        rows.append(f"s{i},s{i}.nii.gz,{40 + i},{i % 2}\n")
+    path = tmp_path / "manifest.csv"
+    path.write_text("scan_id,path,age,member\n" + "".join(rows))
+    return load_manifest(path)
+
+
+def test_items(manifest):
+    ds = ScanDataset(manifest.records, SPEC)
+    assert len(ds) == 5
+    x, i = ds[3]
+    assert isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.shape == (1, *SPEC.shape)
+    assert i == 3 and isinstance(i, int)
+    np.testing.assert_array_equal(x[0].numpy(), load_conformed(manifest.records[3].path, SPEC))
+
+
+def test_loader_keeps_order_and_last_batch(manifest, tmp_path):
+    cache = VolumeCache(tmp_path / "cache")
+    ds = ScanDataset(manifest.records, SPEC, cache)
+    batches = list(make_loader(ds, batch_size=2))
+    assert [b[0].shape for b in batches] == [(2, 1, *SPEC.shape)] * 2 + [(1, 1, *SPEC.shape)]
+    assert torch.cat([b[1] for b in batches]).tolist() == [0, 1, 2, 3, 4]
+    for x, idx in batches:
+        for row, k in zip(x, idx.tolist()):
+            np.testing.assert_array_equal(row[0].numpy(), ds[k][0][0].numpy())
+    assert cache.stats.misses == 5
+    list(make_loader(ds, batch_size=5))
+    assert cache.stats.hits >= 5
+
+
+def test_loader_with_workers(manifest):
+    ds = ScanDataset(manifest.records, SPEC)
+    batches = list(make_loader(ds, batch_size=2, num_workers=2))
+    assert torch.cat([b[1] for b in batches]).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_bad_batch_size(manifest):
+    with pytest.raises(ValueError):
+        make_loader(ScanDataset(manifest.records, SPEC), batch_size=0)
+
+
+def test_unreadable_scan_raises_scan_error(manifest):
+    manifest.records[2].path.write_bytes(b"broken")
+    ds = ScanDataset(manifest.records, SPEC, VolumeCache(None))
+    with pytest.raises(ScanError) as info:
+        list(make_loader(ds, batch_size=2))
+    assert info.value.path == manifest.records[2].path
+
+
+def test_real_scans_dataset(real_t1_dir):  # noqa: F811
+    m = load_manifest(real_t1_dir / "manifest.csv")
+    x, i = ScanDataset(m.records[:1], ConformSpec())[0]
+    assert x.shape == (1, 91, 109, 91) and i == 0 and torch.isfinite(x).all()
