@@ -1,0 +1,118 @@
+"""White-box feature extraction against its floor and the batch-size-1 loop baseline.
+
+Measures in one run, on the same model and the same scans:
+  (a) floor: a plain batched forward + backward of the summed loss (what training costs);
+  (b) whitebox: the project's full white-box extraction (exact per-sample gradients, per-layer
+      gradient norms, full gradients of first_conv / last_conv / output, activations);
+  (c) loop: the naive baseline, one forward + backward per scan, computing the same features.
+Methods are interleaved and each timed ``--repeats`` times; medians are compared.
+The last line is ``ratio_whitebox_to_floor=X ratio_loop_to_floor=Y`` (target: X <= 1.3, X < Y).
+
+Usage: python benchmarks/features.py [--device cpu|cuda] [--shape 91x109x91] [--scans 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from worker.engine.features.extract import DEFAULT_LAYERS, resolve_layers
+from worker.engine.features.per_sample import FunctionalModel, layer_aliases, param_modules
+from worker.engine.features.registry import FEATURE_EXTRACTORS, BatchContext
+from worker.engine.models import build_architecture, parse_shape
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="brain_age_3d")
+    parser.add_argument("--shape", default="91x109x91")
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--scans", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    shape = parse_shape(args.shape)
+    device = args.device
+    model = build_architecture(args.arch, width=args.width).to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x_all = torch.randn(args.scans, 1, *shape, device=device)
+    y_all = 45 + 35 * torch.rand(args.scans, device=device)
+    batches = [(x_all[i : i + args.batch_size], y_all[i : i + args.batch_size]) for i in range(0, args.scans, args.batch_size)]
+
+    fmodel = FunctionalModel(model)
+    modules = param_modules(model)
+    aliases = layer_aliases(modules)
+    layers = resolve_layers(DEFAULT_LAYERS, aliases, [m.path for m in modules])
+    params = dict(model.named_parameters())
+
+    def floor() -> None:
+        for p in params.values():
+            p.requires_grad_(True)
+        for x, y in batches:
+            for p in params.values():
+                p.grad = None
+            ((model(x) - y) ** 2).sum().backward()
+        for p in params.values():
+            p.requires_grad_(False)
+
+    def whitebox() -> None:
+        for x, y in batches:
+            jac, pred = fmodel.prediction_jacobian(x)
+            ctx = BatchContext(pred=pred, ages=y, jac=jac, modules=modules, aliases=aliases, layers=layers)
+            for extractor in FEATURE_EXTRACTORS.values():
+                {k: v.cpu() for k, v in extractor.fn(ctx).items()}
+
+    def loop() -> None:
+        for p in params.values():
+            p.requires_grad_(True)
+        for x, y in batches:
+            for i in range(x.shape[0]):
+                for p in params.values():
+                    p.grad = None
+                pred = model(x[i : i + 1]).reshape(())
+                ((pred - y[i]) ** 2).backward()
+                [p.grad.norm().cpu() for p in params.values()]
+                for path in layers:
+                    torch.cat([params[n].grad.flatten() for n in params if n.startswith(path + ".")]).cpu()
+        for p in params.values():
+            p.requires_grad_(False)
+
+    methods = {"floor": floor, "whitebox": whitebox, "loop": loop}
+    for fn in methods.values():  # warm-up (allocators, kernels)
+        fn()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(args.repeats):
+        for name, fn in methods.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+
+    med = {name: statistics.median(t) for name, t in times.items()}
+    n_params = sum(p.numel() for p in params.values())
+    print(f"device={device} arch={args.arch} params={n_params} shape={shape} scans={args.scans} "
+          f"batch_size={args.batch_size} threads={torch.get_num_threads()} repeats={args.repeats}")
+    for name, t in med.items():
+        print(f"{name:9s} median {t:8.3f} s  ({args.scans / t:7.2f} scans/s)  runs={[round(v, 3) for v in times[name]]}")
+    print(f"ratio_whitebox_to_floor={med['whitebox'] / med['floor']:.3f} ratio_loop_to_floor={med['loop'] / med['floor']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
