@@ -52,8 +52,13 @@ def test_loader_keeps_order_and_last_batch(manifest, tmp_path):
 
 def test_loader_with_workers(manifest):
     ds = ScanDataset(manifest.records, SPEC)
-    batches = list(make_loader(ds, batch_size=2, num_workers=2))
+    loader = make_loader(ds, batch_size=2, num_workers=2)
+    assert isinstance(loader, torch.utils.data.DataLoader) and len(loader) == 3
+    batches = list(loader)
     assert torch.cat([b[1] for b in batches]).tolist() == [0, 1, 2, 3, 4]
+    serial = list(make_loader(ds, batch_size=2))
+    for (x, _), (y, _) in zip(batches, serial):
+        assert torch.equal(x, y)
 
 
 def test_bad_batch_size(manifest):
@@ -61,12 +66,14 @@ def test_bad_batch_size(manifest):
         make_loader(ScanDataset(manifest.records, SPEC), batch_size=0)
 
 
-def test_unreadable_scan_raises_scan_error(manifest):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_unreadable_scan_raises_scan_error(manifest, num_workers):
     manifest.records[2].path.write_bytes(b"broken")
     ds = ScanDataset(manifest.records, SPEC, VolumeCache(None))
     with pytest.raises(ScanError) as info:
-        list(make_loader(ds, batch_size=2))
+        list(make_loader(ds, batch_size=2, num_workers=num_workers))
     assert info.value.path == manifest.records[2].path
+    assert "not a readable NIfTI" in info.value.reason
 
 
 def test_real_scans_dataset(real_t1_dir):  # noqa: F811
