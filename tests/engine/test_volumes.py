@@ -443,3 +443,32 @@ def test_real_scan_lps_equals_ras_copy(tmp_path):
     copy = tmp_path / "ras.nii.gz"
     nib.save(nib.Nifti1Image(np.asanyarray(ras.dataobj), ras.affine, ras.header), str(copy))
     np.testing.assert_array_equal(load_conformed(copy, ConformSpec()), load_conformed(path, ConformSpec()))
+
+
+def test_real_scans_missing_fails_in_ci(tmp_path, monkeypatch):
+    from tests.engine import conftest_scans
+
+    monkeypatch.setattr(conftest_scans, "REAL_T1_DIR", tmp_path / "absent")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="real T1 scans not found"):
+        conftest_scans.real_t1_paths()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        conftest_scans.real_t1_paths()
+
+
+def test_conform_does_not_alias_input():
+    data = np.ones((4, 4, 4), np.float32)
+    img = nib.Nifti1Image(data, np.eye(4))
+    out = conform(img, ConformSpec(shape=(4, 4, 4), voxel_size=(1.0,) * 3, normalize="none"))
+    out[0, 0, 0] = 5.0
+    assert data[0, 0, 0] == 1.0
+
+
+def test_conform_rejects_degenerate_affine():
+    aff = np.eye(4)
+    aff[2, 2] = 0.0
+    img = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), None)
+    img._affine = aff  # nibabel refuses such an affine in the constructor
+    with pytest.raises(ScanError, match="voxel size"):
+        conform(img, SPEC, source="degenerate")

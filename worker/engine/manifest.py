@@ -25,11 +25,11 @@ from worker.engine.errors import ManifestError, RowError
 
 __all__ = [
     "REQUIRED_COLUMNS",
+    "CsvTable",
     "Manifest",
     "ScanRecord",
     "load_manifest",
     "parse_member",
-    "CsvTable",
     "read_table",
 ]
 

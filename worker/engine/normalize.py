@@ -30,7 +30,7 @@ __all__ = [
     "register_normalization",
 ]
 
-Normalization = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+Normalization = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 
 NORMALIZATIONS: dict[str, Normalization] = {}
 """Registered normalisations by name."""
@@ -103,8 +103,8 @@ def _apply(volume: np.ndarray, inside: np.ndarray, centre: float, scale: float) 
 
 @register_normalization("none")
 def no_normalization(volume: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Intensities unchanged (as float32)."""
-    return np.asarray(volume, dtype=np.float32)
+    """Intensities unchanged (as a float32 copy)."""
+    return np.array(volume, dtype=np.float32, copy=True)
 
 
 @register_normalization("zscore")

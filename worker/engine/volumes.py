@@ -220,7 +220,8 @@ def conform(img: nib.spatialimages.SpatialImage, spec: ConformSpec, *, source: P
         A C-contiguous float32 array of exactly ``spec.shape``.
 
     Raises:
-        ScanError: when the image is not 3D or its data are not finite.
+        ScanError: naming ``source``, when the image is not 3D, its data are not
+            finite or its affine has a zero voxel size.
     """
     data = np.asarray(img.get_fdata(dtype=np.float32))
     if data.ndim > 3 and all(s == 1 for s in data.shape[3:]):
@@ -230,10 +231,11 @@ def conform(img: nib.spatialimages.SpatialImage, spec: ConformSpec, *, source: P
     if not np.isfinite(data).all():
         raise ScanError(source, "voxels are NaN or infinite")
 
+    vox = nib.affines.voxel_sizes(img.affine)
+    if not np.all(np.isfinite(vox) & (vox > 0)):
+        raise ScanError(source, f"invalid voxel size {tuple(float(v) for v in vox)} in the affine")
     data, affine = to_canonical(data, img.affine)
     current = nib.affines.voxel_sizes(affine)
-    if not np.all(np.isfinite(current) & (current > 0)):
-        raise ScanError(source, f"invalid voxel size {tuple(float(v) for v in current)}")
     factors = current / np.asarray(spec.voxel_size, dtype=np.float64)
     if not np.allclose(factors, 1.0, rtol=1e-4, atol=0):
         out_shape = tuple(max(1, int(round(n * f))) for n, f in zip(data.shape, factors))
