@@ -261,3 +261,17 @@ def test_real_manifest(real_t1_dir):  # noqa: F811
     assert len(m.records) == 4 and m.n_members == 2 and m.n_nonmembers == 2
     assert all(r.path.is_file() and r.path.parent == real_t1_dir for r in m.records)
     assert m.by_id()["subject1"].age == pytest.approx(57.75)
+
+
+def test_confine_to_base_dir(tmp_path):
+    base = tmp_path / "upload"
+    base.mkdir()
+    (base / "a.nii").write_bytes(b"")
+    (tmp_path / "secret.nii").write_bytes(b"")
+    (base / "link.nii").symlink_to(tmp_path / "secret.nii")
+    text = f"scan_id,path,age,member\ns1,a.nii,50,1\ns2,../secret.nii,50,0\ns3,{tmp_path / 'secret.nii'},50,0\ns4,link.nii,50,0\n"
+    path = write(base, text)
+    assert len(load_manifest(path).records) == 4  # allowed by default
+    errs = errors_of(path, confine=True)
+    assert [(e.line, e.column) for e in errs] == [(3, "path"), (4, "path"), (5, "path")]
+    assert "outside the folder" in errs[0].reason

@@ -253,6 +253,7 @@ def load_manifest(
     base_dir: Path | None = None,
     check_files: bool = True,
     require_member: bool = True,
+    confine: bool = False,
 ) -> Manifest:
     """Parse and validate a manifest CSV.
 
@@ -261,8 +262,10 @@ def load_manifest(
         base_dir: folder that relative scan paths are resolved against; defaults to the
             manifest's folder.
         check_files: whether every scan path must name an existing file.
-        require_member: whether the ``member`` cell may be empty (record gets None);
-            the column itself is always required.
+        require_member: whether the ``member`` cell must be filled; when False an empty
+            cell gives ``member=None``. The column itself is always required.
+        confine: whether every scan path must resolve inside ``base_dir`` (no absolute
+            paths, no ``..`` or links out of it), e.g. for an uploaded archive.
 
     Returns:
         The manifest, records in file order.
@@ -307,7 +310,10 @@ def load_manifest(
             errors.append(RowError(line, "path", "missing path"))
         else:
             scan_path = (base / raw_path).resolve()
-            if check_files and not scan_path.is_file():
+            if confine and not scan_path.is_relative_to(base):
+                errors.append(RowError(line, "path", f"path {raw_path!r} is outside the folder {base}"))
+                scan_path = None
+            elif check_files and not scan_path.is_file():
                 reason = "not a file" if scan_path.exists() else "file not found"
                 errors.append(RowError(line, "path", f"{reason}: {scan_path}"))
 
