@@ -1,0 +1,317 @@
+"""The ``brainmia`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .progress import progress_bar, stderr
+
+app = typer.Typer(
+    name="brainmia",
+    help="Measure how much a brain-age model leaks about who was in its training set.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Model file: TorchScript, torch.export (.pt2), safetensors or state dict.")]
+ManifestOpt = Annotated[Path, typer.Option("--manifest", help="Manifest CSV: scan_id, path, age, member [, learner, attributes...].")]
+ShapeOpt = Annotated[Optional[str], typer.Option("--input-shape", help="Model input grid, e.g. 91x109x91 (overrides the sidecar).")]
+VoxelOpt = Annotated[Optional[float], typer.Option("--voxel-size", help="Model voxel size in mm (overrides the sidecar).")]
+NormOpt = Annotated[Optional[str], typer.Option("--normalize", help="Intensity normalisation: zscore, none, minmax, robust.")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Built-in architecture of a weights file: brain_age_3d, brain_age_slice_mean.")]
+ArchKwOpt = Annotated[Optional[str], typer.Option("--arch-options", help='Architecture options as JSON, e.g. \'{"width": 0.5}\'.')]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1... (default: CUDA when present).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Scans per vectorised pass.")]
+LayersOpt = Annotated[Optional[list[str]], typer.Option("--layer", help="Layer whose full per-sample gradient is kept (repeatable; aliases first_conv, last_conv, output or a module path).")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Conformed-volume cache (default: $BRAINMIA_CACHE_DIR or ~/.brainmia/cache/volumes).")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not cache conformed volumes.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def _fail(exc: BaseException) -> "typer.Exit":
+    stderr.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(EXIT_ERROR)
+
+
+def _overrides(input_shape: str | None, voxel_size: float | None, normalize: str | None, arch: str | None, arch_options: str | None) -> dict[str, Any]:
+    from worker.engine.errors import InputError
+    from worker.engine.models import parse_shape
+
+    kwargs = None
+    if arch_options:
+        try:
+            kwargs = json.loads(arch_options)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--arch-options is not valid JSON: {exc}") from None
+        if not isinstance(kwargs, dict):
+            raise InputError("--arch-options must be a JSON object")
+    return {
+        "input_shape": parse_shape(input_shape) if input_shape else None,
+        "voxel_size": voxel_size,
+        "normalize": normalize,
+        "arch": arch,
+        "arch_kwargs": kwargs,
+    }
+
+
+def _cache(cache_dir: Path | None, no_cache: bool) -> Any:
+    from worker.engine.cache import VolumeCache
+
+    from .settings import get_settings
+
+    if no_cache:
+        return VolumeCache(None)
+    return VolumeCache(cache_dir or get_settings().volume_cache_dir)
+
+
+def _extraction(device: str | None, batch_size: int, layers: list[str] | None, white_box: bool = True) -> Any:
+    from worker.engine.features import DEFAULT_LAYERS, ExtractionOptions
+
+    from .settings import get_settings
+
+    return ExtractionOptions(
+        white_box=white_box,
+        layers=tuple(layers) if layers else DEFAULT_LAYERS,
+        batch_size=batch_size,
+        device=device or get_settings().device,
+    )
+
+
+def _show_inputs(manifest: Any, model: Any | None) -> None:
+    stderr.print(
+        f"manifest {manifest.path}: {len(manifest.records)} scans "
+        f"({manifest.n_members} members, {manifest.n_nonmembers} non-members)",
+        highlight=False,
+    )
+    if model is not None:
+        meta = model.metadata
+        stderr.print(
+            f"model {model.path}: {model.format}, input {'x'.join(map(str, meta.input_shape))} at "
+            f"{'/'.join(f'{v:g}' for v in meta.voxel_size)} mm, normalize={meta.normalize}",
+            highlight=False,
+        )
+
+
+def _print_summary(report: dict[str, Any], paths: dict[str, Path]) -> None:
+    verdict = report["verdict"]
+    colour = {"low": "green", "medium": "yellow", "high": "red"}.get(verdict["level"], "white")
+    stderr.print(
+        f"verdict: [bold {colour}]{verdict['level'].upper()}[/] "
+        f"({'passes' if verdict['passed'] else 'fails'} the policy) - {verdict.get('summary', '')}",
+        highlight=False,
+    )
+    ok = [a for a in report["attacks"] if a["status"] == "ok"]
+    best = sorted(ok, key=lambda a: -(a["metrics"]["accuracy"]["mean"] or 0))[:3]
+    for attack in best:
+        acc, auc = attack["metrics"]["accuracy"], attack["metrics"]["auc"]
+        stderr.print(
+            f"  {attack['name']:55s} accuracy {100 * acc['mean']:5.1f}%  AUC {auc['mean']:.3f} "
+            f"[{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]",
+            highlight=False,
+        )
+    errored = [a["name"] for a in report["attacks"] if a["status"] != "ok"]
+    if errored:
+        stderr.print(f"  [red]attacks that failed:[/] {', '.join(errored)}", highlight=False)
+    for name, path in paths.items():
+        typer.echo(f"{name}: {path}")
+
+
+@app.command()
+def assess(
+    manifest: ManifestOpt,
+    out: Annotated[Path, typer.Option("--out", help="Output folder for report.json, report.html, features.csv.")],
+    model: ModelOpt = None,
+    predictions: Annotated[Optional[Path], typer.Option("--predictions", help="CSV scan_id,prediction in place of --model: black-box feature sets only.")] = None,
+    input_shape: ShapeOpt = None,
+    voxel_size: VoxelOpt = None,
+    normalize: NormOpt = None,
+    arch: ArchOpt = None,
+    arch_options: ArchKwOpt = None,
+    feature_set: Annotated[Optional[list[str]], typer.Option("--feature-set", help="Feature set to attack with (repeatable; default: all of the paper's).")] = None,
+    classifier: Annotated[Optional[list[str]], typer.Option("--classifier", help="Attack classifier (repeatable): threshold, logistic, mlp, gbt.")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Repeated attack splits.")] = 5,
+    train_size: Annotated[Optional[int], typer.Option("--train-size", min=1, help="Members (= non-members) in each attacker-training split.")] = None,
+    policy: Annotated[Optional[Path], typer.Option("--policy", help="Policy file (JSON or TOML) overriding the default thresholds.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = 8,
+    layer: LayersOpt = None,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run the full assessment: exit 0 when the verdict passes the policy, 1 when it fails, 2 on bad input or error."""
+    from frontend.export import write_outputs
+    from worker.engine.assessment import AssessmentOptions, run_assessment
+    from worker.engine.errors import BrainMIAError, InputError
+    from worker.engine.manifest import load_manifest
+    from worker.engine.models import load_model
+    from worker.engine.predictions import load_predictions
+    from worker.engine.verdict import Policy, load_policy
+
+    try:
+        if (model is None) == (predictions is None):
+            raise InputError("give exactly one of --model or --predictions")
+        scans = load_manifest(manifest, check_files=model is not None)
+        loaded = preds = None
+        if model is not None:
+            loaded = load_model(model, _overrides(input_shape, voxel_size, normalize, arch, arch_options), device=device or "cpu")
+        else:
+            preds = load_predictions(predictions, scans)  # type: ignore[arg-type]
+        options = AssessmentOptions(
+            feature_sets=feature_set or None,
+            classifiers=classifier or None,
+            repeats=repeats,
+            train_size=train_size,
+            seed=seed,
+            extraction=_extraction(device, batch_size, layer, white_box=loaded is not None),
+            policy=load_policy(policy) if policy else Policy(),
+        )
+        _show_inputs(scans, loaded)
+        with progress_bar(not quiet) as bar:
+            result = run_assessment(
+                scans,
+                model=loaded,
+                predictions=preds,
+                predictions_path=predictions,
+                options=options,
+                cache=_cache(cache_dir, no_cache),
+                progress=bar,
+            )
+        paths = write_outputs(result, out)
+    except BrainMIAError as exc:
+        raise _fail(exc) from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise _fail(f"{type(exc).__name__}: {exc}") from None
+    _print_summary(result.report, paths)
+    raise typer.Exit(EXIT_PASS if result.passed else EXIT_FAIL)
+
+
+@app.command()
+def features(
+    model: Annotated[Path, typer.Option("--model", help="Model file.")],
+    manifest: ManifestOpt,
+    out: Annotated[Path, typer.Option("--out", help="Feature table to write (.csv or .parquet); gradient arrays go beside it as .arrays.npz.")],
+    input_shape: ShapeOpt = None,
+    voxel_size: VoxelOpt = None,
+    normalize: NormOpt = None,
+    arch: ArchOpt = None,
+    arch_options: ArchKwOpt = None,
+    black_box: Annotated[bool, typer.Option("--black-box", help="Predictions only, no gradients.")] = False,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = 8,
+    layer: LayersOpt = None,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compute the per-scan feature table only."""
+    from worker.engine.errors import BrainMIAError
+    from worker.engine.features import extract_features
+    from worker.engine.manifest import load_manifest
+    from worker.engine.models import load_model
+
+    try:
+        scans = load_manifest(manifest)
+        loaded = load_model(model, _overrides(input_shape, voxel_size, normalize, arch, arch_options), device=device or "cpu")
+        _show_inputs(scans, loaded)
+        with progress_bar(not quiet) as bar:
+            table = extract_features(
+                loaded,
+                scans,
+                _extraction(device, batch_size, layer, white_box=not black_box),
+                cache=_cache(cache_dir, no_cache),
+                progress=bar.counter("features", len(scans.records)),
+            )
+        path = table.save(out)
+    except BrainMIAError as exc:
+        raise _fail(exc) from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise _fail(f"{type(exc).__name__}: {exc}") from None
+    typer.echo(f"features: {path} ({len(table.table)} scans, {len(table.table.columns)} columns)")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Output folder (scans/ and manifest.csv).")],
+    subjects: Annotated[int, typer.Option("--subjects", min=2, help="Number of subjects.")] = 200,
+    shape: Annotated[str, typer.Option("--shape", help="Grid, e.g. 91x109x91 (2 mm) or 45x54x45 (4 mm).")] = "91x109x91",
+    voxel_size: Annotated[float, typer.Option("--voxel-size", help="Voxel size in mm.")] = 2.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    member_fraction: Annotated[float, typer.Option("--member-fraction", min=0.0, max=1.0)] = 0.5,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write a synthetic cohort built from the MNI152 template: NIfTI files and manifest.csv."""
+    from worker.engine.errors import BrainMIAError
+    from worker.engine.models import parse_shape
+    from worker.engine.synth import CohortSpec, generate_cohort
+
+    try:
+        spec = CohortSpec(n_subjects=subjects, shape=parse_shape(shape), voxel_size=voxel_size, seed=seed, member_fraction=member_fraction)
+        with progress_bar(not quiet) as bar:
+            path = generate_cohort(out, spec, progress=bar.counter("subjects", subjects))
+    except BrainMIAError as exc:
+        raise _fail(exc) from None
+    except (OSError, ValueError) as exc:
+        raise _fail(f"{type(exc).__name__}: {exc}") from None
+    typer.echo(f"manifest: {path}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("brainmia-demo"),
+    subjects: Annotated[int, typer.Option("--subjects", min=8, help="Subjects in the synthetic cohort (half are members).")] = 200,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs of the demo model.")] = 40,
+    repeats: Annotated[int, typer.Option("--repeats", min=1)] = 5,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Make a synthetic cohort, train a model that memorises its members, and assess it."""
+    from frontend.export import write_outputs
+    from worker.engine.assessment import AssessmentOptions, run_assessment
+    from worker.engine.cache import VolumeCache
+    from worker.engine.demo import DemoOptions, prepare_demo
+    from worker.engine.errors import BrainMIAError
+    from worker.engine.models import load_model
+
+    options = DemoOptions(subjects=subjects, seed=seed)
+    options.training.epochs = epochs
+    cache = VolumeCache(out / "cache")
+    try:
+        with progress_bar(not quiet) as bar:
+            made = prepare_demo(out, options, cache=cache, progress=bar)
+            stderr.print(
+                f"demo model: MAE {made.train_mae:.2f} y on its {made.manifest.n_members} members (training scans), "
+                f"{made.test_mae:.2f} y on {made.manifest.n_nonmembers} unseen scans",
+                highlight=False,
+            )
+            model = load_model(made.model_path)
+            result = run_assessment(
+                made.manifest, model=model, options=AssessmentOptions(repeats=repeats, seed=seed), cache=cache, progress=bar
+            )
+        paths = write_outputs(result, out / "report")
+    except BrainMIAError as exc:
+        raise _fail(exc) from None
+    _print_summary(result.report, paths)
+    typer.echo(f"Open the report: {paths['report_html'].resolve()}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The end-to-end assessment: model + manifest -> features -> attacks -> verdict -> report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .attacks import default_attack_specs, run_attacks
+from .cache import VolumeCache
+from .errors import InputError
+from .features import ExtractionOptions, FeatureTable, extract_features, features_from_predictions
+from .manifest import Manifest
+from .metrics import utility
+from .models.loading import LoadedModel
+from .report import build_report, exposure_section, provenance, write_json
+from .verdict import Policy, evaluate
+
+# share of the progress bar per stage
+_FEATURES_SHARE, _ATTACKS_SHARE = 0.6, 0.38
+
+ProgressFn = Callable[[str, float, str], None]
+
+
+@dataclass
+class AssessmentOptions:
+    """What to run.
+
+    Attributes:
+        feature_sets: feature-set names (None: every default set the features support).
+        classifiers: attack classifier names (None: the defaults).
+        repeats: repeated attacker-training / test splits.
+        train_size: members (= non-members) in each attacker-training split (None: half of
+            the smaller group).
+        seed: base seed of the splits and classifiers.
+        extraction: feature-extraction options (device, batch size, layers).
+        policy: the verdict policy (None: the default policy).
+    """
+
+    feature_sets: Sequence[str] | None = None
+    classifiers: Sequence[str] | None = None
+    repeats: int = 5
+    train_size: int | None = None
+    seed: int = 0
+    extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
+    policy: Policy | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The options as recorded in the report's provenance."""
+        return {
+            "feature_sets": list(self.feature_sets) if self.feature_sets else None,
+            "classifiers": list(self.classifiers) if self.classifiers else None,
+            "repeats": self.repeats,
+            "train_size": self.train_size,
+            "seed": self.seed,
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.extraction).items()},
+        }
+
+
+@dataclass
+class AssessmentResult:
+    """The report document and the per-scan feature table it was computed from."""
+
+    report: dict[str, Any]
+    features: FeatureTable
+
+    @property
+    def passed(self) -> bool:
+        """Whether the verdict passes the policy."""
+        return bool(self.report["verdict"]["passed"])
+
+
+def _manifest_provenance(manifest: Manifest) -> dict[str, Any]:
+    return {
+        "path": str(manifest.path),
+        "sha256": manifest.sha256,
+        "n_scans": len(manifest.records),
+        "n_members": manifest.n_members,
+        "n_nonmembers": manifest.n_nonmembers,
+    }
+
+
+def _check_manifest(manifest: Manifest) -> None:
+    if manifest.n_members < 2 or manifest.n_nonmembers < 2:
+        raise InputError(
+            f"{manifest.path}: an assessment needs at least 2 members and 2 non-members "
+            f"(got {manifest.n_members} and {manifest.n_nonmembers})"
+        )
+
+
+def run_assessment(
+    manifest: Manifest,
+    *,
+    model: LoadedModel | None = None,
+    predictions: dict[str, float] | None = None,
+    predictions_path: Path | None = None,
+    options: AssessmentOptions | None = None,
+    cache: VolumeCache | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> AssessmentResult:
+    """Run a full membership-inference assessment.
+
+    Args:
+        manifest: the member and non-member scans.
+        model: the loaded model (white-box and black-box feature sets).
+        predictions: instead of a model, scan_id -> predicted age (black-box sets only).
+        predictions_path: the file the predictions came from (for provenance).
+        options: what to run.
+        cache: conformed-volume cache.
+        progress: called with (stage, fraction 0-1, message).
+        should_stop: polled between batches and attacks; True cancels.
+
+    Returns:
+        the report and the per-scan feature table.
+    """
+    if (model is None) == (predictions is None):
+        raise InputError("give either a model or a predictions table, not both or neither")
+    options = options or AssessmentOptions()
+    policy = options.policy or Policy()
+    _check_manifest(manifest)
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+
+    def report_progress(stage: str, fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(stage, min(max(fraction, 0.0), 1.0), message)
+
+    if model is not None:
+        report_progress("features", 0.0, f"features of {len(manifest.records)} scans")
+        features = extract_features(
+            model,
+            manifest,
+            options.extraction,
+            cache=cache,
+            progress=lambda done, total: report_progress(
+                "features", _FEATURES_SHARE * done / total, f"features {done}/{total} scans"
+            ),
+            should_stop=should_stop,
+        )
+        model_provenance = model.provenance()
+    else:
+        assert predictions is not None
+        features = features_from_predictions(manifest, predictions)
+        model_provenance = {
+            "path": str(predictions_path) if predictions_path else None,
+            "sha256": _sha256_or_none(predictions_path),
+            "format": "predictions",
+            "architecture": None,
+            "metadata": None,
+        }
+
+    specs = default_attack_specs(features, options.classifiers, feature_sets=options.feature_sets)
+    report_progress("attacks", _FEATURES_SHARE, f"{len(specs)} attacks x {options.repeats} repeats")
+    run = run_attacks(
+        features,
+        specs,
+        repeats=options.repeats,
+        train_size=options.train_size,
+        seed=options.seed,
+        progress=lambda done, total, label: report_progress(
+            "attacks", _FEATURES_SHARE + _ATTACKS_SHARE * done / total, f"attack {done}/{total}: {label}"
+        ),
+        should_stop=should_stop,
+    )
+    report_progress("report", _FEATURES_SHARE + _ATTACKS_SHARE, "verdict and report")
+    verdict = evaluate(run.attacks, policy)
+    exposure = exposure_section(features, run.exposure, verdict.get("strongest_attack"))
+    report = build_report(
+        provenance=provenance(
+            model=model_provenance,
+            manifest=_manifest_provenance(manifest),
+            settings={**options.settings(), "policy": verdict.get("policy")},
+            started=started,
+            duration_s=time.perf_counter() - t0,
+        ),
+        utility=utility(features),
+        attacks=run.attacks,
+        exposure=exposure,
+        verdict=verdict,
+    )
+    report_progress("done", 1.0, "done")
+    return AssessmentResult(report=report, features=features)
+
+
+def _sha256_or_none(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    from .cache import file_sha256
+
+    return file_sha256(Path(path))

@@ -1,0 +1,106 @@
+"""The report document (``report.json``): provenance, utility, attacks, exposure, verdict."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .features.table import FeatureTable
+
+SCHEMA_VERSION = "1.0"
+TOP_EXPOSED = 50
+
+
+def package_version() -> str:
+    """The installed BrainMIA version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("brainmia")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def exposure_section(ft: FeatureTable, exposure: dict[str, list[dict]], attack: str | None) -> dict[str, Any]:
+    """The most exposed scans under ``attack``, and their scores written into the feature table.
+
+    Adds a ``membership_score`` column to ``ft.table`` (NaN for scans never tested).
+    """
+    scores = exposure.get(attack or "", [])
+    by_id = {row["scan_id"]: row for row in scores}
+    ft.table["membership_score"] = [
+        (by_id[s]["score"] if s in by_id and by_id[s]["score"] is not None else math.nan)
+        for s in ft.table["scan_id"]
+    ]
+    ranked = sorted((r for r in scores if r["score"] is not None), key=lambda r: -r["score"])
+    return {"attack": attack, "scans": ranked[:TOP_EXPOSED]}
+
+
+def provenance(
+    *,
+    model: dict[str, Any],
+    manifest: dict[str, Any],
+    settings: dict[str, Any],
+    started: datetime,
+    duration_s: float,
+) -> dict[str, Any]:
+    """The provenance section of a report."""
+    return {
+        "model": model,
+        "manifest": manifest,
+        "package_version": package_version(),
+        "settings": settings,
+        "created_at": started.astimezone(timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(duration_s, 3),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "pid": os.getpid(),
+    }
+
+
+def _clean(value: Any) -> Any:
+    """Replace NaN/Inf by None so the document is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _clean(value.item())
+    return value
+
+
+def build_report(
+    *,
+    provenance: dict[str, Any],
+    utility: dict[str, Any],
+    attacks: list[dict],
+    exposure: dict[str, Any],
+    verdict: dict[str, Any],
+) -> dict[str, Any]:
+    """Assemble the versioned report document (strict JSON: no NaN)."""
+    return _clean(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "provenance": provenance,
+            "utility": utility,
+            "attacks": attacks,
+            "exposure": exposure,
+            "verdict": verdict,
+        }
+    )
+
+
+def write_json(report: dict[str, Any], path: Path) -> Path:
+    """Write ``report`` atomically as indented JSON."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
