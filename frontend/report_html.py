@@ -406,7 +406,7 @@ def _provenance(report: dict) -> dict:
         ("Created", p.get("created_at")),
         ("Duration", _duration(p.get("duration_s"))),
         ("Host", p.get("host")),
-    ]
+    ] + ([("Python", p.get("python"))] if p.get("python") else [])
     settings = p.get("settings") or {}
     settings_rows = [(str(k), _setting_value(v)) for k, v in settings.items()] \
         if isinstance(settings, dict) else []
