@@ -81,7 +81,7 @@ def _density_trace(
     )
 
 
-def _box_trace(values: np.ndarray, *, group: str, short: str, color: str, fmt: str, unit: str) -> go.Box:
+def _box_trace(values: np.ndarray, *, group: str, short: str, color: str) -> go.Box:
     """A precomputed box (quartiles, 5th-95th percentile whiskers): a few numbers per group."""
     p5, q1, med, q3, p95 = np.percentile(values, [5, 25, 50, 75, 95])
     mean = float(np.mean(values))
@@ -104,7 +104,7 @@ def _box_trace(values: np.ndarray, *, group: str, short: str, color: str, fmt: s
     )
 
 
-def _box_annotation_hover(values: np.ndarray, *, short: str, color: str, fmt: str, unit: str, group: str) -> go.Scatter:
+def _box_hover(values: np.ndarray, *, short: str, color: str, fmt: str, unit: str, group: str) -> go.Scatter:
     """An invisible marker at the median carrying a readable summary on hover."""
     p5, q1, med, q3, p95 = np.percentile(values, [5, 25, 50, 75, 95])
     text = (
@@ -161,12 +161,12 @@ def _distribution_figure(
         if raw.size == 0:
             continue
         fig.add_trace(
-            _box_trace(raw, group=group, short=short, color=color, fmt=fmt, unit=unit),
+            _box_trace(raw, group=group, short=short, color=color),
             row=1,
             col=1,
         )
         fig.add_trace(
-            _box_annotation_hover(raw, short=short, color=color, fmt=fmt, unit=unit, group=group),
+            _box_hover(raw, short=short, color=color, fmt=fmt, unit=unit, group=group),
             row=1,
             col=1,
         )
