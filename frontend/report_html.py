@@ -326,7 +326,12 @@ def _verdict(report: dict) -> dict:
             label = METRIC_LABELS.get(str(metric), str(metric))
             value, thr = finite(f.get("value")), finite(f.get("threshold"))
             if value is not None:
-                detail.append(f"{label} {value:.3g}" + (f" (limit {thr:.3g})" if thr is not None else ""))
+                detail.append(f"{label} value used by the policy {value:.3g}"
+                              + (f", threshold {thr:.3g}" if thr is not None else ""))
+        elif finite(f.get("value")) is not None:
+            thr = finite(f.get("threshold"))
+            detail.append(f"value {finite(f.get('value')):.3g}"
+                          + (f", threshold {thr:.3g}" if thr is not None else ""))
         findings.append({
             "severity": sev if sev in SEVERITY_ORDER else "info",
             "message": str(f.get("message") or ""),
@@ -335,7 +340,17 @@ def _verdict(report: dict) -> dict:
         })
     findings.sort(key=lambda f: SEVERITY_ORDER[f["severity"]])
     policy = v.get("policy") or {}
+    by_threat = v.get("levels_by_threat_model") or {}
+    threat_levels = [
+        {"threat": tm, "label": label, "level": str(by_threat[tm]).lower(),
+         "level_text": LEVEL_TEXT.get(str(by_threat[tm]).lower(), str(by_threat[tm]))}
+        for tm, label in (("black-box", "Someone who can only query the model (black-box)"),
+                          ("white-box", "Someone who holds the model file (white-box)"))
+        if isinstance(by_threat, dict) and by_threat.get(tm)
+    ]
     return {
+        "threat_levels": threat_levels,
+        "incomplete": bool(v.get("incomplete")),
         "level": level,
         "level_text": LEVEL_TEXT.get(level, "Risk level unknown"),
         "passed": passed,

@@ -355,6 +355,10 @@ def make_report(
                        f"Membership-inference risk is {level}: strongest attack AUC {auc:.2f}.",
             "findings": findings,
             "policy": policy,
+            "incomplete": errored,
+            "levels_by_threat_model": {"black-box": "high" if best_bb["metrics"]["auc"]["mean"] >= 0.75
+                                       else "medium", "white-box": level} if white_box
+            else {"black-box": level},
         },
     }
 

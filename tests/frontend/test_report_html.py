@@ -118,6 +118,8 @@ def test_contains_verdict_and_sections(sample, html, parsed):
     verdict = report["verdict"]
     assert verdict["summary"] in text
     assert "High risk" in text and "FAILED" in text
+    assert "Someone who can only query the model (black-box): High risk" in text
+    assert "assessment is incomplete" in text
     for finding in verdict["findings"]:
         assert finding["message"] in text
         assert finding["recommendation"] in text
@@ -239,3 +241,53 @@ def test_large_cohort_size_and_time(tmp_path):
     # Pre-binned histograms: the report grows little with the number of scans.
     assert size - plotly_size < 1_000_000
     assert size - small < 200_000
+
+
+def test_renders_a_report_from_the_engine(tmp_path):
+    """The report the engine really produces (attacks, verdict, exposure) renders completely."""
+    import numpy as np
+
+    attacks_mod = pytest.importorskip("worker.engine.attacks")
+    metrics = pytest.importorskip("worker.engine.metrics")
+    verdict_mod = pytest.importorskip("worker.engine.verdict")
+    report_mod = pytest.importorskip("worker.engine.report")
+    from datetime import datetime, timezone
+
+    from tests.frontend.sample_report import make_features
+    from worker.engine.features.table import FeatureTable
+
+    table = make_features(200, seed=3, malicious=True)
+    rng = np.random.default_rng(0)
+    ft = FeatureTable(
+        table=table,
+        arrays={"activation": rng.normal(size=(200, 8))},
+        layer_aliases={"first_conv": "encoder.0.conv", "last_conv": "head.conv6",
+                       "output": "head.output"},
+        attributes=["sex", "site"],
+    )
+    specs = attacks_mod.default_attack_specs(ft, ["threshold", "logistic"])
+    run = attacks_mod.run_attacks(ft, specs, repeats=2, n_boot=10)
+    utility = metrics.utility(ft)
+    verdict = verdict_mod.evaluate(run.attacks, utility=utility)
+    report = report_mod.build_report(
+        provenance=report_mod.provenance(
+            model={"path": "model.pt", "sha256": "ab" * 32, "format": "torchscript",
+                   "architecture": None, "metadata": {}},
+            manifest={"path": "manifest.csv", "sha256": "cd" * 32, "n_scans": 200,
+                      "n_members": 100, "n_nonmembers": 100},
+            settings={"repeats": 2}, started=datetime.now(timezone.utc), duration_s=1.0),
+        utility=utility,
+        attacks=run.attacks,
+        exposure=report_mod.exposure_section(ft, run.exposure, verdict.get("strongest_attack")),
+        verdict=verdict,
+    )
+    report = json.loads(json.dumps(report))  # as read back from report.json
+    html = write_report_html(report, ft.table, tmp_path / "report.html").read_text()
+    parsed = _parse(html)
+    text = _text(parsed)
+    assert verdict["summary"] in text
+    assert MALICIOUS_ID not in html
+    assert all(s in parsed.ids for s in SECTIONS)
+    plots = [b for b in parsed.json_blocks if b.strip().startswith('{"data"')]
+    assert len(plots) >= 9
+    assert "could not be drawn" not in text
