@@ -141,6 +141,11 @@ def test_default_attack_specs():
         "error/logistic", "prediction+label/logistic"]
     with pytest.raises(InputError, match="svm"):
         default_attack_specs(ft, ["svm"])
+    chosen = default_attack_specs(black, ["threshold", "mlp"], feature_sets=["grad:output", "loss"])
+    assert [s.name for s in chosen] == ["grad:output/threshold", "grad:output/mlp",
+                                        "loss/threshold", "loss/mlp"]  # kept: run records errors
+    with pytest.raises(InputError, match="unknown component"):
+        default_attack_specs(ft, feature_sets=["error+bogus"])
 
 
 def test_run_attacks_result_contract_and_leakage():

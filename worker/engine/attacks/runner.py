@@ -68,21 +68,37 @@ class AttackRunResult:
 
 
 def default_attack_specs(
-    ft: FeatureTable, classifiers: Sequence[str] | None = None
+    ft: FeatureTable,
+    classifiers: Sequence[str] | None = None,
+    *,
+    feature_sets: Sequence[str] | None = None,
 ) -> list[AttackSpec]:
-    """Attacks for every default feature set that ``ft`` supports.
+    """Attacks for the feature sets of an assessment.
 
     Per feature set, each of ``classifiers`` (default ``threshold``, ``logistic``, ``mlp``);
     univariate classifiers (``threshold``) only for sets with a natural 1-D score
     (``error``, ``grad-norm``, ``grad:<layer>``).
 
+    Args:
+        ft: the feature table.
+        classifiers: classifier names; None for :data:`DEFAULT_CLASSIFIERS`.
+        feature_sets: feature-set names; None for every default set that ``ft`` supports.
+            Named sets are kept even when ``ft`` lacks their features, so that the run
+            records them as errors instead of silently skipping what the user asked for.
+
     Raises:
-        InputError: an unknown classifier name.
+        InputError: an unknown classifier or a malformed feature-set name.
     """
-    names = list(classifiers) if classifiers is not None else list(DEFAULT_CLASSIFIERS)
+    names = list(classifiers) if classifiers else list(DEFAULT_CLASSIFIERS)
     classes = {name: get_attack(name) for name in names}
+    if feature_sets:
+        sets = list(dict.fromkeys(feature_sets))
+        for fs in sets:
+            parse_feature_set(fs)
+    else:
+        sets = available_feature_sets(ft)
     specs = []
-    for fs in available_feature_sets(ft):
+    for fs in sets:
         for name in names:
             if classes[name].univariate and not has_attack_score(fs):
                 continue
