@@ -212,3 +212,12 @@ def test_run_attacks_cancel_and_bad_sizes():
                     should_stop=lambda: next(calls))
     with pytest.raises(InputError, match="train_size"):
         run_attacks(ft, [AttackSpec("error", "threshold")], train_size=50)
+
+
+def test_logistic_uses_error_magnitude():
+    # members fitted well, non-members poorly, both unbiased: only |error| separates them
+    ft = make_table(200, 200, leak=2.0, seed=3, white_box=False)
+    res = run_attacks(ft, [AttackSpec("error", "logistic"), AttackSpec("prediction+label", "logistic")],
+                      repeats=2)
+    for a in res.attacks:
+        assert a["metrics"]["auc"]["mean"] > 0.8, a["name"]
