@@ -38,6 +38,12 @@ class _Block(nn.Sequential):
         )
 
 
+def _init_output(layer: nn.Module, mean_age: float, age_scale: float) -> None:
+    with torch.no_grad():
+        layer.weight.mul_(float(age_scale))
+        layer.bias.fill_(float(mean_age))
+
+
 def _encoder(channels: Sequence[int], dims: int) -> nn.Sequential:
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     c_in = 1
@@ -54,9 +60,17 @@ class BrainAge3D(nn.Module):
         channels: channels of the five blocks (paper: 32, 64, 128, 256, 256).
         width: multiplier applied to ``channels`` and to the 64 channels of conv 6.
         mean_age: initial bias of the output layer.
+        age_scale: multiplier of the output layer's initial weights (e.g. the age standard
+            deviation in years), so that training starts with predictions spread like ages.
     """
 
-    def __init__(self, channels: Sequence[int] = PAPER_CHANNELS, width: float = 1.0, mean_age: float = 62.0):
+    def __init__(
+        self,
+        channels: Sequence[int] = PAPER_CHANNELS,
+        width: float = 1.0,
+        mean_age: float = 62.0,
+        age_scale: float = 1.0,
+    ):
         super().__init__()
         chans = _scaled(channels, width)
         hidden = max(1, int(round(64 * width)))
@@ -66,7 +80,7 @@ class BrainAge3D(nn.Module):
         self.relu6 = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.output = nn.Conv3d(hidden, 1, kernel_size=1)
-        nn.init.constant_(self.output.bias, float(mean_age))
+        _init_output(self.output, mean_age, age_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.relu6(self.norm6(self.conv6(self.blocks(x))))
@@ -80,9 +94,16 @@ class BrainAgeSliceMean(nn.Module):
         channels: channels of the five 2D blocks (paper: 32, 64, 128, 256, 256).
         width: multiplier applied to every hidden width.
         mean_age: initial bias of the output layer.
+        age_scale: multiplier of the output layer's initial weights.
     """
 
-    def __init__(self, channels: Sequence[int] = PAPER_CHANNELS, width: float = 1.0, mean_age: float = 62.0):
+    def __init__(
+        self,
+        channels: Sequence[int] = PAPER_CHANNELS,
+        width: float = 1.0,
+        mean_age: float = 62.0,
+        age_scale: float = 1.0,
+    ):
         super().__init__()
         chans = _scaled(channels, width)
         h64, h32 = max(1, int(round(64 * width))), max(1, int(round(32 * width)))
@@ -94,7 +115,7 @@ class BrainAgeSliceMean(nn.Module):
         self.fc = nn.Linear(h32, h64)
         self.relu_fc = nn.ReLU()
         self.output = nn.Linear(h64, 1)
-        nn.init.constant_(self.output.bias, float(mean_age))
+        _init_output(self.output, mean_age, age_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, n_slices, height, width = x.shape
