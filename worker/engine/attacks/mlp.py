@@ -45,7 +45,10 @@ class MLPAttack(AttackClassifier):
     """Multilayer perceptron with ReLU and dropout, trained with Adam on binary cross-entropy.
 
     Inputs are standardised with the mean and standard deviation of the attacker's training
-    split. Inputs wider than ``wide_threshold`` (per-sample gradients of a large layer) first
+    split; inputs with at most ``whiten_up_to`` features are also whitened (PCA), which
+    turns the small ``prediction - label`` direction of two highly correlated columns into
+    an input of its own (without it the network rarely finds the error's magnitude before
+    early stopping). Inputs wider than ``wide_threshold`` (per-sample gradients of a large layer) first
     go through a dimension-reducing linear layer of ``reduce_dim`` units, as in Gupta et al.
     Early stopping: ``val_fraction`` of the training split (stratified) is held out, training
     stops after ``patience`` epochs without a lower validation loss and the best weights are
@@ -70,6 +73,7 @@ class MLPAttack(AttackClassifier):
         val_fraction: share of the training split held out for early stopping.
         num_threads: torch intra-op threads while training and scoring (restored after);
             None leaves torch's setting.
+        whiten_up_to: widest input that is PCA-whitened (0: never).
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class MLPAttack(AttackClassifier):
         min_epochs: int = 50,
         val_fraction: float = 0.15,
         num_threads: int | None = 1,
+        whiten_up_to: int = 16,
     ):
         self.hidden = hidden
         self.reduce_dim = reduce_dim
@@ -99,6 +104,7 @@ class MLPAttack(AttackClassifier):
         self.min_epochs = min_epochs
         self.val_fraction = val_fraction
         self.num_threads = num_threads
+        self.whiten_up_to = whiten_up_to
 
     def _network(self, d: int) -> nn.Sequential:
         layers: list[nn.Module] = []
@@ -115,7 +121,22 @@ class MLPAttack(AttackClassifier):
 
     def _standardise(self, X: np.ndarray) -> torch.Tensor:
         Z = (np.asarray(X, dtype=np.float32).reshape(len(X), -1) - self.mean_) / self.std_
+        if self.rotation_ is not None:
+            Z = Z @ self.rotation_
         return torch.from_numpy(np.ascontiguousarray(Z, dtype=np.float32))
+
+    def _fit_scaling(self, X: np.ndarray) -> None:
+        """Standardise; narrow inputs are whitened (PCA on the standardised training data)."""
+        self.mean_ = X.mean(axis=0, dtype=np.float64).astype(np.float32)
+        std = X.std(axis=0, dtype=np.float64)
+        self.std_ = np.where(std > 1e-12, std, 1.0).astype(np.float32)
+        self.rotation_ = None
+        if 1 < X.shape[1] <= self.whiten_up_to:
+            Z = ((X - self.mean_) / self.std_).astype(np.float64)
+            eigval, eigvec = np.linalg.eigh(np.cov(Z, rowvar=False))
+            keep = eigval > 1e-6 * max(float(eigval.max()), 1e-12)
+            if keep.any():
+                self.rotation_ = (eigvec[:, keep] / np.sqrt(eigval[keep])).astype(np.float32)
 
     def fit(self, X: np.ndarray, y: np.ndarray, seed: int = 0) -> "MLPAttack":
         X, y = _check_xy(X, y)
@@ -124,9 +145,7 @@ class MLPAttack(AttackClassifier):
             return self._fit(X, y, seed)
 
     def _fit(self, X: np.ndarray, y: np.ndarray, seed: int) -> "MLPAttack":
-        self.mean_ = X.mean(axis=0, dtype=np.float64).astype(np.float32)
-        std = X.std(axis=0, dtype=np.float64)
-        self.std_ = np.where(std > 1e-12, std, 1.0).astype(np.float32)
+        self._fit_scaling(X)
         rng = np.random.default_rng(seed)
         val = _stratified_holdout(y, self.val_fraction, rng)
         Xt = self._standardise(X)
@@ -137,7 +156,7 @@ class MLPAttack(AttackClassifier):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             gen = torch.Generator().manual_seed(seed)
-            net = self._network(X.shape[1])
+            net = self._network(Xt.shape[1])
             opt = torch.optim.Adam(net.parameters(), lr=self.lr,
                                    weight_decay=self.weight_decay, foreach=True)
             best_loss, best_state, since_best = float("inf"), None, 0
