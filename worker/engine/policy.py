@@ -76,7 +76,9 @@ class Policy:
                 f"policy field 'fail_at' must be one of {', '.join(LEVELS)}, got {self.fail_at!r}"
             )
         if not isinstance(self.fail_on_error, bool):
-            raise InputError(f"policy field 'fail_on_error' must be true or false, got {self.fail_on_error!r}")
+            raise InputError(
+                f"policy field 'fail_on_error' must be true or false, got {self.fail_on_error!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The policy as a JSON-ready dict."""
