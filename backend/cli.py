@@ -269,7 +269,7 @@ def synth(
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("brainmia-demo"),
     subjects: Annotated[int, typer.Option("--subjects", min=8, help="Subjects in the synthetic cohort (half are members).")] = 200,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs of the demo model.")] = 40,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs of the demo model.")] = 60,
     repeats: Annotated[int, typer.Option("--repeats", min=1)] = 5,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     quiet: QuietOpt = False,

@@ -37,7 +37,7 @@ class DemoOptions:
     voxel_size: float = 4.0
     channels: tuple[int, ...] = (8, 16, 32, 64)
     training: TrainingOptions = field(
-        default_factory=lambda: TrainingOptions(epochs=40, batch_size=8, lr=1e-3, weight_decay=0.0)
+        default_factory=lambda: TrainingOptions(epochs=60, batch_size=4, lr=1e-2, weight_decay=0.0, cosine=True)
     )
     seed: int = 0
 
@@ -102,7 +102,7 @@ def prepare_demo(
     y_test = torch.tensor([r.age for r in others], dtype=torch.float32)
 
     torch.manual_seed(options.training.seed)
-    model = BrainAge3D(channels=options.channels, mean_age=float(y_train.mean()))
+    model = BrainAge3D(channels=options.channels, mean_age=float(y_train.mean()), age_scale=float(y_train.std()))
     epochs = options.training.epochs
     train_brain_age(
         model,

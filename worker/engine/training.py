@@ -25,6 +25,7 @@ class TrainingOptions:
         weight_decay: Adam weight decay.
         seed: shuffling and initialisation seed.
         device: where to train.
+        cosine: anneal the learning rate to zero over the epochs (cosine schedule).
     """
 
     epochs: int = 30
@@ -33,6 +34,7 @@ class TrainingOptions:
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "cpu"
+    cosine: bool = False
 
 
 def load_volumes(
@@ -68,6 +70,9 @@ def train_brain_age(
     for p in model.parameters():
         p.requires_grad_(True)
     optimiser = torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=options.epochs) if options.cosine else None
+    )
     n = volumes.shape[0]
     for epoch in range(options.epochs):
         order = torch.randperm(n, generator=generator)
@@ -82,6 +87,8 @@ def train_brain_age(
             loss.backward()
             optimiser.step()
             abs_err += float((pred.detach() - y).abs().sum())
+        if schedule is not None:
+            schedule.step()
         if on_epoch is not None:
             on_epoch(epoch, abs_err / n)
     return model.eval()
