@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--arch", default="brain_age_3d")
     parser.add_argument("--shape", default="91x109x91")
     parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--channels", default="", help="block channels, e.g. 8,16,32,64 (default: the paper's)")
     parser.add_argument("--scans", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
@@ -47,7 +48,10 @@ def main() -> None:
     torch.manual_seed(0)
     shape = parse_shape(args.shape)
     device = args.device
-    model = build_architecture(args.arch, width=args.width).to(device).eval()
+    arch_kwargs: dict = {"width": args.width}
+    if args.channels:
+        arch_kwargs["channels"] = [int(c) for c in args.channels.split(",")]
+    model = build_architecture(args.arch, **arch_kwargs).to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     x_all = torch.randn(args.scans, 1, *shape, device=device)
@@ -107,7 +111,7 @@ def main() -> None:
 
     med = {name: statistics.median(t) for name, t in times.items()}
     n_params = sum(p.numel() for p in params.values())
-    print(f"device={device} arch={args.arch} params={n_params} shape={shape} scans={args.scans} "
+    print(f"device={device} arch={args.arch} {arch_kwargs} params={n_params} shape={shape} scans={args.scans} "
           f"batch_size={args.batch_size} threads={torch.get_num_threads()} repeats={args.repeats}")
     for name, t in med.items():
         print(f"{name:9s} median {t:8.3f} s  ({args.scans / t:7.2f} scans/s)  runs={[round(v, 3) for v in times[name]]}")
