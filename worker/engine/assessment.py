@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .attacks import default_attack_specs, run_attacks
-from .cache import VolumeCache
+from .cache import VolumeCache, file_sha256
 from .errors import InputError
 from .features import ExtractionOptions, FeatureTable, extract_features, features_from_predictions
 from .manifest import Manifest
@@ -189,6 +189,4 @@ def run_assessment(
 def _sha256_or_none(path: Path | None) -> str | None:
     if path is None:
         return None
-    from .cache import file_sha256
-
     return file_sha256(Path(path))

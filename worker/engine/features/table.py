@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
+
 BASE_COLUMNS = ("scan_id", "member", "age", "prediction", "error")
 GRAD_NORM_PREFIX = "grad_norm:"
 
@@ -57,6 +59,12 @@ class FeatureTable:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".parquet":
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise InputError(
+                    f"{path}: writing parquet needs pyarrow (pip install 'brainmia[parquet]'); use .csv otherwise"
+                ) from None
             self.table.to_parquet(path, index=False)
         else:
             self.table.to_csv(path, index=False)

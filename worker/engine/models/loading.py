@@ -15,7 +15,6 @@ restricted unpickler and reported as a :class:`~worker.engine.errors.ModelError`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import re
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..cache import file_sha256
 from ..errors import InputError, ModelError
 from . import architectures as _architectures  # noqa: F401  (registers the built-ins)
 from .metadata import ModelMetadata, resolve_metadata
@@ -66,15 +66,6 @@ class LoadedModel:
             "architecture": self.metadata.arch,
             "metadata": json.loads(self.metadata.model_dump_json()),
         }
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Streamed sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def detect_format(path: Path) -> str:
