@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -36,9 +38,22 @@ NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not cache confo
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
-def _fail(exc: BaseException) -> "typer.Exit":
-    stderr.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+def _fail(message: object) -> "typer.Exit":
+    stderr.print("[bold red]error:[/]", str(message), highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_ERROR)
+
+
+@contextmanager
+def _errors_exit_2() -> Iterator[None]:
+    """Report bad input and I/O errors on stderr and exit with code 2."""
+    from worker.engine.errors import BrainMIAError
+
+    try:
+        yield
+    except BrainMIAError as exc:
+        raise _fail(exc) from None
+    except (OSError, ValueError, RuntimeError) as exc:  # typer.Exit is raised outside this block
+        raise _fail(f"{type(exc).__name__}: {exc}") from None
 
 
 def _overrides(input_shape: str | None, voxel_size: float | None, normalize: str | None, arch: str | None, arch_options: str | None) -> dict[str, Any]:
@@ -151,13 +166,13 @@ def assess(
     """Run the full assessment: exit 0 when the verdict passes the policy, 1 when it fails, 2 on bad input or error."""
     from frontend.export import write_outputs
     from worker.engine.assessment import AssessmentOptions, run_assessment
-    from worker.engine.errors import BrainMIAError, InputError
+    from worker.engine.errors import InputError
     from worker.engine.manifest import load_manifest
     from worker.engine.models import load_model
     from worker.engine.predictions import load_predictions
     from worker.engine.verdict import Policy, load_policy
 
-    try:
+    with _errors_exit_2():
         if (model is None) == (predictions is None):
             raise InputError("give exactly one of --model or --predictions")
         scans = load_manifest(manifest, check_files=model is not None)
@@ -187,10 +202,6 @@ def assess(
                 progress=bar,
             )
         paths = write_outputs(result, out)
-    except BrainMIAError as exc:
-        raise _fail(exc) from None
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise _fail(f"{type(exc).__name__}: {exc}") from None
     _print_summary(result.report, paths)
     raise typer.Exit(EXIT_PASS if result.passed else EXIT_FAIL)
 
@@ -214,12 +225,11 @@ def features(
     quiet: QuietOpt = False,
 ) -> None:
     """Compute the per-scan feature table only."""
-    from worker.engine.errors import BrainMIAError
     from worker.engine.features import extract_features
     from worker.engine.manifest import load_manifest
     from worker.engine.models import load_model
 
-    try:
+    with _errors_exit_2():
         scans = load_manifest(manifest)
         loaded = load_model(model, _overrides(input_shape, voxel_size, normalize, arch, arch_options), device=device or "cpu")
         _show_inputs(scans, loaded)
@@ -232,10 +242,6 @@ def features(
                 progress=bar.counter("features", len(scans.records)),
             )
         path = table.save(out)
-    except BrainMIAError as exc:
-        raise _fail(exc) from None
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise _fail(f"{type(exc).__name__}: {exc}") from None
     typer.echo(f"features: {path} ({len(table.table)} scans, {len(table.table.columns)} columns)")
 
 
@@ -250,18 +256,13 @@ def synth(
     quiet: QuietOpt = False,
 ) -> None:
     """Write a synthetic cohort built from the MNI152 template: NIfTI files and manifest.csv."""
-    from worker.engine.errors import BrainMIAError
     from worker.engine.models import parse_shape
     from worker.engine.synth import CohortSpec, generate_cohort
 
-    try:
+    with _errors_exit_2():
         spec = CohortSpec(n_subjects=subjects, shape=parse_shape(shape), voxel_size=voxel_size, seed=seed, member_fraction=member_fraction)
         with progress_bar(not quiet) as bar:
             path = generate_cohort(out, spec, progress=bar.counter("subjects", subjects))
-    except BrainMIAError as exc:
-        raise _fail(exc) from None
-    except (OSError, ValueError) as exc:
-        raise _fail(f"{type(exc).__name__}: {exc}") from None
     typer.echo(f"manifest: {path}")
 
 
@@ -279,13 +280,12 @@ def demo(
     from worker.engine.assessment import AssessmentOptions, run_assessment
     from worker.engine.cache import VolumeCache
     from worker.engine.demo import DemoOptions, prepare_demo
-    from worker.engine.errors import BrainMIAError
     from worker.engine.models import load_model
 
     options = DemoOptions(subjects=subjects, seed=seed)
     options.training.epochs = epochs
     cache = VolumeCache(out / "cache")
-    try:
+    with _errors_exit_2():
         with progress_bar(not quiet) as bar:
             made = prepare_demo(out, options, cache=cache, progress=bar)
             stderr.print(
@@ -298,8 +298,6 @@ def demo(
                 made.manifest, model=model, options=AssessmentOptions(repeats=repeats, seed=seed), cache=cache, progress=bar
             )
         paths = write_outputs(result, out / "report")
-    except BrainMIAError as exc:
-        raise _fail(exc) from None
     _print_summary(result.report, paths)
     typer.echo(f"Open the report: {paths['report_html'].resolve()}")
 

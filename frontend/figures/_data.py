@@ -11,19 +11,12 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from worker.engine.attacks.feature_sets import DEFAULT_FEATURE_SETS
+
 from ._style import FigureUnavailable, finite
 
 #: Feature sets in the order of the paper's table (DESIGN.md); others follow.
-FEATURE_SET_ORDER = (
-    "activation",
-    "error",
-    "prediction+label",
-    "grad-norm",
-    "grad:first_conv",
-    "grad:last_conv",
-    "grad:output",
-    "prediction+label+grad:last_conv+grad:output",
-)
+FEATURE_SET_ORDER = DEFAULT_FEATURE_SETS
 
 #: Plain-language names of the canonical feature sets (for non-ML readers).
 FEATURE_SET_DESCRIPTIONS = {

@@ -54,6 +54,16 @@ FONT_FAMILY = (
 )
 
 #: A light template: layout defaults only, so every figure's JSON stays small.
+_AXIS = dict(
+    showgrid=True,
+    gridcolor="#e5e7eb",
+    zeroline=False,
+    linecolor="#6e7781",
+    showline=True,
+    ticks="outside",
+    automargin=True,
+)
+
 TEMPLATE = go.layout.Template(
     layout=go.Layout(
         font=dict(family=FONT_FAMILY, size=13, color="#1f2328"),
@@ -64,24 +74,8 @@ TEMPLATE = go.layout.Template(
         legend=dict(bgcolor="rgba(255,255,255,0.85)", font=dict(size=12)),
         margin=dict(l=70, r=30, t=60, b=60),
         title=dict(x=0.0, xanchor="left", font=dict(size=16)),
-        xaxis=dict(
-            showgrid=True,
-            gridcolor="#e5e7eb",
-            zeroline=False,
-            linecolor="#6e7781",
-            showline=True,
-            ticks="outside",
-            automargin=True,
-        ),
-        yaxis=dict(
-            showgrid=True,
-            gridcolor="#e5e7eb",
-            zeroline=False,
-            linecolor="#6e7781",
-            showline=True,
-            ticks="outside",
-            automargin=True,
-        ),
+        xaxis=_AXIS,
+        yaxis=_AXIS,
     )
 )
 

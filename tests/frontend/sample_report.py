@@ -18,16 +18,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-FEATURE_SETS = (
-    "activation",
-    "error",
-    "prediction+label",
-    "grad-norm",
-    "grad:first_conv",
-    "grad:last_conv",
-    "grad:output",
-    "prediction+label+grad:last_conv+grad:output",
-)
+from worker.engine.attacks.feature_sets import DEFAULT_FEATURE_SETS
+
+FEATURE_SETS = DEFAULT_FEATURE_SETS
 BLACK_BOX_SETS = ("error", "prediction+label")
 CLASSIFIERS = ("threshold", "logistic", "mlp", "gbt")
 #: The univariate "threshold" attack only runs on feature sets with a natural score.
