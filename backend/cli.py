@@ -87,16 +87,23 @@ def _cache(cache_dir: Path | None, no_cache: bool) -> Any:
     return VolumeCache(cache_dir or get_settings().volume_cache_dir)
 
 
-def _extraction(device: str | None, batch_size: int, layers: list[str] | None, white_box: bool = True) -> Any:
-    from worker.engine.features import DEFAULT_LAYERS, ExtractionOptions
+def _device(device: str | None) -> str:
+    """The device to run on: the option, else ``BRAINMIA_DEVICE``, else CUDA when present."""
+    from worker.engine.features import pick_device
 
     from .settings import get_settings
+
+    return pick_device(device or get_settings().device)
+
+
+def _extraction(device: str, batch_size: int, layers: list[str] | None, white_box: bool = True) -> Any:
+    from worker.engine.features import DEFAULT_LAYERS, ExtractionOptions
 
     return ExtractionOptions(
         white_box=white_box,
         layers=tuple(layers) if layers else DEFAULT_LAYERS,
         batch_size=batch_size,
-        device=device or get_settings().device,
+        device=device,
     )
 
 
@@ -173,12 +180,13 @@ def assess(
     from worker.engine.verdict import Policy, load_policy
 
     with _errors_exit_2():
+        device = _device(device)
         if (model is None) == (predictions is None):
             raise InputError("give exactly one of --model or --predictions")
         scans = load_manifest(manifest, check_files=model is not None)
         loaded = preds = None
         if model is not None:
-            loaded = load_model(model, _overrides(input_shape, voxel_size, normalize, arch, arch_options), device=device or "cpu")
+            loaded = load_model(model, _overrides(input_shape, voxel_size, normalize, arch, arch_options), device=device)
         else:
             preds = load_predictions(predictions, scans)  # type: ignore[arg-type]
         options = AssessmentOptions(
@@ -230,8 +238,9 @@ def features(
     from worker.engine.models import load_model
 
     with _errors_exit_2():
+        device = _device(device)
         scans = load_manifest(manifest)
-        loaded = load_model(model, _overrides(input_shape, voxel_size, normalize, arch, arch_options), device=device or "cpu")
+        loaded = load_model(model, _overrides(input_shape, voxel_size, normalize, arch, arch_options), device=device)
         _show_inputs(scans, loaded)
         with progress_bar(not quiet) as bar:
             table = extract_features(

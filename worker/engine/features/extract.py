@@ -124,7 +124,7 @@ def extract_features(
     options = options or ExtractionOptions()
     device = pick_device(options.device)
     module = model.module
-    if device != "cpu" and model.format != "export":
+    if model.format != "export":  # an exported program is placed when it is loaded
         module = module.to(device)
     fmodel = FunctionalModel(module)
     modules = param_modules(module)
