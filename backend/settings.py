@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+GiB = 1 << 30
+
 
 def _default_data_dir() -> Path:
     return Path.home() / ".brainmia"
@@ -16,24 +18,75 @@ def _default_data_dir() -> Path:
 class Settings(BaseSettings):
     """Configuration from environment variables prefixed ``BRAINMIA_`` (or a ``.env`` file).
 
+    With neither ``database_url`` nor ``broker_url`` set, BrainMIA runs embedded: SQLite under
+    ``data_dir``, an in-memory Celery transport and a worker thread inside ``brainmia serve``.
+    With both set it runs distributed: the API serves, ``brainmia worker`` processes compute.
+
     Attributes:
-        data_dir: where uploads, results and caches live.
+        data_dir: where the database (embedded), uploads, results and caches live.
         cache_dir: conformed-volume cache; defaults to ``<data_dir>/cache/volumes``.
+        database_url: SQLAlchemy URL (e.g. ``postgresql+psycopg://...``); None: SQLite.
+        broker_url: Celery broker (e.g. ``redis://localhost:6379/0``); None: in-memory.
+        host / port: where ``brainmia serve`` listens.
         device: ``cpu``, ``cuda``...; empty picks CUDA when present.
         batch_size: scans per vectorised feature-extraction pass.
+        max_model_bytes: largest accepted model upload.
+        max_archive_bytes: largest accepted scan archive upload.
+        max_extracted_bytes: largest total size of an archive's extracted files.
+        max_archive_members: most files in one archive.
+        max_compression_ratio: extracted / compressed size above which an archive is refused.
+        manifest_roots: server-side folders whose manifests may be registered by path.
+        session_secret: key signing browser session cookies (generated and kept in
+            ``data_dir`` when not set).
+        heartbeat_timeout_s: a running job whose worker has not reported for this long is
+            considered dead and re-queued or failed.
+        max_attempts: how many times a job is started before a dead worker fails it.
     """
 
     model_config = SettingsConfigDict(env_prefix="BRAINMIA_", env_file=".env", extra="ignore")
 
     data_dir: Path = Field(default_factory=_default_data_dir)
     cache_dir: Path | None = None
+    database_url: str | None = None
+    broker_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
     device: str | None = None
     batch_size: int = 8
+    max_model_bytes: int = 2 * GiB
+    max_archive_bytes: int = 50 * GiB
+    max_extracted_bytes: int = 200 * GiB
+    max_archive_members: int = 200_000
+    max_compression_ratio: float = 100.0
+    manifest_roots: list[Path] = Field(default_factory=list)
+    session_secret: str | None = None
+    heartbeat_timeout_s: float = 120.0
+    max_attempts: int = 2
+
+    @property
+    def embedded(self) -> bool:
+        """Whether this is the one-process mode (no external database or broker)."""
+        return not (self.database_url and self.broker_url)
 
     @property
     def volume_cache_dir(self) -> Path:
         """The conformed-volume cache folder."""
         return self.cache_dir or self.data_dir / "cache" / "volumes"
+
+    @property
+    def storage_dir(self) -> Path:
+        """Uploads and results."""
+        return self.data_dir / "storage"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL, SQLite under ``data_dir`` when none is set."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'brainmia.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        """The broker URL, the in-memory transport when none is set."""
+        return self.broker_url or "memory://"
 
 
 @lru_cache

@@ -1,0 +1,74 @@
+"""Typed FastAPI dependencies (the full-stack template's idiom)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from ..auth import Principal, authenticate, principal_by_token_id
+from ..settings import Settings
+from ..storage import Storage
+from .errors import ApiError
+
+bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer bmia_...`")
+
+
+def get_settings_dep(request: Request) -> Settings:
+    """The app's settings."""
+    return request.app.state.settings
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    """A database session per request, committed when the handler succeeds."""
+    session = request.app.state.sessionmaker()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def get_storage(request: Request) -> Storage:
+    """The app's storage."""
+    return request.app.state.storage
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionDep = Annotated[Session, Depends(get_db)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+
+
+def get_current_principal(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    """The caller, from a Bearer token or a browser session cookie; 401 otherwise."""
+    principal = None
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        principal = authenticate(session, credentials.credentials)
+    elif "session" in request.scope and request.session.get("token_id"):
+        principal = principal_by_token_id(session, request.session["token_id"])
+    if principal is None:
+        raise ApiError(401, "unauthorized", "a valid API token is required (Authorization: Bearer ...)")
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_current_principal)]
+
+
+def get_admin(principal: CurrentPrincipal) -> Principal:
+    """The caller, who must be an administrator; 403 otherwise."""
+    if not principal.is_admin:
+        raise ApiError(403, "forbidden", "administrator token required")
+    return principal
+
+
+AdminPrincipal = Annotated[Principal, Depends(get_admin)]

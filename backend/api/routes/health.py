@@ -1,0 +1,56 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import text
+
+router = APIRouter(tags=["health"])
+
+
+class Health(BaseModel):
+    """Liveness answer."""
+
+    status: str = "ok"
+
+
+class Readiness(BaseModel):
+    """Readiness answer: each dependency and whether it is reachable."""
+
+    status: str
+    database: bool
+    broker: bool
+    mode: str
+
+
+@router.get("/health", response_model=Health, summary="Liveness: the process answers")
+def health() -> Health:
+    """Always ``{"status": "ok"}`` while the process serves requests."""
+    return Health()
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    summary="Readiness: database and broker reachable",
+    responses={503: {"model": Readiness, "description": "A dependency is unreachable"}},
+)
+def ready(request: Request) -> JSONResponse:
+    """``200`` when the database and the broker answer, ``503`` otherwise."""
+    state = request.app.state
+    try:
+        with state.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        database = True
+    except Exception:  # noqa: BLE001 - any failure means not ready
+        database = False
+    broker = bool(state.jobs.ping())
+    body = Readiness(
+        status="ready" if database and broker else "unavailable",
+        database=database,
+        broker=broker,
+        mode="embedded" if state.settings.embedded else "distributed",
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if database and broker else 503)

@@ -1,0 +1,91 @@
+"""The FastAPI application factory (one factory for both run modes)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from starlette.middleware.sessions import SessionMiddleware
+
+from .api.errors import install_error_handlers
+from .api.routes import auth, health
+from .db.migrate import upgrade_database
+from .db.session import make_engine, make_sessionmaker
+from .settings import Settings, get_settings
+from .storage import Storage
+
+API_PREFIX = "/api/v1"
+
+
+def _session_secret(settings: Settings) -> str:
+    if settings.session_secret:
+        return settings.session_secret
+    path = Path(settings.data_dir) / "session_secret"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def api_router() -> APIRouter:
+    """Every /api/v1 route."""
+    from .api.routes import admin, assessments, models, scan_sets
+
+    router = APIRouter(prefix=API_PREFIX)
+    for module in (auth, models, scan_sets, assessments, admin):
+        router.include_router(module.router)
+    return router
+
+
+def create_app(settings: Settings | None = None, *, start_jobs: bool = True) -> FastAPI:
+    """Build the app: database, storage, job dispatch and routes from ``settings``.
+
+    Args:
+        settings: configuration (default: from the environment).
+        start_jobs: start the job machinery (in embedded mode: the worker thread and the
+            recovery of jobs left queued or running).
+    """
+    settings = settings or get_settings()
+    engine = make_engine(settings.sqlalchemy_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if start_jobs:
+            app.state.jobs.start()
+        try:
+            yield
+        finally:
+            app.state.jobs.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="BrainMIA",
+        version=_version(),
+        summary="Membership-inference risk assessment of brain-age models",
+        lifespan=lifespan,
+    )
+    if settings.embedded:
+        upgrade_database(settings.sqlalchemy_url)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.storage = Storage(settings.storage_dir)
+
+    from .jobs import JobDispatcher
+
+    app.state.jobs = JobDispatcher(settings, app.state.sessionmaker, app.state.storage)
+    app.add_middleware(SessionMiddleware, secret_key=_session_secret(settings), same_site="strict", https_only=False)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(api_router())
+    return app
+
+
+def _version() -> str:
+    from worker.engine.report import package_version
+
+    return package_version()
