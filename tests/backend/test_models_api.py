@@ -19,6 +19,16 @@ from .upload_fixtures import make_code_pickle, make_safetensors, make_torchscrip
 API = "/api/v1/models"
 
 
+@pytest.fixture()
+def app(settings: Settings):  # type: ignore[no-untyped-def]
+    """The app without the job machinery (these routes queue nothing): faster set-up and tear-down."""
+    from backend.app import create_app
+
+    application = create_app(settings, start_jobs=False)
+    with TestClient(application):
+        yield application
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The model files, made once."""

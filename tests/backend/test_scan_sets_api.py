@@ -34,6 +34,16 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
+@pytest.fixture()
+def app(settings: Settings):  # type: ignore[no-untyped-def]
+    """The app without the job machinery (these routes queue nothing): faster set-up and tear-down."""
+    from backend.app import create_app
+
+    application = create_app(settings, start_jobs=False)
+    with TestClient(application):
+        yield application
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 12-subject synthetic cohort folder (manifest.csv + scans/)."""
