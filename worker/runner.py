@@ -1,0 +1,406 @@
+"""The job runner: one assessment row in, the engine run, the results and the row's state out.
+
+The row in the ``assessments`` table is the record of a job. A run first *claims* it with one
+conditional UPDATE (``state='queued' AND attempts=attempt-1``), so a duplicate or stale
+message is a no-op. Every later write is conditional on still owning the job (``state=
+'running' AND attempts=attempt``): a worker whose job was re-queued by the reaper, cancelled
+and deleted, or claimed by another attempt notices at its next write and stops.
+
+This module imports no FastAPI; the engine is imported inside the functions so that a
+prefork parent never initialises torch before forking.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.db.models import Assessment, ModelRecord, ScanSet, utcnow
+from backend.settings import Settings
+from backend.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_MIN_INTERVAL_S = 0.5
+CANCEL_POLL_INTERVAL_S = 1.0
+
+Requeue = Callable[[str, int], None]
+
+
+@dataclass
+class Resources:
+    """What a worker needs to run jobs, built once per process (or given by the embedded app).
+
+    Attributes:
+        settings: the BrainMIA settings.
+        factory: database session factory.
+        storage: uploads and results.
+    """
+
+    settings: Settings
+    factory: sessionmaker[Session]
+    storage: Storage
+    cache: Any = field(default=None)
+
+    def volume_cache(self) -> Any:
+        """The conformed-volume cache of ``settings`` (made on first use)."""
+        if self.cache is None:
+            from worker.engine.cache import VolumeCache
+
+            self.cache = VolumeCache(self.settings.volume_cache_dir)
+        return self.cache
+
+
+def heartbeat_interval(settings: Settings) -> float:
+    """Seconds between heartbeats: a quarter of the timeout, between 0.5 and 10 s."""
+    return min(10.0, max(0.5, settings.heartbeat_timeout_s / 4))
+
+
+def worker_name(hostname: str | None = None) -> str:
+    """``hostname:pid`` of this worker."""
+    return f"{hostname or socket.gethostname()}:{os.getpid()}"
+
+
+def log_line(text: str, at: datetime | None = None) -> str:
+    """One line for the job's log: ``<UTC time> <text>``."""
+    return f"{(at or utcnow()).strftime('%Y-%m-%d %H:%M:%SZ')} {text.rstrip()}\n"
+
+
+class _Stopped(Exception):
+    """Internal: the job must stop (lost, cancelled or shutting down)."""
+
+
+class JobContext:
+    """Writes of one attempt of one job, each conditional on still owning it.
+
+    Args:
+        factory: session factory.
+        assessment_id: the job.
+        attempt: the attempt number this worker claimed.
+        shutdown: set when the worker is shutting down (the job is handed back).
+    """
+
+    def __init__(self, factory: sessionmaker[Session], assessment_id: str, attempt: int, shutdown: threading.Event):
+        self.factory = factory
+        self.id = assessment_id
+        self.attempt = attempt
+        self.shutdown = shutdown
+        self.lost = False
+        self._lock = threading.Lock()
+        self._last_write = 0.0
+        self._last_stage: str | None = None
+        self._last_cancel_check = 0.0
+        self._cancel = False
+
+    def _owned(self) -> Any:
+        return (
+            (Assessment.id == self.id)
+            & (Assessment.state == "running")
+            & (Assessment.attempts == self.attempt)
+        )
+
+    def write(self, **values: Any) -> bool:
+        """Update the row if this attempt still owns it; False (and ``lost``) otherwise."""
+        if self.lost:
+            return False
+        with self.factory() as session, session.begin():
+            result = session.execute(update(Assessment).where(self._owned()).values(**values))
+        if result.rowcount == 0:
+            self.lost = True
+            logger.warning("assessment %s attempt %d: no longer owned by this worker", self.id, self.attempt)
+        return not self.lost
+
+    def append_log(self, text: str, **values: Any) -> bool:
+        """Append a line to the job's log (and write ``values``) if still owned."""
+        return self.write(log=Assessment.log + log_line(text), **values)
+
+    def heartbeat(self) -> bool:
+        """Touch ``heartbeat_at``."""
+        with self._lock:
+            return self.write(heartbeat_at=utcnow())
+
+    def progress(self, stage: str, fraction: float, message: str) -> None:
+        """The engine's progress callback: at most ~2 writes/s, always on a stage change."""
+        now = time.monotonic()
+        with self._lock:
+            if (
+                stage == self._last_stage
+                and fraction < 1.0
+                and now - self._last_write < PROGRESS_MIN_INTERVAL_S
+            ):
+                return
+            self._last_stage, self._last_write = stage, now
+            self.write(
+                progress=float(min(max(fraction, 0.0), 1.0)),
+                stage=stage[:32],
+                message=message,
+                heartbeat_at=utcnow(),
+            )
+
+    def cancel_requested(self, fresh: bool = False) -> bool:
+        """Whether a cancel was asked for (read at most once a second unless ``fresh``)."""
+        now = time.monotonic()
+        if fresh or now - self._last_cancel_check >= CANCEL_POLL_INTERVAL_S:
+            self._last_cancel_check = now
+            with self.factory() as session:
+                value = session.scalar(select(Assessment.cancel_requested).where(self._owned()))
+            if value is None:
+                self.lost = True
+            else:
+                self._cancel = bool(value)
+        return self._cancel
+
+    def should_stop(self) -> bool:
+        """The engine's stop check: cancelled, lost or shutting down."""
+        return self.lost or self.shutdown.is_set() or self.cancel_requested()
+
+
+class Heartbeat:
+    """A daemon thread touching ``heartbeat_at`` every ``interval`` seconds while a job runs."""
+
+    def __init__(self, job: JobContext, interval: float):
+        self.job = job
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.id[:8]}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if not self.job.heartbeat():
+                    return
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the reaper has slack
+                logger.exception("heartbeat of assessment %s failed", self.job.id)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def claim(factory: sessionmaker[Session], assessment_id: str, attempt: int, worker: str) -> bool:
+    """Take a queued job for ``attempt`` (one conditional UPDATE); False: someone else's or stale."""
+    now = utcnow()
+    with factory() as session, session.begin():
+        result = session.execute(
+            update(Assessment)
+            .where(
+                Assessment.id == assessment_id,
+                Assessment.state == "queued",
+                Assessment.attempts == attempt - 1,
+            )
+            .values(
+                state="running",
+                attempts=attempt,
+                worker=worker[:200],
+                started_at=now,
+                heartbeat_at=now,
+                progress=0.0,
+                stage="starting",
+                message="loading the model and the manifest",
+                error=None,
+                log=Assessment.log + log_line(f"attempt {attempt} started on worker {worker}", now),
+            )
+        )
+    return result.rowcount == 1
+
+
+def _stored_path(storage: Storage, path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else storage.root / p
+
+
+def _load_inputs(resources: Resources, assessment_id: str) -> tuple[Any, Any, Any]:
+    """The job's manifest, loaded model and engine options."""
+    from worker.engine.assessment import AssessmentOptions
+    from worker.engine.features import ExtractionOptions, pick_device
+    from worker.engine.manifest import load_manifest
+    from worker.engine.models import ModelMetadata, load_model
+    from worker.engine.verdict import Policy
+
+    with resources.factory() as session:
+        row = session.get(Assessment, assessment_id)
+        assert row is not None
+        model_row = session.get(ModelRecord, row.model_id)
+        scan_set = session.get(ScanSet, row.scan_set_id)
+        options = dict(row.options or {})
+    if model_row is None or scan_set is None:
+        from worker.engine.errors import InputError
+
+        raise InputError("the model or the scan set of this assessment was deleted")
+    settings = resources.settings
+    device = pick_device(options.get("device") or settings.device)
+    manifest_path = _stored_path(resources.storage, scan_set.manifest_path)
+    if scan_set.source == "archive":
+        manifest = load_manifest(manifest_path, base_dir=_stored_path(resources.storage, scan_set.root), confine=True)
+    else:
+        manifest = load_manifest(manifest_path)
+    known = set(ModelMetadata.model_fields)
+    overrides = {k: v for k, v in (model_row.model_metadata or {}).items() if k in known}
+    model = load_model(_stored_path(resources.storage, model_row.path), overrides or None, device=device)
+    policy = options.get("policy")
+    engine_options = AssessmentOptions(
+        feature_sets=options.get("feature_sets") or None,
+        classifiers=options.get("classifiers") or None,
+        repeats=int(options.get("repeats") or 5),
+        train_size=options.get("train_size"),
+        seed=int(options.get("seed") or 0),
+        extraction=ExtractionOptions(
+            white_box=True, batch_size=int(options.get("batch_size") or settings.batch_size), device=device
+        ),
+        policy=Policy(**policy) if policy else Policy(),
+    )
+    return manifest, model, engine_options
+
+
+def run_job(
+    resources: Resources,
+    assessment_id: str,
+    attempt: int,
+    *,
+    worker: str | None = None,
+    shutdown: threading.Event | None = None,
+    requeue: Requeue | None = None,
+) -> str:
+    """Run one attempt of one assessment job, recording everything in its row.
+
+    Args:
+        resources: database, storage and settings.
+        assessment_id: the job's id.
+        attempt: the attempt this message is for (``attempts + 1`` of the row when sent).
+        worker: name recorded in the row (default ``hostname:pid``).
+        shutdown: set when the worker shuts down: the job is handed back to the queue.
+        requeue: sends a new message for a handed-back job (None: the next start's recovery
+            sends it, as in embedded mode).
+
+    Returns:
+        what happened: ``skipped`` (duplicate or stale message), ``succeeded``, ``failed``,
+        ``cancelled``, ``requeued`` (shutdown) or ``lost`` (the job was taken away meanwhile).
+    """
+    from worker.engine.attacks import AttackCancelled
+    from worker.engine.errors import InputError
+    from worker.engine.features import ExtractionCancelled
+
+    worker = worker or worker_name()
+    shutdown = shutdown or threading.Event()
+    if not claim(resources.factory, assessment_id, attempt, worker):
+        logger.info("assessment %s attempt %d: not queued for this attempt; message ignored", assessment_id, attempt)
+        return "skipped"
+    job = JobContext(resources.factory, assessment_id, attempt, shutdown)
+    tmp: Path | None = None
+    try:
+        with Heartbeat(job, heartbeat_interval(resources.settings)):
+            try:
+                manifest, model, options = _load_inputs(resources, assessment_id)
+                if job.should_stop():
+                    raise _Stopped()
+                from worker.engine.assessment import run_assessment
+
+                result = run_assessment(
+                    manifest,
+                    model=model,
+                    options=options,
+                    cache=resources.volume_cache(),
+                    progress=job.progress,
+                    should_stop=job.should_stop,
+                )
+                job.progress("writing", 0.99, "writing report.json, report.html, features.csv")
+                tmp = resources.storage.temp_dir()
+                from frontend.export import write_outputs
+
+                write_outputs(result, tmp)
+            except (AttackCancelled, ExtractionCancelled, _Stopped):
+                return _stopped(resources, job, requeue)
+            except InputError as exc:
+                return _failed(job, str(exc))
+            except Exception as exc:  # noqa: BLE001 - recorded in the row for the user
+                return _failed(job, f"{type(exc).__name__}: {exc}")
+            return _publish(resources, job, result, tmp)
+    finally:
+        if tmp is not None and tmp.exists():
+            resources.storage.remove([tmp])
+
+
+def _failed(job: JobContext, error: str) -> str:
+    logger.warning("assessment %s attempt %d failed: %s", job.id, job.attempt, error)
+    trace = traceback.format_exc()
+    ok = job.append_log(
+        f"attempt {job.attempt} failed: {error}\n{trace}",
+        state="failed",
+        error=error,
+        message=error.splitlines()[0][:500] if error else "failed",
+        finished_at=utcnow(),
+    )
+    return "failed" if ok else "lost"
+
+
+def _stopped(resources: Resources, job: JobContext, requeue: Requeue | None) -> str:
+    if job.lost:
+        return "lost"
+    if job.cancel_requested(fresh=True):
+        ok = job.append_log(
+            "cancelled at the user's request", state="cancelled", message="cancelled", finished_at=utcnow()
+        )
+        return "cancelled" if ok else "lost"
+    if job.lost:
+        return "lost"
+    # the worker is shutting down: hand the job back, not counting this attempt
+    ok = job.append_log(
+        f"the worker shut down during attempt {job.attempt}; re-queued",
+        state="queued",
+        attempts=job.attempt - 1,
+        stage="queued",
+        progress=0.0,
+        message="re-queued: the worker shut down",
+        worker=None,
+    )
+    if not ok:
+        return "lost"
+    if requeue is not None:
+        try:
+            requeue(job.id, job.attempt)
+        except Exception:  # noqa: BLE001 - the job stays queued; recovery or the reaper resend it
+            logger.exception("could not re-send assessment %s", job.id)
+    return "requeued"
+
+
+def _publish(resources: Resources, job: JobContext, result: Any, tmp: Path | None) -> str:
+    assert tmp is not None
+    if not job.heartbeat():
+        return "lost"
+    dest = resources.storage.publish_dir(tmp, resources.storage.result_dir(job.id))
+    verdict = result.report.get("verdict", {})
+    ok = job.append_log(
+        f"attempt {job.attempt} succeeded: verdict {verdict.get('level')}",
+        state="succeeded",
+        progress=1.0,
+        stage="done",
+        message=str(verdict.get("summary") or "done")[:2000],
+        verdict_level=verdict.get("level"),
+        passed=bool(result.passed),
+        result_dir=str(dest),
+        finished_at=utcnow(),
+        heartbeat_at=utcnow(),
+    )
+    if ok:
+        return "succeeded"
+    with resources.factory() as session:
+        exists = session.get(Assessment, job.id) is not None
+    if not exists:  # deleted while it ran: leave nothing behind
+        resources.storage.remove([dest])
+    return "lost"

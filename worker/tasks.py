@@ -1,0 +1,65 @@
+"""Celery tasks: thin (ids in, the runner calls the engine, progress goes to the job row)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from celery import shared_task
+
+from backend.settings import Settings
+
+from .celery_app import TASK_NAME
+from .runner import Resources, run_job, worker_name
+
+_lock = threading.Lock()
+
+
+_cache: dict[tuple[str, str], Resources] = {}
+
+
+def _build(settings: Settings) -> Resources:
+    from backend.db.session import make_engine, make_sessionmaker
+    from backend.storage import Storage
+
+    return Resources(
+        settings=settings,
+        factory=make_sessionmaker(make_engine(settings.sqlalchemy_url)),
+        storage=Storage(settings.storage_dir),
+    )
+
+
+def resources_for(app: Any) -> Resources:
+    """The app's resources: the embedded dispatcher's, else built once per process from settings."""
+    given = getattr(app, "brainmia_resources", None)
+    if given is not None:
+        return given
+    settings: Settings = app.brainmia_settings
+    key = (settings.sqlalchemy_url, str(settings.storage_dir))
+    with _lock:
+        if key not in _cache:
+            _cache[key] = _build(settings)
+        return _cache[key]
+
+
+@shared_task(name=TASK_NAME, bind=True)
+def run_assessment_job(self: Any, assessment_id: str, attempt: int) -> str:
+    """Run attempt ``attempt`` of assessment ``assessment_id`` (a stale or duplicate message is a no-op).
+
+    Returns:
+        the outcome (``succeeded``, ``failed``, ``cancelled``, ``skipped``, ``requeued``, ``lost``).
+    """
+    app = self.app
+    settings: Settings = app.brainmia_settings
+
+    def requeue(job_id: str, next_attempt: int) -> None:
+        app.send_task(TASK_NAME, args=[job_id, next_attempt])
+
+    return run_job(
+        resources_for(app),
+        assessment_id,
+        int(attempt),
+        worker=worker_name(self.request.hostname),
+        shutdown=app.brainmia_shutdown,
+        requeue=None if settings.embedded else requeue,
+    )
