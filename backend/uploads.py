@@ -26,6 +26,7 @@ MAX_FIELD_BYTES = 64 * 1024
 """Largest text field (e.g. model metadata JSON)."""
 MAX_PARTS = 32
 _OVERHEAD = 1 << 20
+_FLUSH_BYTES = 1 << 20  # file data is written in batches of about this size (one thread hop each)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class _Part:
     disposition: bytes = b""
     data: bytearray = field(default_factory=bytearray)
     pending: list[bytes] = field(default_factory=list)
+    pending_bytes: int = 0
     fh: Any = None
     path: Path | None = None
     size: int = 0
@@ -153,6 +155,7 @@ class _Receiver:
             if part.size > self.file_limits[part.name]:
                 raise too_large(f"the '{part.name}' file", self.file_limits[part.name])
             part.pending.append(bytes(data[start:end]))
+            part.pending_bytes += end - start
         elif part.filename is None:  # a text field
             if len(part.data) + end - start > MAX_FIELD_BYTES:
                 raise too_large(f"the '{part.name}' field", MAX_FIELD_BYTES)
@@ -167,7 +170,7 @@ class _Receiver:
 
 
 def _flush(part: _Part) -> None:
-    chunks, part.pending = part.pending, []
+    chunks, part.pending, part.pending_bytes = part.pending, [], 0
     for chunk in chunks:
         part.digest.update(chunk)
         part.fh.write(chunk)
@@ -225,9 +228,12 @@ async def receive_multipart(request: Request, dest_dir: Path, file_limits: dict[
             except FormParserError as exc:
                 raise ApiError(422, "invalid_upload", f"malformed multipart body: {exc}") from None
             for part in receiver.parts:
-                if part.pending:
+                if part.pending_bytes >= _FLUSH_BYTES or (part.pending and part.ended):
                     await anyio.to_thread.run_sync(_flush, part)
         parser.finalize()
+        for part in receiver.parts:
+            if part.pending:
+                await anyio.to_thread.run_sync(_flush, part)
         await anyio.to_thread.run_sync(lambda: _close(receiver.parts, sync=True))
     finally:
         _close(receiver.parts, sync=False)
