@@ -41,6 +41,7 @@ RATIO_FLOOR_BYTES = 1 << 20
 _MAX_HEADER_READ = 8 << 20
 """Largest single read tarfile may make (pax / long-name headers are read whole)."""
 _TAR_OVERHEAD_PER_MEMBER = 4096
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 _MIN_CENTRAL_DIR_ENTRY = 46
 _MAX_CENTRAL_DIR_BYTES_PER_MEMBER = 1024
 
@@ -115,7 +116,7 @@ def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> Extract
     writer = _Writer(dest.resolve(), limits, budget)
     with open(archive, "rb") as fh:
         magic = fh.read(6)
-    if magic[:2] == b"PK":
+    if magic[:4] in _ZIP_MAGIC:
         _extract_zip(archive, writer)
     else:
         _extract_tar(archive, magic, writer, budget)
@@ -153,17 +154,18 @@ class _Writer:
         self.n_files = 0
         self.n_dirs = 0
         self.members = 0
-        self.seen: set[PurePosixPath] = set()
+        self.seen: dict[PurePosixPath, bool] = {}  # member path -> is a folder
 
     def count(self, name: str) -> None:
         self.members += 1
         if self.members > self.limits.max_members:
             raise ArchiveError(f"more than {self.limits.max_members} members in the archive")
 
-    def _target(self, name: str, rel: PurePosixPath) -> Path:
-        if rel in self.seen:
+    def _target(self, name: str, rel: PurePosixPath, *, is_dir: bool) -> Path:
+        previous = self.seen.get(rel)
+        if previous is not None and not (is_dir and previous):  # a folder may be listed twice
             raise ArchiveError("duplicate member name", name)
-        self.seen.add(rel)
+        self.seen[rel] = is_dir
         target = self.root.joinpath(*rel.parts)
         # No link is ever created, so this holds for the real path too; checked anyway.
         if not target.resolve().is_relative_to(self.root):
@@ -174,7 +176,7 @@ class _Writer:
         rel = safe_member_path(name)
         if rel is None:
             return
-        target = self._target(name, rel)
+        target = self._target(name, rel, is_dir=True)
         try:
             target.mkdir(mode=0o750, parents=True, exist_ok=True)
         except OSError as exc:
@@ -187,7 +189,7 @@ class _Writer:
         rel = safe_member_path(name)
         if rel is None:
             raise ArchiveError("a file member without a name", name)
-        target = self._target(name, rel)
+        target = self._target(name, rel, is_dir=False)
         try:
             target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o640)

@@ -142,3 +142,26 @@ def test_zip_crc_mismatch_is_refused(tmp_path: Path) -> None:
     archive.write_bytes(data)
     with pytest.raises(ArchiveError, match="corrupt"):
         extract_archive(archive, tmp_path / "out", LIMITS)
+
+
+def test_a_folder_listed_twice_is_fine_but_a_file_clash_is_not(tmp_path: Path) -> None:
+    archive = tmp_path / "dirs.tar"
+    with tarfile.open(archive, "w") as tf:
+        for name in ("d", "d"):
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            tf.addfile(info)
+        info = tarfile.TarInfo("d/a.txt")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"a"))
+    assert extract_archive(archive, tmp_path / "o1", LIMITS).n_files == 1
+    clash = tmp_path / "clash.tar"
+    with tarfile.open(clash, "w") as tf:
+        info = tarfile.TarInfo("d")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"a"))
+        info = tarfile.TarInfo("d")
+        info.type = tarfile.DIRTYPE
+        tf.addfile(info)
+    with pytest.raises(ArchiveError):
+        extract_archive(clash, tmp_path / "o2", LIMITS)
