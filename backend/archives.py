@@ -218,8 +218,7 @@ class _Writer:
         if self.budget >= self.limits.max_total_bytes:
             return f"the archive expands to more than {self.limits.max_total_bytes} bytes"
         return (
-            f"the archive expands more than {self.limits.max_ratio:g} times its compressed size "
-            "(a decompression bomb?)"
+            f"the archive expands more than {self.limits.max_ratio:g} times its compressed size (a decompression bomb?)"
         )
 
 

@@ -29,7 +29,11 @@ def test_extracts_regular_files_and_folders(tmp_path: Path, kind: str) -> None:
     else:
         tar_members(archive, members, mode={"tar": "w", "tar.gz": "w:gz", "tar.bz2": "w:bz2", "tar.xz": "w:xz"}[kind])
     out = extract_archive(archive, tmp_path / "out", LIMITS)
-    assert _files(tmp_path / "out") == {"top/manifest.csv": b"scan_id,path\n", "top/scans/a.nii": b"A" * 1000, "top/b.txt": b"b"}
+    assert _files(tmp_path / "out") == {
+        "top/manifest.csv": b"scan_id,path\n",
+        "top/scans/a.nii": b"A" * 1000,
+        "top/b.txt": b"b",
+    }
     assert out.n_files == 3 and out.total_bytes == 1014
 
 

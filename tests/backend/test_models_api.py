@@ -103,7 +103,9 @@ def test_upload_safetensors_with_arch_and_a_name(client: TestClient, files: dict
 
 
 @pytest.mark.parametrize("torch_zip", [True, False], ids=["torch.save", "raw-pickle"])
-def test_pickle_that_runs_code_is_refused_and_nothing_kept(app, client: TestClient, tmp_path: Path, torch_zip: bool) -> None:
+def test_pickle_that_runs_code_is_refused_and_nothing_kept(
+    app, client: TestClient, tmp_path: Path, torch_zip: bool
+) -> None:
     marker = tmp_path / "pwned"
     evil = make_code_pickle(tmp_path / "weights.pt", marker, torch_zip=torch_zip)
     err = assert_error(upload(client, evil, tiny_metadata()), 422, "invalid_model")
@@ -131,7 +133,9 @@ def test_wrong_output_and_garbage_are_refused(app, client: TestClient, files: di
 def test_bad_metadata_and_missing_file(app, client: TestClient, files: dict[str, Path]) -> None:
     err = assert_error(upload(client, files["torchscript"], "{not json"), 422, "invalid_metadata")
     assert err["details"][0]["field"] == "metadata"
-    err = assert_error(upload(client, files["torchscript"], {"input_shape": [1, 2], "colour": "red"}), 422, "invalid_metadata")
+    err = assert_error(
+        upload(client, files["torchscript"], {"input_shape": [1, 2], "colour": "red"}), 422, "invalid_metadata"
+    )
     fields = {d["field"] for d in err["details"]}
     assert "metadata.colour" in fields and any(f.startswith("metadata.input_shape") for f in fields)
     err = assert_error(client.post(API, data={"metadata": "{}"}, files={"other": ("x", b"x")}), 422, "validation_error")
@@ -161,7 +165,7 @@ def test_too_large_upload_is_413_and_nothing_kept(small_settings: Settings, file
 
     def chunks():  # type: ignore[no-untyped-def]
         boundary = b"XyZ"
-        yield b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"m.pt\"\r\n\r\n"
+        yield b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="m.pt"\r\n\r\n'
         for i in range(0, len(payload), 1000):
             yield payload[i : i + 1000]
         yield b"\r\n--" + boundary + b"--\r\n"
@@ -172,7 +176,7 @@ def test_too_large_upload_is_413_and_nothing_kept(small_settings: Settings, file
 
 
 def test_truncated_multipart_body_is_422(app, client: TestClient) -> None:
-    body = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"m.pt\"\r\n\r\nabcdef"
+    body = b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="m.pt"\r\n\r\nabcdef'
     r = client.post(API, content=body, headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
     assert_error(r, 422, "invalid_upload")
     assert stored_nothing(app)
@@ -202,8 +206,15 @@ def test_delete_refused_while_an_assessment_uses_it(app, client: TestClient, fil
     with session_scope(app.state.sessionmaker) as session:
         org_id = session.get(ModelRecord, model_id).org_id  # type: ignore[union-attr]
         scan_set = ScanSet(
-            org_id=org_id, name="s", source="server", root="/x", manifest_path="/x/m.csv", manifest_sha256="0" * 64,
-            n_scans=0, n_members=0, n_nonmembers=0,
+            org_id=org_id,
+            name="s",
+            source="server",
+            root="/x",
+            manifest_path="/x/m.csv",
+            manifest_sha256="0" * 64,
+            n_scans=0,
+            n_members=0,
+            n_nonmembers=0,
         )
         session.add(scan_set)
         session.flush()
@@ -213,7 +224,9 @@ def test_delete_refused_while_an_assessment_uses_it(app, client: TestClient, fil
     assert client.get(f"{API}/{model_id}").status_code == 200
 
 
-def test_other_organisation_sees_nothing(client: TestClient, other_org_client: TestClient, files: dict[str, Path]) -> None:
+def test_other_organisation_sees_nothing(
+    client: TestClient, other_org_client: TestClient, files: dict[str, Path]
+) -> None:
     model_id = upload(client, files["torchscript"], tiny_metadata()).json()["id"]
     assert other_org_client.get(API).json() == {"items": [], "total": 0, "limit": 50, "offset": 0}
     assert_error(other_org_client.get(f"{API}/{model_id}"), 404, "not_found")

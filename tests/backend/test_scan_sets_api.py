@@ -16,7 +16,16 @@ from backend.db.models import Assessment, ModelRecord, ScanSet
 from backend.db.session import session_scope
 from backend.settings import Settings
 
-from .upload_fixtures import copy_cohort, make_cohort, tar_dir, tar_members, tiny_metadata, zip_bomb, zip_dir, zip_members
+from .upload_fixtures import (
+    copy_cohort,
+    make_cohort,
+    tar_dir,
+    tar_members,
+    tiny_metadata,
+    zip_bomb,
+    zip_dir,
+    zip_members,
+)
 
 API = "/api/v1/scan-sets"
 
@@ -52,7 +61,9 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def post_archive(client: TestClient, archive: Path, name: str | None = None):  # type: ignore[no-untyped-def]
     with open(archive, "rb") as fh:
-        return client.post(API, files={"archive": (archive.name, fh, "application/octet-stream")}, data={"name": name} if name else {})
+        return client.post(
+            API, files={"archive": (archive.name, fh, "application/octet-stream")}, data={"name": name} if name else {}
+        )
 
 
 def assert_error(response, status: int, code: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -168,7 +179,16 @@ MANIFEST = b"scan_id,path,age,member\ns1,a.nii.gz,50,1\n"
         lambda d: tar_members(d / "a.tar.gz", {"manifest.csv": MANIFEST}, hardlinks={"a.nii.gz": "/etc/passwd"}),
         lambda d: tar_members(d / "a.tar", {"manifest.csv": MANIFEST}, devices=["a.nii.gz"], mode="w"),
     ],
-    ids=["zip-dotdot", "tar-dotdot", "zip-absolute", "tar-absolute", "zip-symlink", "tar-symlink", "tar-hardlink", "tar-device"],
+    ids=[
+        "zip-dotdot",
+        "tar-dotdot",
+        "zip-absolute",
+        "tar-absolute",
+        "zip-symlink",
+        "tar-symlink",
+        "tar-hardlink",
+        "tar-device",
+    ],
 )
 def test_hostile_archives_are_refused_and_nothing_kept(app, client: TestClient, tmp_path: Path, make) -> None:  # type: ignore[no-untyped-def]
     archive = make(tmp_path)
@@ -188,7 +208,11 @@ def test_zip_bomb_is_refused_and_nothing_kept(app, client: TestClient, tmp_path:
 
 
 def test_archive_without_manifest_or_garbage(app, client: TestClient, tmp_path: Path) -> None:
-    err = assert_error(post_archive(client, zip_members(tmp_path / "a.zip", {"x/manifest.csv": MANIFEST, "y/z": b""})), 422, "invalid_archive")
+    err = assert_error(
+        post_archive(client, zip_members(tmp_path / "a.zip", {"x/manifest.csv": MANIFEST, "y/z": b""})),
+        422,
+        "invalid_archive",
+    )
     assert "manifest.csv" in err["message"]
     junk = tmp_path / "junk.tgz"
     junk.write_bytes(os.urandom(1000))
@@ -204,14 +228,18 @@ def test_too_large_archive_is_413(app, client: TestClient, tmp_path: Path) -> No
 
 
 def test_bad_requests(client: TestClient) -> None:
-    assert_error(client.post(API, content=b"hello", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type")
+    assert_error(
+        client.post(API, content=b"hello", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"
+    )
     err = assert_error(client.post(API, json={"name": "x"}), 422, "validation_error")
     assert err["details"][0]["field"] == "manifest_path"
     err = assert_error(client.post(API, files={"other": ("x", b"x")}), 422, "validation_error")
     assert err["details"][0]["field"] == "archive"
 
 
-def test_server_manifest_under_an_allowed_root(app, client: TestClient, settings: Settings, cohort: Path, tmp_path: Path) -> None:
+def test_server_manifest_under_an_allowed_root(
+    app, client: TestClient, settings: Settings, cohort: Path, tmp_path: Path
+) -> None:
     folder = copy_cohort(cohort, settings.manifest_roots[0] / "ukb")
     r = client.post(API, json={"manifest_path": str(folder / "manifest.csv")})
     assert r.status_code == 201, r.text
@@ -224,7 +252,9 @@ def test_server_manifest_under_an_allowed_root(app, client: TestClient, settings
     assert_error(client.get(f"{API}/{body['id']}"), 404, "not_found")
 
 
-def test_server_manifest_outside_the_roots_is_refused(app, client: TestClient, settings: Settings, cohort: Path, tmp_path: Path) -> None:
+def test_server_manifest_outside_the_roots_is_refused(
+    app, client: TestClient, settings: Settings, cohort: Path, tmp_path: Path
+) -> None:
     outside = copy_cohort(cohort, tmp_path / "elsewhere")
     allowed = settings.manifest_roots[0]
     assert_error(client.post(API, json={"manifest_path": str(outside / "manifest.csv")}), 403, "forbidden")
@@ -238,7 +268,10 @@ def test_server_manifest_outside_the_roots_is_refused(app, client: TestClient, s
     inner = allowed / "inner"
     inner.mkdir()
     shutil.copy(cohort / "manifest.csv", inner / "manifest.csv")
-    edit_manifest(inner, {2: {"path": str(outside / "scans" / "sub-0001.nii.gz")}, 3: {"path": "../../elsewhere/scans/sub-0002.nii.gz"}})
+    edit_manifest(
+        inner,
+        {2: {"path": str(outside / "scans" / "sub-0001.nii.gz")}, 3: {"path": "../../elsewhere/scans/sub-0002.nii.gz"}},
+    )
     err = assert_error(client.post(API, json={"manifest_path": str(inner / "manifest.csv")}), 422, "invalid_manifest")
     assert {(d["line"], d["field"]) for d in err["details"]} >= {(2, "path"), (3, "path")}
     # not enabled at all
@@ -247,7 +280,9 @@ def test_server_manifest_outside_the_roots_is_refused(app, client: TestClient, s
     assert stored_nothing(app)
 
 
-def test_delete_removes_files_and_cached_volumes(app, client: TestClient, settings: Settings, cohort: Path, tmp_path: Path) -> None:
+def test_delete_removes_files_and_cached_volumes(
+    app, client: TestClient, settings: Settings, cohort: Path, tmp_path: Path
+) -> None:
     from worker.engine.cache import VolumeCache
     from worker.engine.models import ModelMetadata
 
@@ -255,7 +290,17 @@ def test_delete_removes_files_and_cached_volumes(app, client: TestClient, settin
     folder = app.state.storage.scan_set_dir(body["id"])
     with session_scope(app.state.sessionmaker) as session:
         org_id = session.get(ScanSet, body["id"]).org_id  # type: ignore[union-attr]
-        session.add(ModelRecord(org_id=org_id, name="m", path="x", sha256="0" * 64, format="torchscript", size_bytes=1, model_metadata=tiny_metadata()))
+        session.add(
+            ModelRecord(
+                org_id=org_id,
+                name="m",
+                path="x",
+                sha256="0" * 64,
+                format="torchscript",
+                size_bytes=1,
+                model_metadata=tiny_metadata(),
+            )
+        )
     spec = ModelMetadata.model_validate(tiny_metadata()).conform_spec()
     cache = VolumeCache(settings.volume_cache_dir)
     scans = sorted((folder / "scans").iterdir())[:3]
@@ -284,7 +329,9 @@ def test_delete_refused_while_an_assessment_uses_it(app, client: TestClient, coh
     assert app.state.storage.scan_set_dir(body["id"]).is_dir()
 
 
-def test_list_isolation_and_auth(client: TestClient, other_org_client: TestClient, anonymous_client: TestClient, cohort: Path, tmp_path: Path) -> None:
+def test_list_isolation_and_auth(
+    client: TestClient, other_org_client: TestClient, anonymous_client: TestClient, cohort: Path, tmp_path: Path
+) -> None:
     archive = zip_dir(cohort, tmp_path / "c.zip")
     ids = [post_archive(client, archive, name=f"s{i}").json()["id"] for i in range(3)]
     page = client.get(API, params={"limit": 2, "offset": 1}).json()

@@ -67,7 +67,9 @@ class ModelOut(BaseModel):
 class ModelPage(BaseModel):
     """One page of models, newest first."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_EXAMPLE], "total": 1, "limit": 50, "offset": 0}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [_EXAMPLE], "total": 1, "limit": 50, "offset": 0}]}
+    )
 
     items: list[ModelOut]
     total: int = Field(description="Models of the organisation in all")
@@ -147,14 +149,22 @@ def _parse_metadata(text: str | None) -> Any:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ApiError(422, "invalid_metadata", "metadata is not valid JSON", [{"field": "metadata", "reason": str(exc)}]) from None
+        raise ApiError(
+            422, "invalid_metadata", "metadata is not valid JSON", [{"field": "metadata", "reason": str(exc)}]
+        ) from None
     if not isinstance(data, dict):
-        raise ApiError(422, "invalid_metadata", "metadata must be a JSON object", [{"field": "metadata", "reason": "not an object"}])
+        raise ApiError(
+            422,
+            "invalid_metadata",
+            "metadata must be a JSON object",
+            [{"field": "metadata", "reason": "not an object"}],
+        )
     try:
         return ModelMetadata.model_validate(data)
     except ValidationError as exc:
         details = [
-            {"field": ".".join(["metadata", *(str(p) for p in err["loc"])]), "reason": err["msg"]} for err in exc.errors()
+            {"field": ".".join(["metadata", *(str(p) for p in err["loc"])]), "reason": err["msg"]}
+            for err in exc.errors()
         ]
         raise ApiError(422, "invalid_metadata", "invalid model metadata", details) from None
 
@@ -204,9 +214,13 @@ async def upload_model(
         form = await receive_multipart(request, tmp, {"file": settings.max_model_bytes})
         upload = form.files.get("file")
         if upload is None:
-            raise ApiError(422, "validation_error", "the request is not valid", [{"field": "file", "reason": "Field required"}])
+            raise ApiError(
+                422, "validation_error", "the request is not valid", [{"field": "file", "reason": "Field required"}]
+            )
         if upload.size == 0:
-            raise ApiError(422, "invalid_model", "the uploaded file is empty", [{"field": "file", "reason": "empty file"}])
+            raise ApiError(
+                422, "invalid_model", "the uploaded file is empty", [{"field": "file", "reason": "empty file"}]
+            )
         metadata = _parse_metadata(form.fields.get("metadata"))
         file_name = safe_filename(upload.filename, "model.bin")
         name = (form.fields.get("name") or "").strip() or upload.filename or file_name
@@ -228,7 +242,17 @@ async def upload_model(
             created_by=principal.token_id,
         )
         session.add(row)
-        audit.record(session, principal, "upload", "model", model_id, name=row.name, sha256=row.sha256, format=row.format, size_bytes=row.size_bytes)
+        audit.record(
+            session,
+            principal,
+            "upload",
+            "model",
+            model_id,
+            name=row.name,
+            sha256=row.sha256,
+            format=row.format,
+            size_bytes=row.size_bytes,
+        )
         session.commit()
     except BaseException:
         session.rollback()
@@ -249,7 +273,11 @@ def list_models(
     where = ModelRecord.org_id == principal.org_id
     total = session.scalar(select(func.count()).select_from(ModelRecord).where(where)) or 0
     rows = session.scalars(
-        select(ModelRecord).where(where).order_by(ModelRecord.created_at.desc(), ModelRecord.id.desc()).limit(limit).offset(offset)
+        select(ModelRecord)
+        .where(where)
+        .order_by(ModelRecord.created_at.desc(), ModelRecord.id.desc())
+        .limit(limit)
+        .offset(offset)
     ).all()
     return ModelPage(items=[model_out(r) for r in rows], total=total, limit=limit, offset=offset)
 

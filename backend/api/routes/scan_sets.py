@@ -81,7 +81,9 @@ class ScanSetOut(BaseModel):
 class ScanSetPage(BaseModel):
     """One page of scan sets, newest first."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_EXAMPLE], "total": 1, "limit": 50, "offset": 0}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [_EXAMPLE], "total": 1, "limit": 50, "offset": 0}]}
+    )
 
     items: list[ScanSetOut]
     total: int
@@ -94,7 +96,9 @@ class ScanSetFromPath(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"manifest_path": "/data/cohorts/ukb-holdout/manifest.csv", "name": "ukb-holdout"}]},
+        json_schema_extra={
+            "examples": [{"manifest_path": "/data/cohorts/ukb-holdout/manifest.csv", "name": "ukb-holdout"}]
+        },
     )
 
     manifest_path: str = Field(description="Absolute path of a manifest under one of BRAINMIA_MANIFEST_ROOTS")
@@ -186,13 +190,13 @@ def _check_scans(records: Iterable[Any], base: Path, label: str) -> None:
         return None
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        results = list(zip(first_line, pool.map(check, first_line)))
+        results = list(zip(first_line, pool.map(check, first_line), strict=True))
     bad = [(path, reason) for path, reason in results if reason is not None]
     if bad:
         names = [_relative(str(p), base, label) for p, _ in bad]
         details = [
             {"line": first_line[p], "field": "path", "reason": f"{name}: {_relative(reason, base, label)}"}
-            for (p, reason), name in zip(bad, names)
+            for (p, reason), name in zip(bad, names, strict=True)
         ]
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         raise ApiError(422, "invalid_scan", f"{len(bad)} scan(s) cannot be read as NIfTI: {shown}", details)
@@ -262,7 +266,16 @@ def _default_name(filename: str) -> str:
     return base
 
 
-def _row(scan_set_id: str, principal: Principal, name: str, source: str, root: str, manifest_path: str, manifest: Any, size: int) -> ScanSet:
+def _row(
+    scan_set_id: str,
+    principal: Principal,
+    name: str,
+    source: str,
+    root: str,
+    manifest_path: str,
+    manifest: Any,
+    size: int,
+) -> ScanSet:
     return ScanSet(
         id=scan_set_id,
         org_id=principal.org_id,
@@ -313,7 +326,9 @@ async def create_scan_set(
     )
 
 
-async def _from_archive(request: Request, session: Any, storage: Storage, settings: Settings, principal: Principal) -> ScanSetOut:
+async def _from_archive(
+    request: Request, session: Any, storage: Storage, settings: Settings, principal: Principal
+) -> ScanSetOut:
     tmp = storage.temp_dir()
     scan_set_id = new_id()
     final = storage.scan_set_dir(scan_set_id)
@@ -322,19 +337,33 @@ async def _from_archive(request: Request, session: Any, storage: Storage, settin
         form = await receive_multipart(request, tmp, {"archive": settings.max_archive_bytes})
         upload = form.files.get("archive")
         if upload is None:
-            raise ApiError(422, "validation_error", "the request is not valid", [{"field": "archive", "reason": "Field required"}])
+            raise ApiError(
+                422, "validation_error", "the request is not valid", [{"field": "archive", "reason": "Field required"}]
+            )
         if upload.size == 0:
-            raise ApiError(422, "invalid_archive", "the uploaded archive is empty", [{"field": "archive", "reason": "empty file"}])
+            raise ApiError(
+                422, "invalid_archive", "the uploaded archive is empty", [{"field": "archive", "reason": "empty file"}]
+            )
         root, manifest, size = await run_in_threadpool(_extract_and_validate, upload.path, tmp / "content", settings)
         name = (form.fields.get("name") or "").strip() or _default_name(upload.filename) or scan_set_id
         Storage.publish_dir(root, final)
         published = True
         rel = final.relative_to(storage.root)
-        row = _row(scan_set_id, principal, name, "archive", rel.as_posix(), (rel / MANIFEST_NAME).as_posix(), manifest, size)
+        row = _row(
+            scan_set_id, principal, name, "archive", rel.as_posix(), (rel / MANIFEST_NAME).as_posix(), manifest, size
+        )
         session.add(row)
         audit.record(
-            session, principal, "upload", "scan_set", scan_set_id,
-            source="archive", name=row.name, n_scans=row.n_scans, manifest_sha256=row.manifest_sha256, archive_sha256=upload.sha256,
+            session,
+            principal,
+            "upload",
+            "scan_set",
+            scan_set_id,
+            source="archive",
+            name=row.name,
+            n_scans=row.n_scans,
+            manifest_sha256=row.manifest_sha256,
+            archive_sha256=upload.sha256,
         )
         session.commit()
     except BaseException:
@@ -368,15 +397,27 @@ async def _from_server_manifest(request: Request, session: Any, settings: Settin
         raise ApiError(422, "validation_error", "the request is not valid", details) from None
     roots = [Path(r).resolve() for r in settings.manifest_roots]
     if not roots:
-        raise ApiError(403, "forbidden", "server-side manifests are not enabled (the administrator sets BRAINMIA_MANIFEST_ROOTS)")
+        raise ApiError(
+            403, "forbidden", "server-side manifests are not enabled (the administrator sets BRAINMIA_MANIFEST_ROOTS)"
+        )
     given = Path(body.manifest_path)
     if not given.is_absolute():
-        raise ApiError(422, "invalid_input", "manifest_path must be an absolute path", [{"field": "manifest_path", "reason": "not absolute"}])
+        raise ApiError(
+            422,
+            "invalid_input",
+            "manifest_path must be an absolute path",
+            [{"field": "manifest_path", "reason": "not absolute"}],
+        )
     resolved = given.resolve()
     if not _allowed(resolved, roots):
         raise ApiError(403, "forbidden", "manifest_path is not under an allowed manifest root (after resolving links)")
     if not resolved.is_file():
-        raise ApiError(422, "invalid_input", f"manifest not found: {given}", [{"field": "manifest_path", "reason": "file not found"}])
+        raise ApiError(
+            422,
+            "invalid_input",
+            f"manifest not found: {given}",
+            [{"field": "manifest_path", "reason": "file not found"}],
+        )
 
     def validate() -> tuple[Any, int]:
         manifest = _validate(resolved, str(resolved.parent))
@@ -386,13 +427,27 @@ async def _from_server_manifest(request: Request, session: Any, settings: Settin
     manifest, size = await run_in_threadpool(validate)
     scan_set_id = new_id()
     row = _row(
-        scan_set_id, principal, (body.name or "").strip() or resolved.parent.name or resolved.name,
-        "server", str(resolved.parent), str(resolved), manifest, size,
+        scan_set_id,
+        principal,
+        (body.name or "").strip() or resolved.parent.name or resolved.name,
+        "server",
+        str(resolved.parent),
+        str(resolved),
+        manifest,
+        size,
     )
     session.add(row)
     audit.record(
-        session, principal, "upload", "scan_set", scan_set_id,
-        source="server", name=row.name, manifest_path=str(resolved), n_scans=row.n_scans, manifest_sha256=row.manifest_sha256,
+        session,
+        principal,
+        "upload",
+        "scan_set",
+        scan_set_id,
+        source="server",
+        name=row.name,
+        manifest_path=str(resolved),
+        n_scans=row.n_scans,
+        manifest_sha256=row.manifest_sha256,
     )
     session.commit()
     return scan_set_out(row)
@@ -498,7 +553,9 @@ def delete_scan_set(
     refers to the set (delete those first).
     """
     row = get_owned_scan_set(session, principal, scan_set_id)
-    users = session.scalar(select(func.count()).select_from(Assessment).where(Assessment.scan_set_id == scan_set_id)) or 0
+    users = (
+        session.scalar(select(func.count()).select_from(Assessment).where(Assessment.scan_set_id == scan_set_id)) or 0
+    )
     if users:
         raise ApiError(409, "in_use", f"scan set '{scan_set_id}' is used by {users} assessment(s): delete them first")
     specs = _conform_specs(session, principal.org_id)
@@ -519,10 +576,11 @@ def delete_scan_set(
             os.replace(moved, folder)
         Storage.remove([trash])
         if isinstance(exc, IntegrityError):
-            raise ApiError(409, "in_use", f"scan set '{scan_set_id}' is used by an assessment: delete it first") from None
+            raise ApiError(
+                409, "in_use", f"scan set '{scan_set_id}' is used by an assessment: delete it first"
+            ) from None
         raise
     try:
         purge_volume_cache(settings.volume_cache_dir, _scans_of(row, root, manifest_path), specs)
     finally:
         Storage.remove([trash])
-
