@@ -263,6 +263,7 @@ def test_server_manifest_outside_the_roots_is_refused(
     assert_error(client.post(API, json={"manifest_path": str(allowed / "link" / "manifest.csv")}), 403, "forbidden")
     assert_error(client.post(API, json={"manifest_path": f"{allowed}/../elsewhere/manifest.csv"}), 403, "forbidden")
     assert_error(client.post(API, json={"manifest_path": "ukb/manifest.csv"}), 422, "invalid_input")
+    assert_error(client.post(API, json={"manifest_path": f"{allowed}/a\x00b.csv"}), 422, "invalid_input")
     assert_error(client.post(API, json={"manifest_path": str(allowed / "nope.csv")}), 422, "invalid_input")
     # a manifest inside the root whose rows point out of its folder
     inner = allowed / "inner"

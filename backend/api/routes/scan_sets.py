@@ -401,7 +401,7 @@ async def _from_server_manifest(request: Request, session: Any, settings: Settin
             403, "forbidden", "server-side manifests are not enabled (the administrator sets BRAINMIA_MANIFEST_ROOTS)"
         )
     given = Path(body.manifest_path)
-    if not given.is_absolute():
+    if "\x00" in body.manifest_path or not given.is_absolute():
         raise ApiError(
             422,
             "invalid_input",
