@@ -92,3 +92,45 @@ def create_celery(settings: Settings) -> Celery:
     import worker.tasks  # noqa: F401  (registers the task on this app: shared_task)
 
     return app
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    concurrency: int = 1,
+    queues: list[str] | None = None,
+    hostname: str | None = None,
+    loglevel: str = "INFO",
+) -> int:
+    """Run a distributed-mode worker in this process until it is shut down (``brainmia worker``).
+
+    One job at a time per process (solo pool, prefetch 1) unless ``concurrency`` > 1 (prefork).
+    On a warm shutdown (SIGTERM, Ctrl-C) a running job is handed back to the queue at its next
+    batch or attack instead of running to the end.
+
+    Returns:
+        the worker's exit code.
+    """
+    import socket
+
+    from celery.signals import worker_shutting_down
+
+    app = create_celery(settings)
+
+    def _hand_back(**_: Any) -> None:
+        app.brainmia_shutdown.set()  # type: ignore[attr-defined]
+
+    worker_shutting_down.connect(_hand_back, weak=False)
+    worker = app.Worker(
+        hostname=hostname or f"brainmia@{socket.gethostname()}",
+        pool="solo" if concurrency == 1 else "prefork",
+        concurrency=concurrency,
+        queues=queues or [default_queue(settings)],
+        loglevel=loglevel,
+        prefetch_multiplier=1,
+        optimization="fair",
+        without_gossip=True,
+        without_mingle=True,
+    )
+    worker.start()
+    return int(worker.exitcode or 0)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from backend.auth import get_or_create_org
+from backend.app import create_app
+from backend.auth import create_token, get_or_create_org
 from backend.db.models import ModelRecord, ScanSet, new_id
 from backend.db.session import session_scope
+from backend.settings import Settings
 from tests.conftest import TINY_CHANNELS, TINY_SHAPE, TINY_VOXEL, save_tiny_model
 
 #: fast options: two classifiers, two repeats
@@ -130,3 +134,85 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"assessment still {body['state']} after {timeout} s: {body}")
         time.sleep(0.05)
+
+
+@dataclass
+class SharedJob:
+    """One app (module-wide) with one succeeded assessment, for tests that only read.
+
+    Attributes:
+        app: the app.
+        client / other / anonymous / admin: alice (acme), mallory (globex), no token, acme's admin.
+        inputs: the ids of :func:`job_inputs`.
+        job: the assessment body once succeeded.
+        seen: every body polled while it ran.
+    """
+
+    app: Any
+    client: TestClient
+    other: TestClient
+    anonymous: TestClient
+    admin: TestClient
+    inputs: dict[str, str]
+    job: dict[str, Any]
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def shared_job(tmp_path_factory: pytest.TempPathFactory, job_cohort: Path, job_model_file: Path) -> Iterator[SharedJob]:
+    """An embedded app of its own with one assessment run to success (default feature sets)."""
+    root = tmp_path_factory.mktemp("shared_job")
+    settings = Settings(data_dir=root / "data", cache_dir=root / "cache", session_secret="test-secret")
+    application = create_app(settings)
+    with TestClient(application):
+        with session_scope(application.state.sessionmaker) as session:
+            tokens = {
+                "admin": create_token(session, "admin", "acme", admin=True),
+                "alice": create_token(session, "alice", "acme"),
+                "mallory": create_token(session, "mallory", "globex"),
+            }
+        clients = {k: TestClient(application, headers={"Authorization": f"Bearer {v}"}) for k, v in tokens.items()}
+        inputs = {
+            "model_id": add_model(application, "acme", job_model_file),
+            "scan_set_id": add_scan_set(application, "acme", job_cohort),
+            "other_model_id": add_model(application, "globex", job_model_file),
+            "other_scan_set_id": add_scan_set(application, "globex", job_cohort),
+        }
+        created = submit(clients["alice"], inputs)
+        seen = [created]
+        done = wait_for(clients["alice"], created["id"], ("succeeded", "failed", "cancelled"), timeout=60, seen=seen)
+        yield SharedJob(
+            app=application,
+            client=clients["alice"],
+            other=clients["mallory"],
+            anonymous=TestClient(application),
+            admin=clients["admin"],
+            inputs=inputs,
+            job=done,
+            seen=seen,
+        )
+
+
+def add_assessment(app: Any, org: str, inputs: dict[str, str], **values: Any) -> str:
+    """Insert an assessment row directly (no message is sent); returns its id."""
+    from backend.db.models import Assessment
+
+    with session_scope(app.state.sessionmaker) as session:
+        row = Assessment(
+            org_id=get_or_create_org(session, org).id,
+            model_id=inputs["model_id"],
+            scan_set_id=inputs["scan_set_id"],
+            options=FAST_OPTIONS,
+            **values,
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def get_row(app: Any, assessment_id: str) -> Any:
+    """The assessment row as it is in the database now (detached)."""
+    from backend.db.models import Assessment
+
+    with app.state.sessionmaker() as session:
+        return session.get(Assessment, assessment_id)

@@ -5,18 +5,28 @@ from __future__ import annotations
 
 import io
 import os
-import json
+from datetime import timedelta
 
 import pandas as pd
-import pytest
 
-from backend.db.models import AuditEvent
+from backend.db.models import AuditEvent, utcnow
 from backend.db.session import session_scope
-from tests.backend.job_fixtures import FAST_OPTIONS, job_cohort, job_inputs, job_model_file, submit, wait_for
+from tests.backend.job_fixtures import (
+    FAST_OPTIONS,
+    add_assessment,
+    get_row,
+    job_cohort,
+    job_inputs,
+    job_model_file,
+    shared_job,
+    submit,
+    wait_for,
+)
 
-__all__ = ["job_cohort", "job_inputs", "job_model_file"]  # fixtures
+__all__ = ["job_cohort", "job_inputs", "job_model_file", "shared_job"]  # fixtures used here
 
 API = "/api/v1/assessments"
+SLOW = {"repeats": 50, "classifiers": ["threshold", "logistic", "mlp"]}
 
 
 def _audit(app, action: str) -> list[AuditEvent]:  # type: ignore[no-untyped-def]
@@ -24,133 +34,61 @@ def _audit(app, action: str) -> list[AuditEvent]:  # type: ignore[no-untyped-def
         return list(session.query(AuditEvent).filter(AuditEvent.action == action).all())
 
 
-def test_assessment_runs_to_success_with_results(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
-    created = submit(client, job_inputs)
-    assert created["state"] in ("queued", "running")
-    assert created["options"]["repeats"] == 2
+# -- one succeeded job, read by several tests ---------------------------------------------------
 
-    seen: list[dict] = []
-    done = wait_for(client, created["id"], ("succeeded", "failed", "cancelled"), seen=seen)
+
+def test_job_runs_to_success_reporting_progress(shared_job) -> None:  # type: ignore[no-untyped-def]
+    done = shared_job.job
     assert done["state"] == "succeeded", done["error"]
     assert done["progress"] == 1.0 and done["stage"] == "done"
     assert done["verdict_level"] in ("low", "medium", "high") and isinstance(done["passed"], bool)
     assert done["attempts"] == 1 and done["worker"].endswith(f":{os.getpid()}")
-    assert done["started_at"] and done["finished_at"] and done["error"] is None
-    assert "attempt 1 succeeded" in done["log"]
-    progresses = [b["progress"] for b in seen]
-    assert progresses == sorted(progresses)
-    stages = {b["stage"] for b in seen}
-    assert stages & {"starting", "features", "attacks", "report", "writing"}, stages
+    assert done["started_at"] and done["finished_at"] and done["heartbeat_at"] and done["error"] is None
+    assert done["options"]["repeats"] == 2 and done["options"]["classifiers"] == ["threshold", "logistic"]
+    assert "attempt 1 started" in done["log"] and "attempt 1 succeeded" in done["log"]
+    assert set(done["results"]) == {"report.json", "report.html", "features.csv", "figures"}
+    progresses = [b["progress"] for b in shared_job.seen]
+    assert progresses == sorted(progresses) and progresses[0] < 1.0
+    stages = [b["stage"] for b in shared_job.seen]
+    assert {"features", "attacks"} & set(stages), stages
+    assert len(_audit(shared_job.app, "run")) == 1
 
-    report = client.get(f"{API}/{created['id']}/report.json")
+
+def test_results_download(shared_job) -> None:  # type: ignore[no-untyped-def]
+    client, job_id = shared_job.client, shared_job.job["id"]
+    report = client.get(f"{API}/{job_id}/report.json")
     assert report.status_code == 200 and report.headers["content-type"].startswith("application/json")
-    assert report.json()["verdict"]["level"] == done["verdict_level"]
+    assert report.json()["verdict"]["level"] == shared_job.job["verdict_level"]
     assert report.json()["provenance"]["settings"]["repeats"] == 2
-    html = client.get(f"{API}/{created['id']}/report.html")
+    html = client.get(f"{API}/{job_id}/report.html")
     assert html.status_code == 200 and "<html" in html.text.lower()
     assert html.headers["content-disposition"].startswith("inline")
-    csv = client.get(f"{API}/{created['id']}/features.csv")
-    assert csv.status_code == 200
+    download = client.get(f"{API}/{job_id}/report.html", params={"download": "true"})
+    assert download.headers["content-disposition"].startswith("attachment")
+    csv = client.get(f"{API}/{job_id}/features.csv")
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
     table = pd.read_csv(io.StringIO(csv.text))
-    assert len(table) == 16 and {"scan_id", "member", "error"} <= set(table.columns)
+    assert len(table) == 16 and {"scan_id", "member", "error", "membership_score"} <= set(table.columns)
 
-    fig = client.get(f"{API}/{created['id']}/figures/error_distribution")
-    assert fig.status_code == 200 and fig.json()["data"], fig.text
-    roc = client.get(f"{API}/{created['id']}/figures/roc_curves", params={"log": "true"})
-    assert roc.status_code in (200, 422)
-    unknown = client.get(f"{API}/{created['id']}/figures/nope")
+    events = {(e.action, e.detail.get("file")) for e in _audit(shared_job.app, "export") + _audit(shared_job.app, "view")}
+    assert {("export", "report.json"), ("export", "features.csv"), ("view", "report.html"), ("export", "report.html")} <= events
+
+
+def test_figures(shared_job) -> None:  # type: ignore[no-untyped-def]
+    client, job_id = shared_job.client, shared_job.job["id"]
+    listing = client.get(f"{API}/{job_id}/figures").json()
+    names = {f["name"] for f in listing}
+    assert {"error_distribution", "roc_curves", "grad_norm_distribution", "accuracy_bars"} <= names
+    for name in ("error_distribution", "roc_curves", "grad_norm_distribution", "accuracy_bars"):
+        response = client.get(f"{API}/{job_id}/figures/{name}")
+        assert response.status_code == 200, response.text
+        assert response.json()["data"] and "layout" in response.json()
+    unknown = client.get(f"{API}/{job_id}/figures/nope")
     assert unknown.status_code == 404 and "error_distribution" in unknown.json()["error"]["message"]
-    listing = client.get(f"{API}/{created['id']}/figures").json()
-    assert "error_distribution" in {f["name"] for f in listing}
-
-    actions = {(e.action, e.detail.get("file") or e.detail.get("figure")) for e in _audit(app, "export") + _audit(app, "view")}
-    assert {("export", "report.json"), ("export", "features.csv"), ("view", "report.html"), ("view", "error_distribution")} <= actions
-    assert len(_audit(app, "run")) == 1
-
-
-def test_list_filters_and_paginates(client, job_inputs) -> None:  # type: ignore[no-untyped-def]
-    first = submit(client, job_inputs)
-    second = submit(client, job_inputs)
-    wait_for(client, first["id"], ("succeeded", "failed"))
-    wait_for(client, second["id"], ("succeeded", "failed"))
-    page = client.get(API, params={"limit": 1}).json()
-    assert page["total"] == 2 and [i["id"] for i in page["items"]] == [second["id"]]
-    assert client.get(API, params={"limit": 1, "offset": 1}).json()["items"][0]["id"] == first["id"]
-    assert client.get(API, params={"state": "succeeded", "model_id": job_inputs["model_id"]}).json()["total"] == 2
-    assert client.get(API, params={"scan_set_id": "nope"}).json()["total"] == 0
-    assert client.get(API, params={"state": "bogus"}).status_code == 422
-
-
-def test_validation_names_the_field(client, job_inputs) -> None:  # type: ignore[no-untyped-def]
-    def post(options: dict) -> dict:
-        response = client.post(
-            API, json={"model_id": job_inputs["model_id"], "scan_set_id": job_inputs["scan_set_id"], "options": options}
-        )
-        assert response.status_code == 422, response.text
-        return response.json()["error"]["details"][0]
-
-    assert post({"policy": {"auc_high": 2}})["field"] == "options.policy.auc_high"
-    assert post({"policy": {"auc_medium": 0.8, "auc_high": 0.6}})["field"] == "options.policy.auc_medium"
-    assert post({"policy": {"nope": 1}})["field"] == "options.policy.nope"
-    assert post({"repeats": 51})["field"] == "options.repeats"
-    assert post({"classifiers": ["magic"]})["field"] == "options.classifiers"
-    assert post({"feature_sets": ["error+"]})["field"] == "options.feature_sets"
-    assert post({"train_size": 8})["field"] == "options.train_size"
-    assert post({"device": "tpu"})["field"] == "options.device"
-
-
-def test_failing_job_keeps_the_error(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
-    (app.state.storage.model_dir(job_inputs["model_id"]) / "model.pt").unlink()
-    created = submit(client, job_inputs)
-    done = wait_for(client, created["id"], ("succeeded", "failed"))
-    assert done["state"] == "failed"
-    assert "model file not found" in done["error"]
-    assert "Traceback" in done["log"] and "ModelError" in done["log"]
-    response = client.get(f"{API}/{created['id']}/report.json")
-    assert response.status_code == 409
-    assert response.json()["error"]["code"] == "not_ready"
-    assert "model file not found" in response.json()["error"]["details"][0]["reason"]
-
-
-def test_cancel_a_running_job(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
-    created = submit(client, job_inputs, repeats=50, classifiers=["threshold", "logistic", "mlp"])
-    wait_for(client, created["id"], ("running",))
-    response = client.post(f"{API}/{created['id']}/cancel")
-    assert response.status_code == 202 and response.json()["cancel_requested"] is True
-    done = wait_for(client, created["id"], ("cancelled", "succeeded", "failed"), timeout=20)
-    assert done["state"] == "cancelled", done
-    assert done["finished_at"] and "cancelled at the user's request" in done["log"]
-    assert client.post(f"{API}/{created['id']}/cancel").status_code == 409
-    assert client.get(f"{API}/{created['id']}/report.html").status_code == 409
-    assert len(_audit(app, "cancel")) == 1
-
-
-def test_cancel_a_queued_job_at_once(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
-    app.state.jobs.stop()  # no worker: the job stays queued
-    created = submit(client, job_inputs)
-    body = client.post(f"{API}/{created['id']}/cancel").json()
-    assert body["state"] == "cancelled" and body["finished_at"]
-
-
-def test_delete_removes_row_and_results(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
-    created = submit(client, job_inputs)
-    wait_for(client, created["id"], ("succeeded",))
-    result_dir = app.state.storage.result_dir(created["id"])
-    assert (result_dir / "report.json").exists()
-    assert client.delete(f"{API}/{created['id']}").status_code == 204
-    assert not result_dir.exists()
-    assert client.get(f"{API}/{created['id']}").status_code == 404
-    assert len(_audit(app, "delete")) == 1
-
-
-def test_delete_a_running_job_stops_it(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
-    created = submit(client, job_inputs, repeats=50, classifiers=["threshold", "logistic", "mlp"])
-    wait_for(client, created["id"], ("running",))
-    assert client.delete(f"{API}/{created['id']}").status_code == 204
-    # the worker notices at its next check; it must leave no results behind
-    second = submit(client, job_inputs)
-    wait_for(client, second["id"], ("succeeded",))
-    assert not app.state.storage.result_dir(created["id"]).exists()
+    bad_option = client.get(f"{API}/{job_id}/figures/error_distribution", params={"nope": "1"})
+    assert bad_option.status_code == 422 and bad_option.json()["error"]["code"] == "invalid_figure_option"
+    figures_viewed = {e.detail.get("figure") for e in _audit(shared_job.app, "view")}
+    assert "roc_curves" in figures_viewed
 
 
 ENDPOINTS = [
@@ -165,31 +103,129 @@ ENDPOINTS = [
 ]
 
 
-def test_tokens_and_organisations(app, client, other_org_client, anonymous_client, job_inputs) -> None:  # type: ignore[no-untyped-def]
-    created = submit(client, job_inputs)
-    wait_for(client, created["id"], ("succeeded",))
+def test_401_without_token_and_404_for_another_organisation(shared_job) -> None:  # type: ignore[no-untyped-def]
+    job_id = shared_job.job["id"]
     for method, path in ENDPOINTS:
-        url = f"{API}/{path.format(id=created['id'])}"
-        assert getattr(anonymous_client, method)(url).status_code == 401, url
-        response = getattr(other_org_client, method)(url)
+        url = f"{API}/{path.format(id=job_id)}"
+        assert getattr(shared_job.anonymous, method)(url).status_code == 401, url
+        response = getattr(shared_job.other, method)(url)
         assert response.status_code == 404, url
         assert response.json()["error"]["code"] == "not_found"
-    assert anonymous_client.get(API).status_code == 401
-    assert anonymous_client.post(API, json={}).status_code == 401
-    assert other_org_client.get(API).json()["total"] == 0
-    # another organisation's model or scan set cannot be used
+    assert shared_job.anonymous.get(API).status_code == 401
+    assert shared_job.anonymous.post(API, json={}).status_code == 401
+    assert shared_job.other.get(API).json()["total"] == 0
+    inputs = shared_job.inputs
     for model_key, set_key in (("other_model_id", "scan_set_id"), ("model_id", "other_scan_set_id")):
-        body = {"model_id": job_inputs[model_key], "scan_set_id": job_inputs[set_key], "options": FAST_OPTIONS}
-        assert client.post(API, json=body).status_code == 404
-    # the job is still there for its owner
-    assert client.get(f"{API}/{created['id']}").status_code == 200
+        body = {"model_id": inputs[model_key], "scan_set_id": inputs[set_key], "options": FAST_OPTIONS}
+        response = shared_job.client.post(API, json=body)
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    # still there, untouched, for its owner
+    assert shared_job.client.get(f"{API}/{job_id}").json()["state"] == "succeeded"
 
 
-@pytest.mark.parametrize("name", ["roc_curves", "grad_norm_distribution", "accuracy_bars"])
-def test_more_figures(client, job_inputs, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_validation_names_the_field(shared_job) -> None:  # type: ignore[no-untyped-def]
+    inputs = shared_job.inputs
+
+    def post(options: dict) -> dict:
+        body = {"model_id": inputs["model_id"], "scan_set_id": inputs["scan_set_id"], "options": options}
+        response = shared_job.client.post(API, json=body)
+        assert response.status_code == 422, response.text
+        return response.json()["error"]["details"][0]
+
+    assert post({"policy": {"auc_high": 2}})["field"] == "options.policy.auc_high"
+    assert post({"policy": {"auc_medium": 0.8, "auc_high": 0.6}})["field"] == "options.policy.auc_medium"
+    assert post({"policy": {"nope": 1}})["field"] == "options.policy.nope"
+    assert post({"policy": {"fail_at": "always"}})["field"] == "options.policy.fail_at"
+    assert post({"repeats": 51})["field"] == "options.repeats"
+    assert post({"repeats": 0})["field"] == "options.repeats"
+    assert post({"classifiers": ["magic"]})["field"] == "options.classifiers"
+    assert post({"feature_sets": ["error+"]})["field"] == "options.feature_sets"
+    assert post({"train_size": 8})["field"] == "options.train_size"
+    assert post({"device": "tpu"})["field"] == "options.device"
+
+
+# -- jobs of their own --------------------------------------------------------------------------
+
+
+def test_list_filters_and_paginates(app, client, other_org_client, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    now = utcnow()
+    ids = [
+        add_assessment(app, "acme", job_inputs, state=state, created_at=now - timedelta(minutes=10 - i))
+        for i, state in enumerate(["succeeded", "failed", "succeeded"])
+    ]
+    add_assessment(app, "globex", job_inputs, state="succeeded")
+    page = client.get(API, params={"limit": 2}).json()
+    assert page["total"] == 3 and [i["id"] for i in page["items"]] == [ids[2], ids[1]]
+    assert [i["id"] for i in client.get(API, params={"limit": 2, "offset": 2}).json()["items"]] == [ids[0]]
+    succeeded = client.get(API, params={"state": "succeeded", "model_id": job_inputs["model_id"]}).json()
+    assert [i["id"] for i in succeeded["items"]] == [ids[2], ids[0]]
+    assert client.get(API, params={"scan_set_id": job_inputs["scan_set_id"]}).json()["total"] == 3
+    assert client.get(API, params={"scan_set_id": "nope"}).json()["total"] == 0
+    assert client.get(API, params={"state": "bogus"}).status_code == 422
+    assert client.get(API, params={"limit": 0}).status_code == 422
+    assert other_org_client.get(API).json()["total"] == 1
+
+
+def test_failing_job_keeps_the_error(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    (app.state.storage.model_dir(job_inputs["model_id"]) / "model.pt").unlink()
     created = submit(client, job_inputs)
-    wait_for(client, created["id"], ("succeeded",))
-    response = client.get(f"{API}/{created['id']}/figures/{name}")
-    assert response.status_code == 200, response.text
-    assert "data" in json.loads(response.text)
-    assert client.get(f"{API}/{created['id']}/figures/{name}", params={"nope": "1"}).status_code == 422
+    done = wait_for(client, created["id"], ("succeeded", "failed"))
+    assert done["state"] == "failed" and done["finished_at"]
+    assert "model file not found" in done["error"]
+    assert "Traceback" in done["log"] and "ModelError" in done["log"]
+    response = client.get(f"{API}/{created['id']}/report.json")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "not_ready"
+    assert "model file not found" in response.json()["error"]["details"][0]["reason"]
+    assert client.post(f"{API}/{created['id']}/cancel").status_code == 409
+
+
+def test_cancel_a_running_job(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    created = submit(client, job_inputs, **SLOW)
+    wait_for(client, created["id"], ("running",))
+    response = client.post(f"{API}/{created['id']}/cancel")
+    assert response.status_code == 202 and response.json()["cancel_requested"] is True
+    done = wait_for(client, created["id"], ("cancelled", "succeeded", "failed"), timeout=20)
+    assert done["state"] == "cancelled", done
+    assert done["finished_at"] and "cancelled at the user's request" in done["log"]
+    assert client.post(f"{API}/{created['id']}/cancel").status_code == 409
+    assert client.get(f"{API}/{created['id']}/report.html").status_code == 409
+    assert not app.state.storage.result_dir(created["id"]).exists()
+    assert [e.object_id for e in _audit(app, "cancel")] == [created["id"]]
+
+
+def test_cancel_a_queued_job_at_once(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    app.state.jobs.stop()  # no worker: the job stays queued
+    created = submit(client, job_inputs)
+    assert created["state"] == "queued"
+    body = client.post(f"{API}/{created['id']}/cancel").json()
+    assert body["state"] == "cancelled" and body["finished_at"]
+
+
+def test_delete_removes_row_and_results(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    job_id = add_assessment(app, "acme", job_inputs, state="succeeded")
+    result_dir = app.state.storage.result_dir(job_id)
+    result_dir.mkdir(parents=True)
+    (result_dir / "report.json").write_text("{}")
+    with session_scope(app.state.sessionmaker) as session:
+        from backend.db.models import Assessment
+
+        session.get(Assessment, job_id).result_dir = str(result_dir)
+    assert client.get(f"{API}/{job_id}/report.json").status_code == 200
+    assert client.delete(f"{API}/{job_id}").status_code == 204
+    assert not result_dir.exists()
+    assert client.get(f"{API}/{job_id}").status_code == 404
+    assert client.delete(f"{API}/{job_id}").status_code == 404
+    assert [e.object_id for e in _audit(app, "delete")] == [job_id]
+
+
+def test_delete_a_running_job_stops_it(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    created = submit(client, job_inputs, **SLOW)
+    wait_for(client, created["id"], ("running",))
+    assert client.delete(f"{API}/{created['id']}").status_code == 204
+    assert get_row(app, created["id"]) is None
+    # the worker lets go of the deleted job at its next check and takes the next one
+    (app.state.storage.model_dir(job_inputs["model_id"]) / "model.pt").unlink()
+    nxt = submit(client, job_inputs)
+    assert wait_for(client, nxt["id"], ("failed", "succeeded"), timeout=20)["state"] == "failed"
+    assert not app.state.storage.result_dir(created["id"]).exists()

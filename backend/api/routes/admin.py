@@ -1,7 +1,134 @@
-"""Routes of /api/v1 (being written in this session)."""
+"""Administration: API tokens and the audit log (administrator tokens only)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import datetime
+from typing import Annotated, Any
 
-router = APIRouter()
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+
+from ... import audit
+from ...auth import create_token, hash_token
+from ...db.models import ApiToken, AuditEvent, Organisation
+from ...jobs import as_utc
+from ..deps import AdminPrincipal, SessionDep
+from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+_403 = {"model": ErrorResponse, "description": "Not an administrator token, or another organisation"}
+
+
+class TokenCreate(BaseModel):
+    """A new API token."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "ci-pipeline", "org": "acme", "is_admin": False}]}
+    )
+
+    name: str = Field(min_length=1, max_length=200, description="Who or what uses it (shown in the audit log).")
+    org: str | None = Field(
+        None, description="Organisation name; must be your own (default). New organisations are made with "
+        "`brainmia admin create-token --org` on the server."
+    )
+    is_admin: bool = False
+
+
+class TokenCreated(BaseModel):
+    """A token, shown in clear this once only."""
+
+    id: str
+    name: str
+    org: str
+    is_admin: bool
+    prefix: str
+    token: str = Field(description="The token itself: store it now, it is not shown again.", examples=["bmia_3q2...x9"])
+    created_at: datetime | None
+
+
+class AuditEventOut(BaseModel):
+    """One audit event."""
+
+    id: int
+    at: datetime | None
+    actor: str
+    token_id: str | None
+    action: str
+    object_type: str
+    object_id: str | None
+    detail: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    """A page of audit events, newest first."""
+
+    items: list[AuditEventOut]
+    total: int
+    limit: int
+    offset: int
+
+
+@router.post(
+    "/tokens",
+    status_code=201,
+    response_model=TokenCreated,
+    responses={401: ERROR_RESPONSES[401], 403: _403, 422: ERROR_RESPONSES[422]},
+    summary="Create an API token",
+)
+def create_api_token(body: TokenCreate, session: SessionDep, principal: AdminPrincipal) -> TokenCreated:
+    """Create a token for your organisation; the response is the only time it is shown."""
+    own = session.get(Organisation, principal.org_id)
+    assert own is not None
+    if body.org is not None and body.org != own.name:
+        raise ApiError(
+            403, "forbidden", f"administrators create tokens for their own organisation ('{own.name}'); "
+            "use `brainmia admin create-token --org` on the server for another one",
+        )
+    token = create_token(session, body.name, own.name, admin=body.is_admin)
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+    assert row is not None
+    audit.record(session, principal, "create-token", "token", row.id, name=body.name, is_admin=body.is_admin)
+    return TokenCreated(
+        id=row.id, name=row.name, org=own.name, is_admin=row.is_admin, prefix=row.prefix, token=token,
+        created_at=as_utc(row.created_at),
+    )
+
+
+@router.get(
+    "/audit",
+    response_model=AuditPage,
+    responses={401: ERROR_RESPONSES[401], 403: _403, 422: ERROR_RESPONSES[422]},
+    summary="Read the audit log",
+)
+def audit_log(
+    session: SessionDep,
+    principal: AdminPrincipal,
+    action: Annotated[str | None, Query(description=f"One of: {', '.join(audit.ACTIONS)}")] = None,
+    object_type: str | None = None,
+    object_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> AuditPage:
+    """Your organisation's audit events (who uploaded, ran, viewed, exported, cancelled,
+    deleted what), newest first."""
+    conditions = [AuditEvent.org_id == principal.org_id]
+    if action:
+        conditions.append(AuditEvent.action == action)
+    if object_type:
+        conditions.append(AuditEvent.object_type == object_type)
+    if object_id:
+        conditions.append(AuditEvent.object_id == object_id)
+    total = session.scalar(select(func.count()).select_from(AuditEvent).where(*conditions)) or 0
+    rows = session.scalars(
+        select(AuditEvent).where(*conditions).order_by(AuditEvent.id.desc()).limit(limit).offset(offset)
+    ).all()
+    items = [
+        AuditEventOut(
+            id=r.id, at=as_utc(r.at), actor=r.actor, token_id=r.token_id, action=r.action,
+            object_type=r.object_type, object_id=r.object_id, detail=r.detail or {},
+        )
+        for r in rows
+    ]
+    return AuditPage(items=items, total=total, limit=limit, offset=offset)

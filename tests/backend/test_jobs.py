@@ -1,0 +1,254 @@
+"""The job machinery: claims, duplicate and stale messages, progress throttling, the reaper, recovery
+at start, hand-back at shutdown, and the Celery configuration of both modes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from backend.app import create_app
+from backend.db.models import utcnow
+from backend.settings import Settings
+from tests.backend.job_fixtures import (
+    add_assessment,
+    add_model,
+    add_scan_set,
+    get_row,
+    job_cohort,
+    job_inputs,
+    job_model_file,
+    submit,
+    wait_for,
+)
+from worker.celery_app import TASK_NAME, create_celery
+from worker.runner import JobContext, run_job
+
+__all__ = ["job_cohort", "job_inputs", "job_model_file"]  # fixtures used here
+
+SLOW = {"repeats": 50, "classifiers": ["threshold", "logistic", "mlp"]}
+LONG_AGO = timedelta(hours=1)
+
+
+def _resources(app):  # type: ignore[no-untyped-def]
+    return app.state.jobs.celery.brainmia_resources
+
+
+def _break_model(app, inputs) -> None:  # type: ignore[no-untyped-def]
+    """Delete the model file: a job on it fails at once (fast evidence that it ran)."""
+    (app.state.storage.model_dir(inputs["model_id"]) / "model.pt").unlink()
+
+
+def _running(app, inputs, attempts: int, **values) -> str:  # type: ignore[no-untyped-def]
+    now = utcnow()
+    fields = dict(state="running", attempts=attempts, worker="ghost:1", started_at=now - LONG_AGO, heartbeat_at=now - LONG_AGO)
+    return add_assessment(app, "acme", inputs, **(fields | values))
+
+
+def _wait_row(app, assessment_id: str, states: tuple[str, ...], timeout: float = 20.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        row = get_row(app, assessment_id)
+        if row.state in states:
+            return row
+        assert time.monotonic() < deadline, f"still {row.state}: {row.log}"
+        time.sleep(0.05)
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+
+def test_duplicate_and_stale_messages_are_no_ops(app, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    _break_model(app, job_inputs)
+    jobs = app.state.jobs
+    queued = add_assessment(app, "acme", job_inputs, state="queued")
+    jobs.send(queued, 1)
+    jobs.send(queued, 1)  # the same message twice
+    jobs.send(queued, 7)  # a message for an attempt that is not next
+    row = _wait_row(app, queued, ("failed",))
+    time.sleep(0.5)  # let the worker take the other messages
+    row = get_row(app, queued)
+    assert row.attempts == 1 and row.log.count("started") == 1
+
+    # a finished job, a running job of another worker, a re-queued job and an unknown id
+    done = add_assessment(app, "acme", job_inputs, state="succeeded", attempts=1, log="kept\n")
+    running = _running(app, job_inputs, attempts=1, heartbeat_at=utcnow())
+    requeued = add_assessment(app, "acme", job_inputs, state="queued", attempts=1)
+    resources = _resources(app)
+    assert run_job(resources, done, 1) == "skipped"
+    assert run_job(resources, running, 1) == "skipped"
+    assert run_job(resources, requeued, 1) == "skipped"  # the dead attempt's message comes back
+    assert run_job(resources, "no-such-id", 1) == "skipped"
+    assert get_row(app, done).log == "kept\n" and get_row(app, done).state == "succeeded"
+    assert get_row(app, running).worker == "ghost:1" and get_row(app, running).state == "running"
+    assert get_row(app, requeued).state == "queued"
+
+
+def test_a_worker_that_lost_its_job_stops_writing(app, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    job_id = _running(app, job_inputs, attempts=1, heartbeat_at=utcnow())
+    job = JobContext(app.state.sessionmaker, job_id, 1, threading.Event())
+    assert job.heartbeat() and not job.should_stop()
+    app.state.jobs.reap(now=utcnow() + timedelta(hours=2))  # the reaper gives up on it meanwhile
+    assert get_row(app, job_id).state == "queued"
+    job.progress("attacks", 0.7, "late")
+    assert job.lost and job.should_stop()
+    assert get_row(app, job_id).progress == 0.0  # the late write went nowhere
+
+
+def test_progress_writes_are_throttled(app, job_inputs, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    job_id = _running(app, job_inputs, attempts=1, heartbeat_at=utcnow())
+    job = JobContext(app.state.sessionmaker, job_id, 1, threading.Event())
+    writes: list[dict] = []
+    real_write = job.write
+    monkeypatch.setattr(job, "write", lambda **v: writes.append(v) or real_write(**v))
+    for i in range(200):
+        job.progress("features", i / 400, f"features {i}/400")
+    assert 1 <= len(writes) <= 2
+    job.progress("attacks", 0.6, "attack 1/13")  # a stage change is always written
+    job.progress("done", 1.0, "done")
+    assert [w["stage"] for w in writes[-2:]] == ["attacks", "done"]
+    row = get_row(app, job_id)
+    assert (row.stage, row.progress, row.message) == ("done", 1.0, "done")
+
+
+# -- dead workers ------------------------------------------------------------------------------
+
+
+def test_reaper_requeues_then_fails_with_the_reason(app, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    _break_model(app, job_inputs)
+    jobs = app.state.jobs
+    assert app.state.settings.max_attempts == 2
+    first = _running(app, job_inputs, attempts=1)
+    last = _running(app, job_inputs, attempts=2)
+    alive = _running(app, job_inputs, attempts=1, heartbeat_at=utcnow())
+    cancelling = _running(app, job_inputs, attempts=1, cancel_requested=True)
+
+    counts = jobs.reap()
+    assert counts == {"requeued": 1, "failed": 1, "cancelled": 1}
+    assert get_row(app, alive).state == "running"
+
+    row = get_row(app, last)
+    assert row.state == "failed" and row.finished_at is not None
+    assert "the worker running this job (ghost:1) stopped (last heartbeat" in row.error
+    assert "it was tried 2 time(s)" in row.error
+    assert get_row(app, cancelling).state == "cancelled"
+
+    # the re-queued one was sent again and a worker ran attempt 2 (which fails: no model file)
+    row = _wait_row(app, first, ("failed", "succeeded"))
+    assert row.attempts == 2
+    assert "worker ghost:1 stopped reporting at" in row.log and "re-queued" in row.log
+    assert "attempt 2 started" in row.log and "model file not found" in row.error
+    assert jobs.reap() == {"requeued": 0, "failed": 0, "cancelled": 0}
+
+
+def test_reaper_thread_and_heartbeats(tmp_path: Path, job_cohort: Path, job_model_file: Path) -> None:
+    """With a 1.2 s heartbeat timeout the reaper thread fails a silent job by itself, while the
+    heartbeat keeps a live job that runs for longer than the timeout."""
+    settings = Settings(
+        data_dir=tmp_path / "data", cache_dir=tmp_path / "cache", session_secret="s", heartbeat_timeout_s=1.2, max_attempts=1
+    )
+    app = create_app(settings)
+    with TestClient(app):
+        from backend.auth import create_token
+        from backend.db.session import session_scope
+
+        with session_scope(app.state.sessionmaker) as session:
+            token = create_token(session, "alice", "acme")
+        client = TestClient(app, headers={"Authorization": f"Bearer {token}"})
+        inputs = {"model_id": add_model(app, "acme", job_model_file), "scan_set_id": add_scan_set(app, "acme", job_cohort)}
+        silent = _running(app, inputs, attempts=1)
+        live = submit(client, inputs, **SLOW)
+        wait_for(client, live["id"], ("running",))
+        row = _wait_row(app, silent, ("failed",), timeout=10)
+        assert "stopped" in row.error and "tried 1 time(s)" in row.error
+        time.sleep(2.0)  # longer than the timeout: only heartbeats keep it running
+        assert get_row(app, live["id"]).state == "running"
+        client.post(f"/api/v1/assessments/{live['id']}/cancel")
+        assert wait_for(client, live["id"], ("cancelled", "failed", "succeeded"))["state"] == "cancelled"
+
+
+def test_recovery_at_start(settings: Settings, job_cohort: Path, job_model_file: Path) -> None:
+    """Jobs a previous process left behind: running ones are re-queued (or failed past
+    max_attempts, or cancelled when a cancel was pending), then queued ones are run."""
+    app = create_app(settings)  # migrates; the job machinery starts with the TestClient below
+    inputs = {"model_id": add_model(app, "acme", job_model_file), "scan_set_id": add_scan_set(app, "acme", job_cohort)}
+    queued = add_assessment(app, "acme", inputs, state="queued")
+    interrupted = _running(app, inputs, attempts=1)
+    exhausted = _running(app, inputs, attempts=2)
+    cancelling = _running(app, inputs, attempts=1, cancel_requested=True)
+    with TestClient(app):
+        assert get_row(app, exhausted).state == "failed"
+        assert "the server running this job stopped" in get_row(app, exhausted).error
+        assert get_row(app, cancelling).state == "cancelled"
+        row = _wait_row(app, interrupted, ("succeeded", "failed"), timeout=40)
+        assert row.state == "succeeded", row.error
+        assert row.attempts == 2 and "the server stopped while attempt 1 ran" in row.log
+        row = _wait_row(app, queued, ("succeeded", "failed"), timeout=40)
+        assert row.state == "succeeded" and row.attempts == 1
+
+
+def test_shutdown_hands_a_running_job_back(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    jobs = app.state.jobs
+    created = submit(client, job_inputs, **SLOW)
+    wait_for(client, created["id"], ("running",))
+    assert jobs.ping()
+    jobs.stop()
+    assert not jobs.ping()
+    row = get_row(app, created["id"])
+    assert row.state == "queued" and row.attempts == 0
+    assert "shut down during attempt 1; re-queued" in row.log
+    jobs.start()  # a new start runs it again (as attempt 1: a shutdown does not count)
+    body = wait_for(client, created["id"], ("running",))
+    assert body["attempts"] == 1
+    client.post(f"/api/v1/assessments/{created['id']}/cancel")
+    assert wait_for(client, created["id"], ("cancelled", "failed", "succeeded"))["state"] == "cancelled"
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+def test_celery_configuration_of_both_modes(tmp_path: Path) -> None:
+    distributed = Settings(data_dir=tmp_path, database_url="sqlite:///x.db", broker_url="redis://127.0.0.1:1/0")
+    app = create_celery(distributed)
+    conf = app.conf
+    assert conf.broker_url == "redis://127.0.0.1:1/0" and not conf.result_backend
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
+    assert conf.task_serializer == "json" and conf.broker_transport_options["visibility_timeout"] >= 3600
+    assert conf.task_default_queue == "brainmia"
+    app.finalize()
+    assert TASK_NAME in app.tasks
+    assert app.brainmia_settings is distributed
+
+    embedded = create_celery(Settings(data_dir=tmp_path))
+    assert embedded.conf.broker_url.startswith("memory://")
+    assert embedded.conf.task_default_queue.startswith("brainmia.embedded.")
+
+
+def test_ping_of_an_unreachable_broker_is_false(tmp_path: Path) -> None:
+    from backend.jobs import JobDispatcher
+
+    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path}/x.db", broker_url="redis://127.0.0.1:1/0")
+    start = time.monotonic()
+    assert JobDispatcher(settings, None, None).ping() is False  # type: ignore[arg-type]
+    assert time.monotonic() - start < 10
+
+
+def test_worker_command_refuses_embedded_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from backend.cli import app as cli
+    from backend.settings import get_settings
+
+    for name in ("BRAINMIA_DATABASE_URL", "BRAINMIA_BROKER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BRAINMIA_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["worker"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert "BRAINMIA_DATABASE_URL" in result.output and "BRAINMIA_BROKER_URL" in result.output
