@@ -311,6 +311,128 @@ def demo(
     typer.echo(f"Open the report: {paths['report_html'].resolve()}")
 
 
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on (default: $BRAINMIA_HOST or 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="Port (default: $BRAINMIA_PORT or 8000).")] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the dashboard and the API (embedded mode: database, storage and a worker in this process)."""
+    import uvicorn
+
+    from .app import create_app
+    from .settings import get_settings
+
+    settings = get_settings()
+    with _errors_exit_2():
+        application = create_app(settings)
+        if settings.embedded:
+            token = ensure_admin_token(application.state.sessionmaker)
+            if token:
+                typer.echo(f"Admin token (shown once): {token}")
+                stderr.print("Keep it: sign in to the dashboard with it, or create more with `brainmia admin create-token`.")
+    mode = "embedded" if settings.embedded else "distributed"
+    stderr.print(f"BrainMIA ({mode} mode, data in {settings.data_dir}) on http://{host or settings.host}:{port or settings.port}", highlight=False)
+    uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_level=log_level)
+
+
+def ensure_admin_token(factory: Any) -> str | None:
+    """On a first start (no token at all), create an administrator token and return it."""
+    from .auth import DEFAULT_ORG, create_token, has_tokens
+    from .db.session import session_scope
+
+    with session_scope(factory) as session:
+        if has_tokens(session):
+            return None
+        return create_token(session, "admin", DEFAULT_ORG, admin=True)
+
+
+@app.command("worker")
+def worker_command(
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Jobs at a time: 1 runs them in this process (solo pool, one per GPU); more forks a pool.")] = 1,
+    queues: Annotated[Optional[str], typer.Option("--queues", "-Q", help="Comma-separated queues to consume (default: brainmia).")] = None,
+    hostname: Annotated[Optional[str], typer.Option("--hostname", "-n", help="Worker node name (default: brainmia@<host>).")] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Celery log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker for the distributed mode (needs BRAINMIA_DATABASE_URL and BRAINMIA_BROKER_URL)."""
+    from .settings import get_settings
+
+    settings = get_settings()
+    if settings.embedded:
+        raise _fail(
+            "`brainmia worker` is for the distributed mode: set BRAINMIA_DATABASE_URL (e.g. "
+            "postgresql+psycopg://...) and BRAINMIA_BROKER_URL (e.g. redis://redis:6379/0). "
+            "In embedded mode `brainmia serve` runs its own worker."
+        )
+    from worker.celery_app import run_worker
+
+    queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    raise typer.Exit(run_worker(settings, concurrency=concurrency, queues=queue_list, hostname=hostname, loglevel=loglevel))
+
+
+admin_app = typer.Typer(help="Administration: database migrations and API tokens.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+
+
+@admin_app.command("migrate")
+def admin_migrate() -> None:
+    """Create or upgrade the database tables (the API does it itself in embedded mode)."""
+    from .db.migrate import upgrade_database
+    from .settings import get_settings
+
+    settings = get_settings()
+    with _errors_exit_2():
+        try:
+            upgrade_database(settings.sqlalchemy_url)
+        except Exception as exc:  # noqa: BLE001 - database errors of any driver: exit 2
+            raise RuntimeError(f"cannot migrate the database: {exc}") from None
+    typer.echo(f"database up to date: {_masked_url(settings.sqlalchemy_url)}")
+
+
+@admin_app.command("create-token")
+def admin_create_token(
+    name: Annotated[str, typer.Option("--name", help="Who or what uses the token (shown in the audit log).")],
+    org: Annotated[str, typer.Option("--org", help="Organisation (created when new).")] = "default",
+    admin: Annotated[bool, typer.Option("--admin", help="May create tokens and read the audit log.")] = False,
+) -> None:
+    """Create an API token and print it (the only time it is shown)."""
+    from sqlalchemy import select
+
+    from .auth import create_token, hash_token
+    from .db.migrate import upgrade_database
+    from .db.models import ApiToken, AuditEvent
+    from .db.session import make_engine, make_sessionmaker, session_scope
+    from .settings import get_settings
+
+    settings = get_settings()
+    with _errors_exit_2():
+        try:
+            if settings.embedded:
+                upgrade_database(settings.sqlalchemy_url)
+            engine = make_engine(settings.sqlalchemy_url)
+            try:
+                with session_scope(make_sessionmaker(engine)) as session:
+                    token = create_token(session, name, org, admin=admin)
+                    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+                    session.add(AuditEvent(
+                        org_id=row.org_id, actor="cli", action="create-token", object_type="token",
+                        object_id=row.id, detail={"name": name, "is_admin": admin, "via": "brainmia admin create-token"},
+                    ))
+            finally:
+                engine.dispose()
+        except Exception as exc:  # noqa: BLE001 - database errors of any driver: exit 2
+            raise RuntimeError(f"cannot create the token: {exc}") from None
+    stderr.print(f"token for '{name}' of organisation '{org}'{' (administrator)' if admin else ''}; it is shown once:", highlight=False)
+    typer.echo(token)
+
+
+def _masked_url(url: str) -> str:
+    """A database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
