@@ -1,0 +1,82 @@
+"""The distributed mode end to end: a real PostgreSQL, a real Redis broker, ``brainmia serve`` and
+``brainmia worker`` as separate processes sharing only the database, the broker and the data folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+
+from backend.client import BrainMIAClient
+from tests.integration.conftest import Stack, free_port, wait_for
+
+OPTIONS = {"repeats": 2, "classifiers": ["threshold", "logistic"]}
+
+
+def test_assessment_through_api_broker_and_worker(stack: Stack, tiny_model: Path, small_archive: Path) -> None:
+    ready = httpx.get(f"{stack.url}/ready").json()
+    assert ready == {"status": "ready", "database": True, "broker": True, "mode": "distributed"}
+
+    with BrainMIAClient(stack.url, stack.token) as client:
+        model = client.upload_model(tiny_model, json.loads(Path(f"{tiny_model}.json").read_text()))
+        scans = client.upload_scan_set(small_archive)
+        assert scans["n_scans"] == 16
+        job = client.start_assessment(model["id"], scans["id"], OPTIONS)
+        assert job["state"] == "queued"
+
+        seen: list[tuple[str, float, str]] = []
+        deadline = time.monotonic() + 240
+        while True:
+            state = client.assessment(job["id"])
+            seen.append((state["state"], state["progress"], state.get("stage", "")))
+            if state["state"] in ("succeeded", "failed", "cancelled"):
+                break
+            assert time.monotonic() < deadline, f"not finished: {seen[-5:]}\n{stack.diagnostics()}"
+            time.sleep(0.25)
+
+        assert state["state"] == "succeeded", f"{state}\n{stack.diagnostics()}"
+        assert state["progress"] == 1.0
+        progress = [p for _, p, _ in seen]
+        assert progress == sorted(progress), f"progress went backwards: {seen}"
+        assert "running" in {s for s, _, _ in seen}, f"never seen running: {seen}"
+
+        out = stack.root / "results"
+        report = json.loads(client.download(job["id"], "report.json", out / "report.json").read_text())
+        html = client.download(job["id"], "report.html", out / "report.html").read_text()
+        features = client.download(job["id"], "features.csv", out / "features.csv").read_text()
+
+    assert report["schema_version"] == "1.0"
+    assert report["provenance"]["manifest"]["n_scans"] == 16
+    assert report["provenance"]["model"]["sha256"] == model["sha256"]
+    attacks = {a["name"]: a for a in report["attacks"]}
+    assert {a["classifier"] for a in attacks.values()} == {"threshold", "logistic"}
+    assert all(a["status"] == "ok" for a in attacks.values()), [a for a in attacks.values() if a["status"] != "ok"]
+    assert all(len(a["metrics"]["accuracy"]["values"]) == 2 for a in attacks.values())
+    assert report["verdict"]["level"] in ("low", "medium", "high")
+    assert state.get("passed") in (report["verdict"]["passed"], None)
+    assert "<html" in html.lower()
+    assert features.splitlines()[0].startswith("scan_id") and len(features.splitlines()) == 17
+    # the API process runs no jobs in this mode: the worker wrote the results to the shared folder
+    assert (stack.data_dir / "storage" / "results" / job["id"] / "report.json").is_file()
+
+
+def test_ready_is_503_while_the_broker_is_down(make_stack, redis_server: str) -> None:  # type: ignore[no-untyped-def]
+    stack = make_stack(start=False)
+    stack.env["BRAINMIA_BROKER_URL"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    api = stack.start_api(wait=False)
+    started = time.monotonic()
+
+    def answer() -> httpx.Response | None:
+        assert api.alive(), api.tail()
+        try:
+            return httpx.get(f"{stack.url}/ready", timeout=30)
+        except httpx.TransportError:
+            return None  # not listening yet
+
+    response = wait_for(answer, 90, "the API to answer /ready", diagnostics=api.tail)
+    assert response.status_code == 503, response.text
+    assert response.json()["broker"] is False and response.json()["database"] is True
+    assert time.monotonic() - started < 60, "/ready took too long to notice the broker is down"
