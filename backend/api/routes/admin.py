@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from ... import audit
@@ -18,6 +18,16 @@ from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
+
+def _no_nul(value: str | None) -> str | None:
+    """Refuse NUL bytes in text (PostgreSQL cannot store them)."""
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL bytes")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+
 _403 = {"model": ErrorResponse, "description": "Not an administrator token, or another organisation"}
 
 
@@ -28,8 +38,8 @@ class TokenCreate(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"name": "ci-pipeline", "org": "acme", "is_admin": False}]}
     )
 
-    name: str = Field(min_length=1, max_length=200, description="Who or what uses it (shown in the audit log).")
-    org: str | None = Field(
+    name: Text = Field(min_length=1, max_length=200, description="Who or what uses it (shown in the audit log).")
+    org: Text | None = Field(
         None, description="Organisation name; must be your own (default). New organisations are made with "
         "`brainmia admin create-token --org` on the server."
     )
@@ -105,11 +115,11 @@ def create_api_token(body: TokenCreate, session: SessionDep, principal: AdminPri
 def audit_log(
     session: SessionDep,
     principal: AdminPrincipal,
-    action: Annotated[str | None, Query(description=f"One of: {', '.join(audit.ACTIONS)}")] = None,
-    object_type: str | None = None,
-    object_id: str | None = None,
+    action: Annotated[Text | None, Query(max_length=32, description=f"One of: {', '.join(audit.ACTIONS)}")] = None,
+    object_type: Annotated[Text | None, Query(max_length=32)] = None,
+    object_id: Annotated[Text | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> AuditPage:
     """Your organisation's audit events (who uploaded, ran, viewed, exported, cancelled,
     deleted what), newest first."""

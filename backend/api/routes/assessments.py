@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
 
 from ... import audit
@@ -34,6 +34,21 @@ def get_jobs(request: Request) -> JobDispatcher:
 
 JobsDep = Annotated[JobDispatcher, Depends(get_jobs)]
 
+
+def _no_nul(value: Any) -> Any:
+    """Refuse NUL bytes in text (PostgreSQL cannot store them)."""
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain NUL bytes")
+    if isinstance(value, list):
+        for item in value:
+            _no_nul(item)
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+Id = Annotated[str, Field(max_length=64), AfterValidator(_no_nul)]
+MAX_OFFSET = 1_000_000_000
+
 _409 = {"model": ErrorResponse, "description": "The assessment is not in a state that allows this"}
 _503 = {"model": ErrorResponse, "description": "The job queue is unreachable"}
 
@@ -46,7 +61,7 @@ class PolicyOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"auc_high": 0.65, "fail_at": "high"}]})
 
-    name: str | None = None
+    name: Annotated[str, Field(max_length=200), AfterValidator(_no_nul)] | None = None
     auc_medium: float | None = None
     auc_high: float | None = None
     tpr_at_1pct_fpr_medium: float | None = None
@@ -60,17 +75,19 @@ class AssessmentOptionsIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    feature_sets: list[str] | None = Field(
-        None, description="Feature sets to attack with (default: every one of the paper's the model supports).",
+    feature_sets: list[Annotated[Text, Field(max_length=500)]] | None = Field(
+        None,
+        max_length=64, description="Feature sets to attack with (default: every one of the paper's the model supports).",
         examples=[["error", "grad-norm", "grad:output"]],
     )
-    classifiers: list[str] | None = Field(
-        None, description="Attack classifiers: threshold, logistic, mlp, gbt (default: threshold, logistic, mlp).",
+    classifiers: list[Annotated[Text, Field(max_length=64)]] | None = Field(
+        None,
+        max_length=16, description="Attack classifiers: threshold, logistic, mlp, gbt (default: threshold, logistic, mlp).",
         examples=[["threshold", "logistic"]],
     )
     repeats: int = Field(5, ge=1, le=50, description="Repeated attacker-training / test splits.")
-    train_size: int | None = Field(None, ge=1, description="Members (= non-members) per attacker-training split.")
-    seed: int = Field(0, ge=0)
+    train_size: int | None = Field(None, ge=1, le=10**9, description="Members (= non-members) per attacker-training split.")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     device: str | None = Field(None, description="cpu, cuda, cuda:1... (default: the worker's; CUDA when present).")
     batch_size: int | None = Field(None, ge=1, le=1024, description="Scans per vectorised pass (default: the worker's).")
     policy: PolicyOptions | None = None
@@ -98,8 +115,8 @@ class AssessmentCreate(BaseModel):
         }
     )
 
-    model_id: str
-    scan_set_id: str
+    model_id: Id
+    scan_set_id: Id
     options: AssessmentOptionsIn = Field(default_factory=AssessmentOptionsIn)
 
 
@@ -225,6 +242,8 @@ def _detail(row: Assessment) -> AssessmentDetail:
 
 
 def _owned(session: SessionDep, principal: Principal, assessment_id: str) -> Assessment:
+    if "\x00" in assessment_id or len(assessment_id) > 64:
+        raise not_found("assessment", assessment_id.replace("\x00", "\\x00")[:64])
     row = session.get(Assessment, assessment_id)
     if row is None or row.org_id != principal.org_id:
         raise not_found("assessment", assessment_id)
@@ -350,10 +369,10 @@ def list_assessments(
     session: SessionDep,
     principal: CurrentPrincipal,
     state: JobState | None = None,
-    model_id: str | None = None,
-    scan_set_id: str | None = None,
+    model_id: Annotated[Id | None, Query()] = None,
+    scan_set_id: Annotated[Id | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> AssessmentPage:
     """Your organisation's assessments, newest first, optionally filtered."""
     conditions = [Assessment.org_id == principal.org_id]
@@ -528,13 +547,17 @@ def figure(
     report_path = _result_file(row, "report.json")
     report, features = _load_results(str(report_path.parent), report_path.stat().st_mtime_ns)
     options = dict(request.query_params)
+    reserved = sorted(set(options) & {"name", "report", "features", "on_unavailable"})
+    if reserved:
+        raise ApiError(422, "invalid_figure_option", f"not a figure option: {', '.join(reserved)}")
     headers = {}
     try:
-        fig = build_figure(name, report, features, **options)
-    except FigureUnavailable as exc:
-        fig = build_figure(name, report, features, on_unavailable="placeholder", **options)
-        headers["X-Figure-Unavailable"] = re.sub(r"[^\x20-\x7e]", " ", str(exc))[:300]
-    except (TypeError, ValueError) as exc:
+        try:
+            fig = build_figure(name, report, features, **options)
+        except FigureUnavailable as exc:
+            fig = build_figure(name, report, features, on_unavailable="placeholder", **options)
+            headers["X-Figure-Unavailable"] = re.sub(r"[^\x20-\x7e]", " ", str(exc))[:300]
+    except (TypeError, ValueError, KeyError) as exc:
         raise ApiError(422, "invalid_figure_option", str(exc)) from None
     audit.record(session, principal, "view", "assessment", assessment_id, figure=name)
     return Response(fig.to_json(), media_type="application/json", headers=headers)
