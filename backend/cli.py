@@ -377,14 +377,19 @@ def submit(
         try:
             client.me()
             with progress_bar(not quiet) as bar:
+
+                def sent(label: str) -> Any:
+                    return lambda done, total: bar("upload", done / total if total else 1.0, f"{label} {done / 1e6:.1f}/{total / 1e6:.1f} MB")
+
                 doing = f"uploading the model {model}"
-                model_row = client.upload_model(model, meta, progress=bar.counter("model", model.stat().st_size))
+                model_row = client.upload_model(model, meta, progress=sent("model"))
                 if manifest is not None:
                     doing = f"packing {manifest}"
+                    bar("pack", 0.0, f"{manifest} and its scans")
                     archive = pack_manifest(manifest, Path(tmp) / "scans.tar.gz")
                 assert archive is not None
                 doing = f"uploading the scans {scans}"
-                scan_set = client.upload_scan_set(archive, name=scans.name, progress=bar.counter("scans", archive.stat().st_size))
+                scan_set = client.upload_scan_set(archive, name=scans.name, progress=sent("scans"))
             stderr.print(
                 f"scan set {scan_set['id']}: {scan_set.get('n_scans')} scans ({scan_set.get('n_members')} members, "
                 f"{scan_set.get('n_nonmembers')} non-members); model {model_row['id']} ({model_row.get('format')})",

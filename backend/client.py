@@ -245,7 +245,7 @@ class BrainMIAClient:
                 return job
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
-                    f"assessment {assessment_id} still {job.get('state')} after {timeout:g} s (it goes on on the server)"
+                    f"assessment {assessment_id} still {job.get('state')} after {timeout:g} s; it carries on on the server"
                 )
             time.sleep(poll_interval)
 
