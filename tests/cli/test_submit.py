@@ -72,6 +72,13 @@ def leaky_model(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return save_tiny_model(model, tmp_path_factory.mktemp("leaky") / "model.pt")
 
 
+@pytest.fixture(scope="module")
+def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny model (for the tests that never get to a verdict)."""
+    torch.manual_seed(0)
+    return save_tiny_model(BrainAge3D(channels=TINY_CHANNELS), tmp_path_factory.mktemp("plain") / "model.pt")
+
+
 def _submit(*args: str, token: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRAINMIA_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -103,7 +110,7 @@ def test_leaky_model_fails_the_policy_exit_1(leaky_model: Path, server: tuple[st
         assert str(out / name) in done.stdout
 
 
-def test_bad_manifest_exit_2_with_line_numbers(server: tuple[str, str], leaky_model: Path, tiny_cohort: Path,
+def test_bad_manifest_exit_2_with_line_numbers(server: tuple[str, str], plain_model: Path, tiny_cohort: Path,
                                                tmp_path: Path) -> None:
     url, token = server
     with open(tiny_cohort, newline="") as fh:
@@ -121,7 +128,7 @@ def test_bad_manifest_exit_2_with_line_numbers(server: tuple[str, str], leaky_mo
             (tmp_path / row["path"]).parent.mkdir(parents=True, exist_ok=True)
             os.symlink(source, tmp_path / row["path"])
 
-    done = _submit("--server", url, "--token", token, "--model", str(leaky_model), "--manifest", str(bad),
+    done = _submit("--server", url, "--token", token, "--model", str(plain_model), "--manifest", str(bad),
                    "--out", str(tmp_path / "out"), "-q")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "line 3" in done.stderr and "age" in done.stderr, done.stderr
@@ -129,25 +136,25 @@ def test_bad_manifest_exit_2_with_line_numbers(server: tuple[str, str], leaky_mo
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_token_exit_2(server: tuple[str, str], leaky_model: Path, tiny_cohort: Path, tmp_path: Path) -> None:
+def test_bad_token_exit_2(server: tuple[str, str], plain_model: Path, tiny_cohort: Path, tmp_path: Path) -> None:
     url, _ = server
-    done = _submit("--server", url, "--token", "bmia_not-a-token", "--model", str(leaky_model), "--manifest", str(tiny_cohort),
+    done = _submit("--server", url, "--token", "bmia_not-a-token", "--model", str(plain_model), "--manifest", str(tiny_cohort),
                    "--out", str(tmp_path / "out"), "-q")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "401" in done.stderr and "token" in done.stderr.lower(), done.stderr
 
 
-def test_bad_input_exit_2_before_any_upload(server: tuple[str, str], leaky_model: Path, tiny_cohort: Path,
+def test_bad_input_exit_2_before_any_upload(server: tuple[str, str], plain_model: Path, tiny_cohort: Path,
                                             tmp_path: Path) -> None:
     url, token = server
-    no_token = _submit("--server", url, "--model", str(leaky_model), "--manifest", str(tiny_cohort))
+    no_token = _submit("--server", url, "--model", str(plain_model), "--manifest", str(tiny_cohort))
     assert no_token.returncode == 2 and "token" in no_token.stderr
-    both = _submit("--server", url, "--model", str(leaky_model), "--manifest", str(tiny_cohort), "--archive", str(tiny_cohort),
+    both = _submit("--server", url, "--model", str(plain_model), "--manifest", str(tiny_cohort), "--archive", str(tiny_cohort),
                    token=token)
     assert both.returncode == 2 and "exactly one" in both.stderr
-    metadata = _submit("--server", url, "--model", str(leaky_model), "--manifest", str(tiny_cohort), "--metadata", "{oops",
+    metadata = _submit("--server", url, "--model", str(plain_model), "--manifest", str(tiny_cohort), "--metadata", "{oops",
                        token=token)
     assert metadata.returncode == 2 and "metadata" in metadata.stderr
-    unreachable = _submit("--server", f"http://127.0.0.1:{_free_port()}", "--model", str(leaky_model), "--manifest",
+    unreachable = _submit("--server", f"http://127.0.0.1:{_free_port()}", "--model", str(plain_model), "--manifest",
                           str(tiny_cohort), token=token)
     assert unreachable.returncode == 2 and "failed" in unreachable.stderr
