@@ -235,7 +235,8 @@ def _load_inputs(resources: Resources, assessment_id: str) -> tuple[Any, Any, An
 
     with resources.factory() as session:
         row = session.get(Assessment, assessment_id)
-        assert row is not None
+        if row is None:  # deleted since it was claimed
+            raise _Stopped()
         model_row = session.get(ModelRecord, row.model_id)
         scan_set = session.get(ScanSet, row.scan_set_id)
         options = dict(row.options or {})

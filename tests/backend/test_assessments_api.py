@@ -63,6 +63,7 @@ def test_results_download(shared_job) -> None:  # type: ignore[no-untyped-def]
     html = client.get(f"{API}/{job_id}/report.html")
     assert html.status_code == 200 and "<html" in html.text.lower()
     assert html.headers["content-disposition"].startswith("inline")
+    assert html.headers["content-security-policy"].startswith("sandbox allow-scripts")
     download = client.get(f"{API}/{job_id}/report.html", params={"download": "true"})
     assert download.headers["content-disposition"].startswith("attachment")
     csv = client.get(f"{API}/{job_id}/features.csv")

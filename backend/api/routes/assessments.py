@@ -474,7 +474,11 @@ def report_html(
     principal: CurrentPrincipal,
     download: Annotated[bool, Query(description="As an attachment (recorded as an export).")] = False,
 ) -> FileResponse:
-    """The self-contained HTML report, shown inline (a view) or as a download (an export)."""
+    """The self-contained HTML report, shown inline (a view) or as a download (an export).
+
+    It is served sandboxed (``Content-Security-Policy: sandbox allow-scripts``): its figures
+    work, but its scripts cannot reach the API with the viewer's session.
+    """
     row = _owned(session, principal, assessment_id)
     path = _result_file(row, "report.html")
     audit.record(session, principal, "export" if download else "view", "assessment", assessment_id, file="report.html")
@@ -483,6 +487,8 @@ def report_html(
         media_type="text/html",
         filename=f"brainmia-{assessment_id}-report.html",
         content_disposition_type="attachment" if download else "inline",
+        # the report's scripts (Plotly) run in an opaque origin: no access to the API or its cookies
+        headers={"Content-Security-Policy": "sandbox allow-scripts allow-popups", "X-Content-Type-Options": "nosniff"},
     )
 
 
