@@ -15,6 +15,7 @@ from ...db.models import ApiToken, AuditEvent, Organisation
 from ...jobs import as_utc
 from ..deps import AdminPrincipal, SessionDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse
+from ..pagination import Offset
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -119,7 +120,7 @@ def audit_log(
     object_type: Annotated[Text | None, Query(max_length=32)] = None,
     object_id: Annotated[Text | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    offset: Offset = 0,
 ) -> AuditPage:
     """Your organisation's audit events (who uploaded, ran, viewed, exported, cancelled,
     deleted what), newest first."""

@@ -20,6 +20,7 @@ from ...db.models import JOB_STATES, Assessment, ModelRecord, ScanSet
 from ...jobs import JobDispatcher, as_utc
 from ..deps import CurrentPrincipal, SessionDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse, not_found
+from ..pagination import Limit, Offset
 
 router = APIRouter(tags=["assessments"])
 
@@ -47,7 +48,6 @@ def _no_nul(value: Any) -> Any:
 
 Text = Annotated[str, AfterValidator(_no_nul)]
 Id = Annotated[str, Field(max_length=64), AfterValidator(_no_nul)]
-MAX_OFFSET = 1_000_000_000
 
 _409 = {"model": ErrorResponse, "description": "The assessment is not in a state that allows this"}
 _503 = {"model": ErrorResponse, "description": "The job queue is unreachable"}
@@ -371,8 +371,8 @@ def list_assessments(
     state: JobState | None = None,
     model_id: Annotated[Id | None, Query()] = None,
     scan_set_id: Annotated[Id | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> AssessmentPage:
     """Your organisation's assessments, newest first, optionally filtered."""
     conditions = [Assessment.org_id == principal.org_id]

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -29,6 +29,7 @@ from ...storage import Storage
 from ...uploads import receive_multipart, safe_filename
 from ..deps import CurrentPrincipal, SessionDep, SettingsDep, StorageDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse, not_found
+from ..pagination import Limit, Offset
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -266,8 +267,8 @@ async def upload_model(
 def list_models(
     session: SessionDep,
     principal: CurrentPrincipal,
-    limit: Annotated[int, Query(ge=1, le=200, description="Page size")] = 50,
-    offset: Annotated[int, Query(ge=0, description="Models to skip")] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> ModelPage:
     """The organisation's models, newest first."""
     where = ModelRecord.org_id == principal.org_id

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -41,6 +41,7 @@ from ...storage import Storage
 from ...uploads import MAX_FIELD_BYTES, receive_multipart, too_large
 from ..deps import CurrentPrincipal, SessionDep, SettingsDep, StorageDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse, from_input_error, not_found
+from ..pagination import Limit, Offset
 from .models import as_utc
 
 router = APIRouter(prefix="/scan-sets", tags=["scan sets"])
@@ -457,8 +458,8 @@ async def _from_server_manifest(request: Request, session: Any, settings: Settin
 def list_scan_sets(
     session: SessionDep,
     principal: CurrentPrincipal,
-    limit: Annotated[int, Query(ge=1, le=200, description="Page size")] = 50,
-    offset: Annotated[int, Query(ge=0, description="Scan sets to skip")] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> ScanSetPage:
     """The organisation's scan sets, newest first."""
     where = ScanSet.org_id == principal.org_id
