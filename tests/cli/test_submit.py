@@ -68,7 +68,7 @@ def leaky_model(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     y = torch.tensor([r.age for r in members], dtype=torch.float32)
     torch.manual_seed(0)
     model = BrainAge3D(channels=TINY_CHANNELS, mean_age=float(y.mean()), age_scale=float(y.std()))
-    model = train_brain_age(model, x, y, TrainingOptions(epochs=80, batch_size=4, lr=1e-2, weight_decay=0.0, seed=0))
+    model = train_brain_age(model, x, y, TrainingOptions(epochs=60, batch_size=4, lr=1e-2, weight_decay=0.0, seed=0))
     return save_tiny_model(model, tmp_path_factory.mktemp("leaky") / "model.pt")
 
 
