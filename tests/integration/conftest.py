@@ -46,14 +46,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class ServiceDied(AssertionError):
+    """A process that a wait depends on has exited (stops the wait at once)."""
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2,
              diagnostics: Callable[[], str] | None = None) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout`` s.
+
+    Exceptions of ``predicate`` are retried, except :class:`ServiceDied`, which ends the wait.
+    """
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
     while time.monotonic() < deadline:
         try:
             value = predicate()
+        except ServiceDied:
+            raise
         except Exception as exc:  # noqa: BLE001 - keep polling, report the last one
             last_error, value = exc, None
         if value:
@@ -166,7 +175,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"redis://127.0.0.1:{port}"
     try:
         client = redis.Redis.from_url(url, socket_timeout=1)
-        wait_for(lambda: service.alive() and client.ping(), 30, "redis-server to answer", diagnostics=service.tail)
+
+        def answers() -> bool:
+            if not service.alive():
+                raise ServiceDied(f"redis-server exited\n{service.tail()}")
+            return bool(client.ping())
+
+        wait_for(answers, 30, "redis-server to answer", diagnostics=service.tail)
         client.close()
         yield url
     finally:
@@ -221,7 +236,9 @@ class PostgresServer:
                                autocommit=True, connect_timeout=2)
 
     def _accepts(self) -> bool:
-        assert self.service is not None and self.service.alive(), "postgres exited"
+        assert self.service is not None
+        if not self.service.alive():
+            raise ServiceDied(f"postgres exited\n{self.service.tail()}")
         with self._connect() as conn:
             conn.execute("SELECT 1")
         return True
@@ -353,8 +370,13 @@ class Stack:
         self.workers.append(worker)
         if wait:
             alive = sum(w.alive() for w in self.workers)
-            wait_for(lambda: worker.alive() and self.ping_workers() >= alive, timeout,
-                     f"{worker.name} to answer a ping", interval=0.5, diagnostics=self.diagnostics)
+
+            def answers() -> bool:
+                if not worker.alive():
+                    raise ServiceDied(f"{worker.name} exited\n{worker.tail()}")
+                return self.ping_workers() >= alive
+
+            wait_for(answers, timeout, f"{worker.name} to answer a ping", interval=0.5, diagnostics=self.diagnostics)
         return worker
 
     def ping_workers(self) -> int:
@@ -390,7 +412,7 @@ def wait_for_ready(url: str, timeout: float = START_TIMEOUT_S, service: Service 
 
     def ready() -> dict[str, Any] | None:
         if service is not None and not service.alive():
-            raise AssertionError(f"{service.name} exited\n{service.tail()}")
+            raise ServiceDied(f"{service.name} exited\n{service.tail()}")
         response = httpx.get(f"{url}/ready", timeout=5)
         return response.json() if response.status_code == 200 else None
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from backend.client import BrainMIAClient
-from tests.integration.conftest import Stack, free_port, wait_for
+from tests.integration.conftest import ServiceDied, Stack, free_port, wait_for
 
 OPTIONS = {"repeats": 2, "classifiers": ["threshold", "logistic"]}
 
@@ -70,7 +70,8 @@ def test_ready_is_503_while_the_broker_is_down(make_stack, redis_server: str) ->
     started = time.monotonic()
 
     def answer() -> httpx.Response | None:
-        assert api.alive(), api.tail()
+        if not api.alive():
+            raise ServiceDied(f"the API exited\n{api.tail()}")
         try:
             return httpx.get(f"{stack.url}/ready", timeout=30)
         except httpx.TransportError:
