@@ -5,18 +5,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
 from backend.client import BrainMIAClient
-from tests.integration.conftest import ServiceDied, Stack, free_port, wait_for
+from tests.integration.conftest import ServiceDied, Stack, base_env, cli_argv, free_port, wait_for
 
 OPTIONS = {"repeats": 2, "classifiers": ["threshold", "logistic"]}
 
 
-def test_assessment_through_api_broker_and_worker(stack: Stack, tiny_model: Path, small_archive: Path) -> None:
+def test_assessment_through_api_broker_and_worker_then_submit(stack: Stack, tiny_model: Path, small_archive: Path) -> None:
     ready = httpx.get(f"{stack.url}/ready").json()
     assert ready == {"status": "ready", "database": True, "broker": True, "mode": "distributed"}
 
@@ -61,6 +62,19 @@ def test_assessment_through_api_broker_and_worker(stack: Stack, tiny_model: Path
     assert features.splitlines()[0].startswith("scan_id") and len(features.splitlines()) == 17
     # the API process runs no jobs in this mode: the worker wrote the results to the shared folder
     assert (stack.data_dir / "storage" / "results" / job["id"] / "report.json").is_file()
+
+    # the same through `brainmia submit`, as a pipeline runs it (exit 0 or 1: the verdict of an
+    # untrained model is not fixed)
+    out = stack.root / "submitted"
+    done = subprocess.run(
+        cli_argv("submit", "--server", stack.url, "--model", str(tiny_model), "--archive", str(small_archive),
+                 "--repeats", "2", "--classifier", "threshold", "--out", str(out), "--poll-interval", "0.3", "-q"),
+        env=base_env() | {"BRAINMIA_TOKEN": stack.token}, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode in (0, 1), f"{done.stdout}\n{done.stderr}\n{stack.diagnostics()}"
+    submitted = json.loads((out / "report.json").read_text())
+    assert submitted["verdict"]["passed"] is (done.returncode == 0)
+    assert {a["classifier"] for a in submitted["attacks"]} == {"threshold"}
 
 
 def test_ready_is_503_while_the_broker_is_down(make_stack, redis_server: str) -> None:  # type: ignore[no-untyped-def]
