@@ -2,7 +2,7 @@
 # Install BrainMIA and its dependencies into ./.venv (idempotent).
 # Usage: scripts/setup.sh [--test]   (--test also installs the test dependencies, and the services
 #        the integration tests start privately: redis-server and PostgreSQL, through apt-get when
-#        they are missing and this runs as root on Debian/Ubuntu)
+#        they are missing and this runs as root, or with passwordless sudo, on Debian/Ubuntu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,14 +10,19 @@ PYTHON=${PYTHON:-python3}
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 
-can_apt() { command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; }
+# apt-get as root, or through passwordless sudo (CI runners)
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+  SUDO="sudo -n"
+fi
+can_apt() { command -v apt-get >/dev/null && { [ "$(id -u)" = 0 ] || [ -n "$SUDO" ]; }; }
 apt_updated=""
 apt_install() {  # apt_install PACKAGE...: quiet, non-interactive, one `apt-get update` per run
   if [ -z "$apt_updated" ]; then
-    apt-get update -qq >/dev/null
+    $SUDO apt-get update -qq >/dev/null
     apt_updated=1
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 if [ ! -x .venv/bin/python ]; then
@@ -60,8 +65,8 @@ if [ -n "$extras" ]; then
       echo "installing for the integration tests: ${missing[*]}" >&2
       apt_install "${missing[@]}"
     else
-      echo "warning: integration tests need ${missing[*]} (not installed; run this as root on Debian/Ubuntu" \
-        "or install them yourself); without them those tests skip, or fail when CI is set" >&2
+      echo "warning: the integration tests need ${missing[*]} (not installed; run this as root on" \
+        "Debian/Ubuntu or install them yourself); without them those tests skip, or fail when CI is set" >&2
     fi
   fi
 fi
