@@ -86,6 +86,6 @@ def create_app(settings: Settings | None = None, *, start_jobs: bool = True) -> 
 
 
 def _version() -> str:
-    from worker.engine.report import package_version
+    from worker.engine.version import package_version
 
     return package_version()

@@ -251,5 +251,11 @@ async def receive_multipart(request: Request, dest_dir: Path, file_limits: dict[
                 sha256=part.digest.hexdigest(),
             )
         elif part.filename is None and part.name not in form.fields:
-            form.fields[part.name] = part.data.decode("utf-8", "replace")
+            text = part.data.decode("utf-8", "replace")
+            if "\x00" in text:  # PostgreSQL cannot store it; no field may carry one
+                raise ApiError(
+                    422, "validation_error", f"form field '{part.name}' contains a NUL byte",
+                    [{"field": part.name, "reason": "must not contain NUL bytes"}],
+                )
+            form.fields[part.name] = text
     return form

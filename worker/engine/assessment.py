@@ -16,7 +16,7 @@ from .features import ExtractionOptions, FeatureTable, extract_features, feature
 from .manifest import Manifest
 from .metrics import utility
 from .models.loading import LoadedModel
-from .report import build_report, exposure_section, provenance, write_json
+from .report import build_report, exposure_section, provenance
 from .verdict import Policy, evaluate
 
 # share of the progress bar per stage

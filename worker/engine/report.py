@@ -11,19 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from .features.table import FeatureTable
+from .version import package_version
 
 SCHEMA_VERSION = "1.0"
 TOP_EXPOSED = 50
-
-
-def package_version() -> str:
-    """The installed BrainMIA version."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("brainmia")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def exposure_section(ft: FeatureTable, exposure: dict[str, list[dict]], attack: str | None) -> dict[str, Any]:

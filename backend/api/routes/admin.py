@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from ... import audit
@@ -16,18 +16,11 @@ from ...jobs import as_utc
 from ..deps import AdminPrincipal, SessionDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse
 from ..pagination import Offset
+from ..types import Text
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-def _no_nul(value: str | None) -> str | None:
-    """Refuse NUL bytes in text (PostgreSQL cannot store them)."""
-    if value is not None and "\x00" in value:
-        raise ValueError("must not contain NUL bytes")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_no_nul)]
 
 _403 = {"model": ErrorResponse, "description": "Not an administrator token, or another organisation"}
 

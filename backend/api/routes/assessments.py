@@ -21,6 +21,7 @@ from ...jobs import JobDispatcher, as_utc
 from ..deps import CurrentPrincipal, SessionDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse, not_found
 from ..pagination import Limit, Offset
+from ..types import Id, Text, no_nul
 
 router = APIRouter(tags=["assessments"])
 
@@ -36,18 +37,6 @@ def get_jobs(request: Request) -> JobDispatcher:
 JobsDep = Annotated[JobDispatcher, Depends(get_jobs)]
 
 
-def _no_nul(value: Any) -> Any:
-    """Refuse NUL bytes in text (PostgreSQL cannot store them)."""
-    if isinstance(value, str) and "\x00" in value:
-        raise ValueError("must not contain NUL bytes")
-    if isinstance(value, list):
-        for item in value:
-            _no_nul(item)
-    return value
-
-
-Text = Annotated[str, AfterValidator(_no_nul)]
-Id = Annotated[str, Field(max_length=64), AfterValidator(_no_nul)]
 
 _409 = {"model": ErrorResponse, "description": "The assessment is not in a state that allows this"}
 _503 = {"model": ErrorResponse, "description": "The job queue is unreachable"}
@@ -61,7 +50,7 @@ class PolicyOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"auc_high": 0.65, "fail_at": "high"}]})
 
-    name: Annotated[str, Field(max_length=200), AfterValidator(_no_nul)] | None = None
+    name: Annotated[str, Field(max_length=200), AfterValidator(no_nul)] | None = None
     auc_medium: float | None = None
     auc_high: float | None = None
     tpr_at_1pct_fpr_medium: float | None = None

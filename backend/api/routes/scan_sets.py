@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,6 +42,7 @@ from ...uploads import MAX_FIELD_BYTES, receive_multipart, too_large
 from ..deps import CurrentPrincipal, SessionDep, SettingsDep, StorageDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse, from_input_error, not_found
 from ..pagination import Limit, Offset
+from ..types import Text
 from .models import as_utc
 
 router = APIRouter(prefix="/scan-sets", tags=["scan sets"])
@@ -103,7 +104,7 @@ class ScanSetFromPath(BaseModel):
     )
 
     manifest_path: str = Field(description="Absolute path of a manifest under one of BRAINMIA_MANIFEST_ROOTS")
-    name: str | None = Field(default=None, max_length=500)
+    name: Text | None = Field(default=None, max_length=500)
 
 
 _CREATE_BODY = {
