@@ -20,7 +20,9 @@ def test_repeat_metrics_by_hand():
     assert m["accuracy"] == 0.5 and m["balanced_accuracy"] == 0.5
     assert m["auc"] == pytest.approx(0.75)  # 3 of the 4 member/non-member pairs ordered right
     # FPR 0: only the member above every non-member (0.9) -> TPR 1/2
-    assert m["tpr_at_fpr_0.001"] == 0.5 and m["tpr_at_fpr_0.01"] == 0.5
+    assert M.tpr_at_fpr(y, s, 0.01) == 0.5 and M.tpr_at_fpr(y, s, 0.001) == 0.5
+    # but 2 non-members cannot measure a 1% false-positive rate: undefined, not 0.5
+    assert m["tpr_at_fpr_0.001"] is None and m["tpr_at_fpr_0.01"] is None
     assert list(m) == list(M.METRIC_NAMES)
 
 
@@ -60,7 +62,10 @@ def test_bootstrap_matches_sklearn_on_the_resample():
         idx = np.r_[np.repeat(np.arange(n1), W[b]), n1 + np.repeat(np.arange(n0), V[b])]
         ref = M.repeat_metrics(y[idx], s[idx], pred[idx])
         for name in M.METRIC_NAMES:
-            assert boot[name][b] == pytest.approx(ref[name], abs=1e-12), name
+            if ref[name] is None:  # not estimable on this many non-members (0.1% FPR on 150)
+                assert np.isnan(boot[name][b]), name
+            else:
+                assert boot[name][b] == pytest.approx(ref[name], abs=1e-12), name
 
 
 def test_summarize_mean_std_ci():
@@ -173,3 +178,17 @@ def test_auc_point_estimate_is_sklearn():
     y = np.r_[np.ones(30, int), np.zeros(40, int)]
     s = rng.normal(size=70) + y
     assert M.repeat_metrics(y, s, (s > 0).astype(int))["auc"] == pytest.approx(roc_auc_score(y, s))
+
+
+def test_tpr_at_low_fpr_needs_enough_non_members() -> None:
+    assert not M.estimable(99, 0.01) and M.estimable(100, 0.01) and M.estimable(1000, 0.001)
+    rng = np.random.default_rng(0)
+    for n0, defined in ((50, False), (100, True)):
+        y = np.r_[np.ones(n0), np.zeros(n0)].astype(int)
+        s = rng.random(2 * n0)
+        m = M.repeat_metrics(y, s, (s > 0.5).astype(int))
+        assert (m["tpr_at_fpr_0.01"] is not None) == defined
+        boot = M.bootstrap_metrics(y, s, (s > 0.5).astype(int), n_boot=20)
+        assert np.isfinite(boot["tpr_at_fpr_0.01"]).all() == defined
+        summary = M.attack_metrics([M.RepeatOutcome(test=np.arange(2 * n0), y=y, score=s, pred=(s > 0.5).astype(int), seed=0)])
+        assert (summary["tpr_at_fpr_0.01"]["ci_low"] is not None) == defined

@@ -80,6 +80,16 @@ class RepeatOutcome:
         return np.asarray(self.pred).astype(int) == np.asarray(self.y).astype(int)
 
 
+def estimable(n_negatives: int, target_fpr: float) -> bool:
+    """Whether a TPR at ``target_fpr`` can be measured on ``n_negatives`` non-members.
+
+    Below ``1 / target_fpr`` non-members the only reachable FPR under the target is 0, and the
+    TPR there is decided by a handful of scans: it is reported as undefined (None), not as a
+    number a policy could act on.
+    """
+    return n_negatives * target_fpr >= 1.0 - 1e-9
+
+
 def tpr_at_fpr(y_true: np.ndarray, score: np.ndarray, target: float) -> float:
     """Largest TPR on the ROC curve among points with FPR <= ``target`` (member positive)."""
     fpr, tpr, _ = roc_curve(np.asarray(y_true).astype(int), score, pos_label=1,
@@ -96,8 +106,9 @@ def repeat_metrics(y_true: np.ndarray, score: np.ndarray, pred: np.ndarray) -> d
     }
     if len(np.unique(y)) == 2:
         out["auc"] = float(roc_auc_score(y, score))
+        n_neg = int((y == 0).sum())
         for name, target in TPR_AT_FPR.items():
-            out[name] = tpr_at_fpr(y, score, target)
+            out[name] = tpr_at_fpr(y, score, target) if estimable(n_neg, target) else None
     else:
         out["auc"] = None
         out.update({name: None for name in TPR_AT_FPR})
@@ -143,6 +154,9 @@ def bootstrap_metrics(
 
     desc, Cd = s0s[::-1], np.cumsum(Vs[:, ::-1], axis=1)
     for name, target in TPR_AT_FPR.items():
+        if not estimable(n0, target):
+            out[name] = np.full(n_boot, np.nan)
+            continue
         k = int(math.floor(target * n0 + 1e-9))
         if k >= n0:
             out[name] = np.ones(n_boot)
