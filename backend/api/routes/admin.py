@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from ... import audit
 from ...auth import create_token, hash_token
@@ -15,7 +15,7 @@ from ...db.models import ApiToken, AuditEvent, Organisation
 from ...jobs import as_utc
 from ..deps import AdminPrincipal, SessionDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse
-from ..pagination import Offset
+from ..pagination import Offset, page
 from ..types import Text
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -124,10 +124,7 @@ def audit_log(
         conditions.append(AuditEvent.object_type == object_type)
     if object_id:
         conditions.append(AuditEvent.object_id == object_id)
-    total = session.scalar(select(func.count()).select_from(AuditEvent).where(*conditions)) or 0
-    rows = session.scalars(
-        select(AuditEvent).where(*conditions).order_by(AuditEvent.id.desc()).limit(limit).offset(offset)
-    ).all()
+    rows, total = page(session, AuditEvent, conditions, [AuditEvent.id.desc()], limit, offset)
     items = [
         AuditEventOut(
             id=r.id, at=as_utc(r.at), actor=r.actor, token_id=r.token_id, action=r.action,

@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import func, select
 
 from ... import audit
 from ...auth import Principal
@@ -20,7 +19,7 @@ from ...db.models import JOB_STATES, Assessment, ModelRecord, ScanSet
 from ...jobs import JobDispatcher, as_utc
 from ..deps import CurrentPrincipal, SessionDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse, not_found
-from ..pagination import Limit, Offset
+from ..pagination import Limit, Offset, page
 from ..types import Id, Text, no_nul
 
 router = APIRouter(tags=["assessments"])
@@ -371,14 +370,9 @@ def list_assessments(
         conditions.append(Assessment.model_id == model_id)
     if scan_set_id:
         conditions.append(Assessment.scan_set_id == scan_set_id)
-    total = session.scalar(select(func.count()).select_from(Assessment).where(*conditions)) or 0
-    rows = session.scalars(
-        select(Assessment)
-        .where(*conditions)
-        .order_by(Assessment.created_at.desc(), Assessment.id.desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
+    rows, total = page(
+        session, Assessment, conditions, [Assessment.created_at.desc(), Assessment.id.desc()], limit, offset
+    )
     return AssessmentPage(
         items=[AssessmentSummary(**_summary(r)) for r in rows], total=total, limit=limit, offset=offset
     )

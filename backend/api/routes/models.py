@@ -29,7 +29,7 @@ from ...storage import Storage
 from ...uploads import receive_multipart, safe_filename
 from ..deps import CurrentPrincipal, SessionDep, SettingsDep, StorageDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse, not_found
-from ..pagination import Limit, Offset
+from ..pagination import Limit, Offset, page
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -272,14 +272,9 @@ def list_models(
 ) -> ModelPage:
     """The organisation's models, newest first."""
     where = ModelRecord.org_id == principal.org_id
-    total = session.scalar(select(func.count()).select_from(ModelRecord).where(where)) or 0
-    rows = session.scalars(
-        select(ModelRecord)
-        .where(where)
-        .order_by(ModelRecord.created_at.desc(), ModelRecord.id.desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
+    rows, total = page(
+        session, ModelRecord, [where], [ModelRecord.created_at.desc(), ModelRecord.id.desc()], limit, offset
+    )
     return ModelPage(items=[model_out(r) for r in rows], total=total, limit=limit, offset=offset)
 
 

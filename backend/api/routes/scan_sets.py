@@ -41,7 +41,7 @@ from ...storage import Storage
 from ...uploads import MAX_FIELD_BYTES, receive_multipart, too_large
 from ..deps import CurrentPrincipal, SessionDep, SettingsDep, StorageDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse, from_input_error, not_found
-from ..pagination import Limit, Offset
+from ..pagination import Limit, Offset, page
 from ..types import Text
 from .models import as_utc
 
@@ -464,10 +464,7 @@ def list_scan_sets(
 ) -> ScanSetPage:
     """The organisation's scan sets, newest first."""
     where = ScanSet.org_id == principal.org_id
-    total = session.scalar(select(func.count()).select_from(ScanSet).where(where)) or 0
-    rows = session.scalars(
-        select(ScanSet).where(where).order_by(ScanSet.created_at.desc(), ScanSet.id.desc()).limit(limit).offset(offset)
-    ).all()
+    rows, total = page(session, ScanSet, [where], [ScanSet.created_at.desc(), ScanSet.id.desc()], limit, offset)
     return ScanSetPage(items=[scan_set_out(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
