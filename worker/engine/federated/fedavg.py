@@ -229,11 +229,12 @@ def save_rounds(
 
             save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
         else:
-            if module is None:
-                module = model_factory() if model_factory is not None else build_architecture(
+            if module is None:  # script once; each round only swaps the weights
+                eager = model_factory() if model_factory is not None else build_architecture(
                     metadata.arch or "", **metadata.arch_kwargs)
+                module = torch.jit.script(eager.cpu().eval())
             module.load_state_dict(state)
-            torch.jit.save(torch.jit.script(module.cpu().eval()), str(path))
+            torch.jit.save(module, str(path))
         write_sidecar(path, metadata)
         paths.append(path)
     return paths
