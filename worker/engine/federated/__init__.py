@@ -11,18 +11,12 @@ scans, and attacks the other learners' scans. Typical use::
 """
 
 from .assessment import FederatedAssessmentResult, run_federated_assessment
-from .attack import (
-    AttacksCancelled,
-    FederatedAttackOptions,
-    FederatedAttackResult,
-    FederatedAttackSpec,
-    attack_specs,
-    round_features,
-    run_federated_attacks,
-)
+from .attack import AttacksCancelled, FederatedAttackResult, run_federated_attacks
 from .demo import FederatedDemoArtifacts, FederatedDemoOptions, prepare_federated_demo
 from .draws import AttackerDraw, check_draw, draw_attacks, federation_labels
 from .fedavg import RoundInfo, average_states, list_rounds, round_path, save_rounds, train_fedavg
+from .options import SCOPES, FederatedAttackOptions, FederatedAttackSpec, attack_specs
+from .rounds import ModelRef, round_features
 from .split import (
     AGE_SCHEMES,
     SIZE_SCHEMES,
@@ -35,10 +29,10 @@ from .split import (
 from .trajectory import TRAJECTORY_SETS, register_trajectory_set, trajectory_matrix
 
 __all__ = [
-    "AGE_SCHEMES", "SIZE_SCHEMES", "TRAJECTORY_SETS",
+    "AGE_SCHEMES", "SCOPES", "SIZE_SCHEMES", "TRAJECTORY_SETS",
     "AttackerDraw", "AttacksCancelled", "FederatedAssessmentResult", "FederatedAttackOptions",
     "FederatedAttackResult", "FederatedAttackSpec", "FederatedDemoArtifacts", "FederatedDemoOptions",
-    "FederationSplit", "RoundInfo",
+    "FederationSplit", "ModelRef", "RoundInfo",
     "attack_specs", "average_states", "check_draw", "draw_attacks", "federation_labels",
     "learner_names", "learner_sizes", "list_rounds", "prepare_federated_demo", "register_trajectory_set",
     "round_features", "round_path", "run_federated_assessment", "run_federated_attacks", "save_rounds",

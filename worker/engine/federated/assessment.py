@@ -15,9 +15,11 @@ from ..manifest import Manifest
 from ..metrics import utility
 from ..models import LoadedModel, detect_format, load_model
 from ..report import exposure_section, provenance
-from .attack import FederatedAttackOptions, ModelRef, round_features, run_federated_attacks
+from .attack import run_federated_attacks
 from .draws import federation_labels
+from .options import FederatedAttackOptions
 from .report import federated_report
+from .rounds import ModelRef, round_features
 
 __all__ = ["FederatedAssessmentResult", "run_federated_assessment"]
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..metrics import METRIC_NAMES, TPR_AT_FPR, RepeatOutcome, repeat_metrics, summarize
+from ..metrics import METRIC_NAMES, TPR_AT_FPR, RepeatOutcome, estimable, repeat_metrics, summarize
 
 __all__ = ["ScanBootstrap", "summarize_group", "weighted_metrics"]
 
@@ -65,6 +65,9 @@ def weighted_metrics(
         out["auc"] = (W * below).sum(axis=1) / (w1 * w0)
         desc, Cd = s0s[::-1], np.cumsum(Vs[:, ::-1], axis=1)
         for name, target in TPR_AT_FPR.items():
+            if not estimable(len(s0), target):  # too few non-members for this FPR: undefined
+                out[name] = np.full(len(W), np.nan)
+                continue
             k = np.floor(target * w0 + 1e-9)
             all_fp = k >= w0
             first = np.argmax(Cd >= (k + 1)[:, None], axis=1)

@@ -6,7 +6,9 @@ as many *fresh* unseen scans, none of which trained the attack. The attacker's o
 never appear in a test set. With ``match_age`` the unseen scans of each set are drawn
 closest in age to its members (nearest available scan, in random order), so that an
 attack cannot tell members by age alone: with non-IID learners holding narrow age ranges,
-a random draw would put every young unseen scan against an old learner's scans.
+a random draw would put unseen scans of every age against one learner's narrow range, and
+a model's error depends on age (regression to the mean). Matching is only as good as the
+unseen pool is dense: keep about as many unseen scans as members.
 """
 
 from __future__ import annotations
@@ -127,10 +129,10 @@ def draw_attacks(
     Sizes: attacker ``a`` with ``n_a`` scans trains on ``t = min(n_a, U // 2)`` of them and
     ``t`` unseen scans (``U`` unseen in all); against victim ``v`` it tests on
     ``min(n_v, U - t)`` of ``v``'s scans and as many unseen scans not in its training set.
-    The victims (in random order) draw disjoint unseen scans while the pool lasts, so an
-    attacker's test sets together are balanced too when ``U >= n_a + sum(n_v)`` (e.g. as
-    many unseen scans as members); after that the pool is reused. Repeats differ in which
-    unseen scans (and, when capped, which own or victim scans) are drawn.
+    Each victim draws from the whole pool of unseen scans left by the attacker's training
+    set, so test sets of different victims may share unseen scans (the best age match for
+    each victim; the confidence intervals account for shared scans). Repeats differ in
+    which unseen scans (and, when capped, which own or victim scans) are drawn.
 
     Args:
         learner_of: per row, its learner or None (unseen).
@@ -173,18 +175,15 @@ def draw_attacks(
             non = _match(ages[members], unseen, ages, rng, match_age)
             train = rng.permutation(np.concatenate([members, non]))
             pool = np.setdiff1d(unseen, non)
-            left = pool
             tests = {}
-            for victim in rng.permutation([v for v in victims if v != attacker]).tolist():
+            for victim in victims:
+                if victim == attacker:
+                    continue
                 theirs = rows_of[victim]
                 k = min(len(theirs), len(pool))
-                if len(left) < k:
-                    left = pool  # the pool is spent: reuse it for the remaining victims
                 v_members = theirs if k == len(theirs) else rng.choice(theirs, size=k, replace=False)
-                v_non = _match(ages[v_members], left, ages, rng, match_age)
-                left = np.setdiff1d(left, v_non)
+                v_non = _match(ages[v_members], pool, ages, rng, match_age)
                 tests[victim] = rng.permutation(np.concatenate([v_members, v_non]))
-            tests = {v: tests[v] for v in victims if v in tests}
             draw = AttackerDraw(attacker=attacker, repeat=r, seed=int(seed) + r, train=train, tests=tests)
             check_draw(draw, learner_of)
             draws.append(draw)

@@ -7,9 +7,12 @@ spanning rounds) gives:
   repeats of each pair's balanced test set (rows: attackers, columns: victims, in
   ``learners`` order; None on the diagonal and for pairs not run), with ``matrix_ci``
   (``low`` / ``high`` matrices of the 95% intervals);
-* ``per_attacker``: each attacker's metrics on its pooled test set (all its victims' scans
-  against every unseen scan it was tested on), mean and std over repeats;
-* ``overall``: the mean of the attackers' means, std across attackers.
+* ``per_attacker``: each attacker's metrics, the mean over its victims (``values``: one per
+  victim, the mean over repeats; ``std`` across victims);
+* ``overall``: the mean over every attacker-victim pair (``values``: one per pair).
+
+Every metric is that of the balanced test set of one pair and repeat, so TPR at 1% FPR is
+undefined (None) unless a victim's test set holds at least 100 unseen scans.
 
 Intervals come from the shared-scan bootstrap (:mod:`.bootstrap`).
 """
@@ -48,7 +51,6 @@ def attack_section(
     info: Mapping[str, Any],
     learners: Sequence[str],
     pairs: Mapping[Pair, Sequence[M.RepeatOutcome]],
-    pooled: Mapping[str, Sequence[M.RepeatOutcome]],
     boot: ScanBootstrap,
     *,
     matrix: bool = True,
@@ -59,11 +61,11 @@ def attack_section(
         info: identification copied in first (``name``, ``scope``, ``feature_set``...).
         learners: every learner, in matrix order.
         pairs: (attacker, victim) -> the outcomes of its repeats.
-        pooled: attacker -> the outcomes of its pooled test sets, one per repeat.
         boot: the shared-scan bootstrap.
         matrix: include ``matrix``, ``matrix_ci`` and ``per_attacker`` (False: ``overall`` only).
     """
     out: dict[str, Any] = {**info, "status": "ok"}
+    ordered = [(a, v) for a in learners for v in learners if (a, v) in pairs]
     if matrix:
         cells = {p: summarize_group([outs], boot, MATRIX_METRICS) for p, outs in pairs.items()}
 
@@ -72,17 +74,17 @@ def attack_section(
 
         out["matrix"] = {m: grid(m, "mean") for m in MATRIX_METRICS}
         out["matrix_ci"] = {m: {"low": grid(m, "ci_low"), "high": grid(m, "ci_high")} for m in MATRIX_METRICS}
-        out["per_attacker"] = [
-            {
-                "learner": a,
-                "n_victims": sum(1 for (x, _v) in pairs if x == a),
-                "n_test": int(np.mean([len(o.test) for o in pooled[a]])),
-                "metrics": summarize_group([[o] for o in pooled[a]], boot),
-            }
-            for a in learners
-            if a in pooled
-        ]
-    out["overall"] = summarize_group([pooled[a] for a in learners if a in pooled], boot)
+        out["per_attacker"] = []
+        for a in learners:
+            mine = [pairs[p] for p in ordered if p[0] == a]
+            if mine:
+                out["per_attacker"].append({
+                    "learner": a,
+                    "victims": [v for (x, v) in ordered if x == a],
+                    "n_test": int(np.mean([len(o.test) for outs in mine for o in outs])),
+                    "metrics": summarize_group(mine, boot),
+                })
+    out["overall"] = summarize_group([pairs[p] for p in ordered], boot)
     return out
 
 
@@ -100,7 +102,7 @@ def attack_entry(
     """The attack as a report.json attack entry (the contract of centralised attacks).
 
     ``metrics`` are the federation-wide ``overall`` summaries; ``roc``, ``by_age_bin`` and
-    ``by_attribute`` pool every attacker's test predictions. Extra keys: ``scope``,
+    ``by_attribute`` pool the test predictions of every pair and repeat. Extra keys: ``scope``,
     ``round``, ``rounds``.
     """
     rows = np.concatenate([np.asarray(o.test, dtype=int) for o in pooled])
