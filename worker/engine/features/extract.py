@@ -67,7 +67,10 @@ def _base_table(records: Sequence[ScanRecord]) -> pd.DataFrame:
 
 
 def _with_attributes(table: pd.DataFrame, records: Sequence[ScanRecord], names: list[str]) -> pd.DataFrame:
-    extra = {name: [r.attributes.get(name, "") for r in records] for name in names}
+    extra = {
+        name: [(r.learner or "") if name == "learner" else r.attributes.get(name, "") for r in records]
+        for name in names
+    }
     return pd.concat([table, pd.DataFrame(extra, index=table.index)], axis=1) if extra else table
 
 
