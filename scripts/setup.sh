@@ -3,6 +3,7 @@
 # Usage: scripts/setup.sh [--test]   (--test also installs the test dependencies, and the services
 #        the integration tests start privately: redis-server and PostgreSQL, through apt-get when
 #        they are missing and this runs as root, or with passwordless sudo, on Debian/Ubuntu)
+# Both modes install Debian's chromium (PDF export of reports; the browser tests drive it too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,29 +45,34 @@ if ! .venv/bin/python -c "import torch, sys; v = torch.__version__.split('+')[0]
 fi
 .venv/bin/pip install --quiet -e ".${extras}"
 
+# System packages, each entry: "check command => apt packages". Chromium prints reports to PDF
+# (the product needs it); with --test, the services the integration tests run themselves (on free
+# ports, in temporary folders; any system instance is left alone).
+needs=(
+  "command -v chromium || command -v chromium-browser || command -v google-chrome => chromium"
+)
 if [ -n "$extras" ]; then
-  # Services the integration tests run themselves (on free ports, in temporary folders; any
-  # system instance is left alone). Each entry: "check command => apt packages".
-  needs=(
+  needs+=(
     "command -v redis-server => redis-server"
     "command -v initdb || ls /usr/lib/postgresql/*/bin/initdb => postgresql"
   )
-  missing=()
-  for need in "${needs[@]}"; do
-    check=${need%% => *}
-    packages=${need#* => }
-    if ! bash -c "$check" >/dev/null 2>&1; then
-      read -r -a pkgs <<<"$packages"
-      missing+=("${pkgs[@]}")
-    fi
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    if can_apt; then
-      echo "installing for the integration tests: ${missing[*]}" >&2
-      apt_install "${missing[@]}"
-    else
-      echo "warning: the integration tests need ${missing[*]} (not installed; run this as root on" \
-        "Debian/Ubuntu or install them yourself); without them those tests skip, or fail when CI is set" >&2
-    fi
+fi
+missing=()
+for need in "${needs[@]}"; do
+  check=${need%% => *}
+  packages=${need#* => }
+  if ! bash -c "$check" >/dev/null 2>&1; then
+    read -r -a pkgs <<<"$packages"
+    missing+=("${pkgs[@]}")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if can_apt; then
+    echo "installing system packages: ${missing[*]}" >&2
+    apt_install "${missing[@]}" || echo "warning: apt-get could not install ${missing[*]}" >&2
+  else
+    echo "warning: BrainMIA needs ${missing[*]} (not installed; run this as root on Debian/Ubuntu" \
+      "or install them yourself): without chromium the PDF export answers 503 and the browser tests" \
+      "skip; without redis-server/postgresql the integration tests skip (all of them fail when CI is set)" >&2
   fi
 fi
