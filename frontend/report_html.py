@@ -472,6 +472,24 @@ def _alt_error(features: pd.DataFrame | None) -> str:
     )
 
 
+def _grad_layers(fig: _FigureMaker, features: pd.DataFrame | None, best: str | None) -> list[dict]:
+    """One gradient-magnitude figure per layer for the layer selector; the most revealing first shown."""
+    layers = []
+    for column in D.grad_norm_columns(features):
+        label = column[len(D.GRAD_NORM_PREFIX):]
+        block = fig(
+            "grad_norm_distribution",
+            layer=column,
+            title=f"Gradient magnitude, layer {label}" + (" (the most revealing)" if column == best else ""),
+            alt=f"Distributions of gradient magnitude at layer {label}, members against non-members.",
+        )
+        layers.append({"column": column, "label": label, "best": column == best,
+                       "selected": column == best, "block": block})
+    if layers and not any(layer["selected"] for layer in layers):
+        layers[0]["selected"] = True
+    return layers
+
+
 def build_context(report: dict, features: pd.DataFrame | None = None) -> dict:
     """The template's view of a report: pre-formatted strings, no raw metric access."""
     white_box = _is_white_box(report, features)
@@ -492,13 +510,6 @@ def build_context(report: dict, features: pd.DataFrame | None = None) -> dict:
             "Bar chart of attack accuracy per feature set and classifier; the table above holds "
             "the same numbers.")),
         "error_distribution": fig("error_distribution", alt=_alt_error(features)),
-        "grad_norm_best": fig(
-            "grad_norm_distribution",
-            layer=best_layer,
-            title="Gradient magnitude of the most revealing layer"
-            + (f": {best_layer[len(D.GRAD_NORM_PREFIX):]}" if best_layer else ""),
-            alt="Distributions of gradient magnitude at the layer that separates members best.",
-        ),
         "grad_norm_layers": fig("grad_norm_layers", alt=(
             "Small panels, one per layer, each comparing the gradient magnitude of members and "
             "non-members.")),
@@ -518,6 +529,8 @@ def build_context(report: dict, features: pd.DataFrame | None = None) -> dict:
             f"Mean absolute error: {_num(u.get('mae_members'))} years on training scans, "
             f"{_num(u.get('mae_nonmembers'))} years on unseen scans.")),
     }
+    grad_layers = _grad_layers(fig, features, best_layer)
+    figures["grad_norm_best"] = next((layer["block"] for layer in grad_layers if layer["selected"]), None)
     prov = _provenance(report)
     model_path = str(((report.get("provenance") or {}).get("model") or {}).get("path") or "")
     model_name = model_path.replace("\\", "/").rsplit("/", 1)[-1] if model_path else ""
@@ -537,6 +550,7 @@ def build_context(report: dict, features: pd.DataFrame | None = None) -> dict:
         "figures": figures,
         "grad_message": grad_message,
         "has_grad": bool(D.grad_norm_columns(features)),
+        "grad_layers": grad_layers,
         "exposure": top_exposed(report, TOP_EXPOSED, members_only=True),
         "exposure_attack": str(exposure_attack) if exposure_attack else "",
         "top_n": TOP_EXPOSED,

@@ -106,10 +106,25 @@ def test_every_figure_is_embedded_and_valid_json(parsed):
     assert all(p["data"] for p in plots)
     assert any("displaylogo" in f for f in figures)  # the plotly config block
     plot_divs = [a for t, a in parsed.tags if t == "div" and "data-figure" in a]
-    assert len(plot_divs) == len(plots)
+    layer_options = [a["value"] + "-data" for t, a in parsed.tags if t == "option" and "data-title" in a]
+    # every figure is drawn in a div, or is a layer the selector swaps into the layer plot
+    assert {a["data-figure"] for a in plot_divs} | set(layer_options) == {
+        i for i in parsed.ids if i.startswith("fig-") and i.endswith("-data")}
     for attrs in plot_divs:
         assert attrs["data-figure"] in parsed.ids
         assert attrs.get("role") == "img" and attrs.get("aria-label")
+
+
+def test_layer_selector_offers_every_layer(sample, parsed):
+    _, features = sample
+    layers = [c for c in features.columns if c.startswith("grad_norm:")]
+    options = [a for t, a in parsed.tags if t == "option" and "data-title" in a]
+    assert len(layers) > 1 and len(options) == len(layers)
+    assert sum("selected" in a for a in options) == 1
+    select = next(a for t, a in parsed.tags if t == "select")
+    assert select["id"] in {a.get("for") for t, a in parsed.tags if t == "label"}  # labelled control
+    for attrs in options:
+        assert attrs["value"] + "-data" in parsed.ids
 
 
 def test_contains_verdict_and_sections(sample, html, parsed):
