@@ -146,10 +146,127 @@ def _print_summary(report: dict[str, Any], paths: dict[str, Path]) -> None:
         typer.echo(f"{name}: {path}")
 
 
+def _archive_extractor() -> Any:
+    """The service's safe archive extraction, with the settings' limits."""
+    from .archives import ArchiveLimits, extract_archive
+    from .settings import get_settings
+
+    settings = get_settings()
+    limits = ArchiveLimits(
+        max_total_bytes=settings.max_extracted_bytes,
+        max_members=settings.max_archive_members,
+        max_ratio=settings.max_compression_ratio,
+    )
+    return lambda archive, dest: extract_archive(archive, dest, limits)
+
+
+def _federated_options(
+    feature_set: list[str] | None,
+    trajectory_set: list[str] | None,
+    classifier: list[str] | None,
+    repeats: int | None,
+    max_rounds: int | None,
+    seed: int,
+    extraction: Any,
+    policy: Path | None,
+) -> Any:
+    """The engine's federated attack options; None and empty lists keep its defaults."""
+    from worker.engine.federated import FederatedAttackOptions
+    from worker.engine.verdict import load_policy
+
+    given: dict[str, Any] = {"seed": seed, "extraction": extraction}
+    for key, value in (("feature_sets", feature_set), ("trajectory_sets", trajectory_set),
+                       ("classifiers", classifier), ("repeats", repeats), ("max_rounds", max_rounds)):
+        if value:
+            given[key] = tuple(value) if isinstance(value, list) else value
+    if policy is not None:
+        given["policy"] = load_policy(policy)
+    return FederatedAttackOptions(**given)
+
+
+def _print_federated(report: dict[str, Any]) -> None:
+    """The attacker x victim summary of a federated report, on stderr."""
+    from frontend.federated_view import build_federated_context
+
+    view = build_federated_context(report)
+    if view is None:
+        return
+    stderr.print(
+        f"federation: {view['n_learners']} learners, {view['n_rounds']} rounds; attack {view['attack']}",
+        highlight=False,
+    )
+    stderr.print(f"  mean accuracy over attacker-victim pairs {view['overall']['accuracy']}", highlight=False)
+    if view["final_round"]:
+        stderr.print(f"  final round alone ({view['final_round']['attack']}): accuracy "
+                     f"{view['final_round']['accuracy']}", highlight=False)
+    for row in view["per_attacker"]:
+        stderr.print(f"  attacker {row['learner']:12s} accuracy {row['accuracy']:28s} AUC {row['auc']}",
+                     highlight=False)
+
+
+def _assess_federated(
+    rounds: list[Path],
+    federated: bool,
+    manifest: Path,
+    out: Path,
+    *,
+    model: Path | None,
+    predictions: Path | None,
+    train_size: int | None,
+    overrides: tuple[Any, ...],
+    feature_set: list[str] | None,
+    trajectory_set: list[str] | None,
+    classifier: list[str] | None,
+    repeats: int,
+    max_rounds: int | None,
+    policy: Path | None,
+    seed: int,
+    device: str | None,
+    batch_size: int,
+    layer: list[str] | None,
+    cache: tuple[Path | None, bool],
+    quiet: bool,
+) -> None:
+    """``brainmia assess --federated ROUNDS``: the federated assessment; exits like ``assess``."""
+    import tempfile
+
+    from frontend.export import write_outputs
+    from worker.engine.errors import InputError
+    from worker.engine.federated import resolve_rounds, run_federated_assessment
+    from worker.engine.manifest import load_manifest
+
+    with _errors_exit_2(), tempfile.TemporaryDirectory(prefix="brainmia-rounds-") as tmp:
+        if not federated:
+            raise InputError("ROUNDS, --max-rounds and --trajectory-set go with --federated")
+        for flag, value in (("--model", model), ("--predictions", predictions), ("--train-size", train_size)):
+            if value is not None:
+                raise InputError(f"{flag} does not go with --federated (the models are the ROUNDS; "
+                                 "each attacker trains on its own scans)")
+        device = _device(device)
+        paths = resolve_rounds(rounds, extract=_archive_extractor(), workdir=Path(tmp) / "rounds")
+        scans = load_manifest(manifest)
+        options = _federated_options(feature_set, trajectory_set, classifier, repeats, max_rounds, seed,
+                                     _extraction(device, batch_size, layer), policy)
+        _show_inputs(scans, None)
+        stderr.print(f"rounds: {len(paths)} community models, {paths[0].name} ... {paths[-1].name}", highlight=False)
+        with progress_bar(not quiet) as bar:
+            result = run_federated_assessment(
+                paths, scans, options, overrides=_overrides(*overrides), cache=_cache(*cache), progress=bar
+            )
+        written = write_outputs(result, out)
+    _print_federated(result.report)
+    _print_summary(result.report, written)
+    raise typer.Exit(EXIT_PASS if result.passed else EXIT_FAIL)
+
+
 @app.command()
 def assess(
     manifest: ManifestOpt,
     out: Annotated[Path, typer.Option("--out", help="Output folder for report.json, report.html, features.csv.")],
+    rounds: Annotated[Optional[list[Path]], typer.Argument(help="With --federated: the community model of every round: a folder of round_<n>.<ext> files, an archive (.zip/.tar.gz) of them, or the model files in round order.", show_default=False)] = None,
+    federated: Annotated[bool, typer.Option("--federated", help="Assess a federation: every learner attacks the others with every round's model (ROUNDS); the manifest's learner column names the learner of each member scan.")] = False,
+    max_rounds: Annotated[Optional[int], typer.Option("--max-rounds", min=1, help="With --federated: rounds whose features are computed, evenly spaced, always the final one (default 20).")] = None,
+    trajectory_set: Annotated[Optional[list[str]], typer.Option("--trajectory-set", help="With --federated: feature set spanning rounds (repeatable): loss-trajectory, grad-norm-trajectory (default both).")] = None,
     model: ModelOpt = None,
     predictions: Annotated[Optional[Path], typer.Option("--predictions", help="CSV scan_id,prediction in place of --model: black-box feature sets only.")] = None,
     input_shape: ShapeOpt = None,
@@ -179,6 +296,14 @@ def assess(
     from worker.engine.predictions import load_predictions
     from worker.engine.verdict import Policy, load_policy
 
+    if federated or rounds or max_rounds is not None or trajectory_set:
+        _assess_federated(
+            rounds or [], federated, manifest, out, model=model, predictions=predictions, train_size=train_size,
+            overrides=(input_shape, voxel_size, normalize, arch, arch_options),
+            feature_set=feature_set, trajectory_set=trajectory_set, classifier=classifier, repeats=repeats,
+            max_rounds=max_rounds, policy=policy, seed=seed, device=device, batch_size=batch_size, layer=layer,
+            cache=(cache_dir, no_cache), quiet=quiet,
+        )
     with _errors_exit_2():
         device = _device(device)
         if (model is None) == (predictions is None):
@@ -262,26 +387,45 @@ def synth(
     voxel_size: Annotated[float, typer.Option("--voxel-size", help="Voxel size in mm.")] = 2.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     member_fraction: Annotated[float, typer.Option("--member-fraction", min=0.0, max=1.0)] = 0.5,
+    federated: Annotated[bool, typer.Option("--federated", help="Deal the members out to learners: the manifest gets a learner column (empty for unseen scans).")] = False,
+    learners: Annotated[Optional[int], typer.Option("--learners", min=1, help="With --federated: number of learners (default 8).")] = None,
+    sizes: Annotated[Optional[str], typer.Option("--sizes", help="With --federated: learner sizes, uniform (default) or skewed.")] = None,
+    ages: Annotated[Optional[str], typer.Option("--ages", help="With --federated: ages across learners, iid (default) or noniid (one contiguous age range per learner).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Write a synthetic cohort built from the MNI152 template: NIfTI files and manifest.csv."""
+    from worker.engine.errors import InputError
+    from worker.engine.federated import write_federated_cohort
     from worker.engine.models import parse_shape
     from worker.engine.synth import CohortSpec, generate_cohort
 
     with _errors_exit_2():
+        if not federated and (learners is not None or sizes is not None or ages is not None):
+            raise InputError("--learners, --sizes and --ages go with --federated")
         spec = CohortSpec(n_subjects=subjects, shape=parse_shape(shape), voxel_size=voxel_size, seed=seed, member_fraction=member_fraction)
         with progress_bar(not quiet) as bar:
-            path = generate_cohort(out, spec, progress=bar.counter("subjects", subjects))
+            counter = bar.counter("subjects", subjects)
+            if federated:
+                path = write_federated_cohort(out, spec, learners or 8, sizes or "uniform", ages or "iid",
+                                              unseen_fraction=1.0 - member_fraction, progress=counter)
+            else:
+                path = generate_cohort(out, spec, progress=counter)
     typer.echo(f"manifest: {path}")
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("brainmia-demo"),
-    subjects: Annotated[int, typer.Option("--subjects", min=8, help="Subjects in the synthetic cohort (half are members).")] = 200,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs of the demo model.")] = 60,
-    repeats: Annotated[int, typer.Option("--repeats", min=1)] = 5,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default brainmia-demo, or brainmia-federated-demo with --federated).", show_default=False)] = None,
+    subjects: Annotated[Optional[int], typer.Option("--subjects", min=8, help="Subjects in the synthetic cohort, half are members (default 200).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs of the demo model (default 60).")] = None,
+    repeats: Annotated[Optional[int], typer.Option("--repeats", min=1, help="Repeated attack splits (default 5; 3 per attacker with --federated).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    federated: Annotated[bool, typer.Option("--federated", help="A federation instead: learners train one model with FedAvg, every round's model is saved, and every learner attacks the others.")] = False,
+    learners: Annotated[int, typer.Option("--learners", min=2, help="With --federated: number of learners.")] = 8,
+    rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, help="With --federated: FedAvg rounds (default 100 short rounds).")] = None,
+    sizes: Annotated[str, typer.Option("--sizes", help="With --federated: learner sizes, uniform or skewed.")] = "uniform",
+    ages: Annotated[str, typer.Option("--ages", help="With --federated: ages across learners, iid or noniid.")] = "noniid",
+    scans_per_learner: Annotated[Optional[int], typer.Option("--scans-per-learner", min=2, help="With --federated: mean training scans per learner (default 5).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Make a synthetic cohort, train a model that memorises its members, and assess it."""
@@ -291,8 +435,19 @@ def demo(
     from worker.engine.demo import DemoOptions, prepare_demo
     from worker.engine.models import load_model
 
-    options = DemoOptions(subjects=subjects, seed=seed)
-    options.training.epochs = epochs
+    if federated:
+        if subjects is not None or epochs is not None:
+            raise _fail("--subjects and --epochs are for the centralised demo: with --federated use "
+                        "--scans-per-learner and --rounds")
+        _demo_federated(out or Path("brainmia-federated-demo"), learners=learners, rounds=rounds, sizes=sizes,
+                        ages=ages, scans_per_learner=scans_per_learner, repeats=repeats, seed=seed, quiet=quiet)
+        return
+    if rounds is not None or scans_per_learner is not None:
+        raise _fail("--rounds and --scans-per-learner go with --federated")
+    out = out or Path("brainmia-demo")
+    options = DemoOptions(subjects=subjects or 200, seed=seed)
+    options.training.epochs = epochs or 60
+    repeats = repeats or 5
     cache = VolumeCache(out / "cache")
     with _errors_exit_2():
         with progress_bar(not quiet) as bar:
@@ -307,6 +462,54 @@ def demo(
                 made.manifest, model=model, options=AssessmentOptions(repeats=repeats, seed=seed), cache=cache, progress=bar
             )
         paths = write_outputs(result, out / "report")
+    _print_summary(result.report, paths)
+    typer.echo(f"Open the report: {paths['report_html'].resolve()}")
+
+
+def _demo_federated(
+    out: Path,
+    *,
+    learners: int,
+    rounds: int | None,
+    sizes: str,
+    ages: str,
+    scans_per_learner: int | None,
+    repeats: int | None,
+    seed: int,
+    quiet: bool,
+) -> None:
+    """``brainmia demo --federated``: a synthetic federation trained with FedAvg, then assessed."""
+    from frontend.export import write_outputs
+    from worker.engine.cache import VolumeCache
+    from worker.engine.federated import (
+        FederatedAttackOptions,
+        FederatedDemoOptions,
+        prepare_federated_demo,
+        run_federated_assessment,
+    )
+
+    demo_options = FederatedDemoOptions(seed=seed)
+    if scans_per_learner is not None:
+        demo_options.scans_per_learner = scans_per_learner
+    attack_options = FederatedAttackOptions(seed=seed)
+    if repeats is not None:
+        attack_options.repeats = repeats
+    cache = VolumeCache(out / "cache")
+    with _errors_exit_2():
+        with progress_bar(not quiet) as bar:
+            made = prepare_federated_demo(out, learners, sizes=sizes, ages=ages, options=demo_options, cache=cache,
+                                          progress=bar, **({"rounds": rounds} if rounds is not None else {}))
+            last = made.history[-1]
+            stderr.print(
+                f"federation: {learners} learners ({sizes} sizes, {ages} ages), {len(made.model_paths)} FedAvg rounds; "
+                f"final model MAE {last['mae_members']:.2f} y on the learners' scans, "
+                f"{last['mae_unseen']:.2f} y on {made.manifest.n_nonmembers} unseen scans",
+                highlight=False,
+            )
+            result = run_federated_assessment(made.model_paths, made.manifest, attack_options, cache=cache,
+                                              progress=bar)
+        paths = write_outputs(result, out / "report")
+    _print_federated(result.report)
     _print_summary(result.report, paths)
     typer.echo(f"Open the report: {paths['report_html'].resolve()}")
 

@@ -44,6 +44,7 @@ from ._style import (
 )
 from .attacks import accuracy_bars, accuracy_by_age, accuracy_by_attribute, roc_curves, roc_curves_log
 from .distributions import error_distribution, grad_norm_distribution, grad_norm_layers
+from .federated import federated_learners, federated_matrix, federated_rounds
 from .summary import exposure, top_exposed, utility
 
 __all__ = [

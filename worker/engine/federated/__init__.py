@@ -15,6 +15,7 @@ from .attack import AttacksCancelled, FederatedAttackResult, run_federated_attac
 from .demo import FederatedDemoArtifacts, FederatedDemoOptions, prepare_federated_demo
 from .draws import AttackerDraw, check_draw, draw_attacks, federation_labels
 from .fedavg import RoundInfo, average_states, list_rounds, round_path, save_rounds, train_fedavg
+from .inputs import is_rounds_archive, resolve_rounds, rounds_folder
 from .options import SCOPES, FederatedAttackOptions, FederatedAttackSpec, attack_specs
 from .rounds import ModelRef, round_features
 from .split import (
@@ -34,7 +35,8 @@ __all__ = [
     "FederatedAttackResult", "FederatedAttackSpec", "FederatedDemoArtifacts", "FederatedDemoOptions",
     "FederationSplit", "ModelRef", "RoundInfo",
     "attack_specs", "average_states", "check_draw", "draw_attacks", "federation_labels",
-    "learner_names", "learner_sizes", "list_rounds", "prepare_federated_demo", "register_trajectory_set",
-    "round_features", "round_path", "run_federated_assessment", "run_federated_attacks", "save_rounds",
-    "split_federation", "train_fedavg", "trajectory_matrix", "write_federated_cohort",
+    "is_rounds_archive", "learner_names", "learner_sizes", "list_rounds", "prepare_federated_demo",
+    "register_trajectory_set", "resolve_rounds", "round_features", "round_path", "rounds_folder",
+    "run_federated_assessment", "run_federated_attacks", "save_rounds", "split_federation", "train_fedavg",
+    "trajectory_matrix", "write_federated_cohort",
 ]
