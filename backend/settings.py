@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 1 << 30
@@ -13,6 +14,15 @@ GiB = 1 << 30
 
 def _default_data_dir() -> Path:
     return Path.home() / ".brainmia"
+
+
+#: Browser executables looked up on PATH, in order, when ``BRAINMIA_CHROMIUM`` is not set.
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+
+
+def find_chromium() -> str | None:
+    """The first of :data:`CHROMIUM_NAMES` found on PATH, or None."""
+    return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
 
 
 class Settings(BaseSettings):
@@ -41,6 +51,8 @@ class Settings(BaseSettings):
         heartbeat_timeout_s: a running job whose worker has not reported for this long is
             considered dead and re-queued or failed.
         max_attempts: how many times a job is started before a dead worker fails it.
+        chromium_path: headless Chromium that prints reports to PDF (env ``BRAINMIA_CHROMIUM``);
+            defaults to ``chromium``, ``chromium-browser`` or ``google-chrome`` on PATH.
     """
 
     model_config = SettingsConfigDict(env_prefix="BRAINMIA_", env_file=".env", extra="ignore")
@@ -62,6 +74,9 @@ class Settings(BaseSettings):
     session_secret: str | None = None
     heartbeat_timeout_s: float = 120.0
     max_attempts: int = 2
+    chromium_path: str | None = Field(
+        default_factory=find_chromium, validation_alias=AliasChoices("BRAINMIA_CHROMIUM", "chromium_path")
+    )
 
     @property
     def embedded(self) -> bool:

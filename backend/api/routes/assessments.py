@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections.abc import Iterator
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from ... import audit
 from ...auth import Principal
 from ...db.models import JOB_STATES, Assessment, ModelRecord, ScanSet
 from ...jobs import JobDispatcher, as_utc
-from ..deps import CurrentPrincipal, SessionDep
+from ..deps import CurrentPrincipal, SessionDep, SettingsDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse, not_found
 from ..pagination import Limit, Offset, page
 from ..types import Id, Text, no_nul
@@ -39,6 +41,7 @@ JobsDep = Annotated[JobDispatcher, Depends(get_jobs)]
 
 _409 = {"model": ErrorResponse, "description": "The assessment is not in a state that allows this"}
 _503 = {"model": ErrorResponse, "description": "The job queue is unreachable"}
+_503_PDF = {"model": ErrorResponse, "description": "No headless Chromium on the server to print the PDF"}
 
 
 # -- schemas -----------------------------------------------------------------------------------
@@ -477,16 +480,94 @@ def report_html(
 
 @router.get(
     "/assessments/{assessment_id}/features.csv",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={200: {"content": {"text/csv": {}}}, **ERROR_RESPONSES, 409: _409},
     summary="The per-scan feature table (CSV)",
 )
-def features_csv(assessment_id: str, session: SessionDep, principal: CurrentPrincipal) -> FileResponse:
-    """features.csv of a succeeded assessment (409 while it is not)."""
+def features_csv(assessment_id: str, session: SessionDep, principal: CurrentPrincipal) -> StreamingResponse:
+    """features.csv of a succeeded assessment (409 while it is not), headed by provenance
+    comment lines (``# model_sha256: ...``): read it with ``pandas.read_csv(path, comment="#")``."""
     row = _owned(session, principal, assessment_id)
     path = _result_file(row, "features.csv")
+    head = _csv_provenance(_result_file(row, "report.json"), assessment_id)
     audit.record(session, principal, "export", "assessment", assessment_id, file="features.csv")
-    return FileResponse(path, media_type="text/csv", filename=f"brainmia-{assessment_id}-features.csv")
+    headers = {
+        "Content-Disposition": f'attachment; filename="brainmia-{assessment_id}-features.csv"',
+        "Content-Length": str(len(head) + path.stat().st_size),
+    }
+    return StreamingResponse(_stream(head, path), media_type="text/csv; charset=utf-8", headers=headers)
+
+
+@router.get(
+    "/assessments/{assessment_id}/report.pdf",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/pdf": {}}}, **ERROR_RESPONSES, 409: _409, 503: _503_PDF},
+    summary="The report (PDF)",
+)
+def report_pdf(
+    assessment_id: str, session: SessionDep, principal: CurrentPrincipal, settings: SettingsDep
+) -> FileResponse:
+    """The report printed to PDF (A4) by headless Chromium, verdict on the first page.
+
+    Printed from the stored report.html on the first request and kept beside it; 409 while the
+    assessment has not succeeded, 503 when the server has no Chromium (``BRAINMIA_CHROMIUM``).
+    """
+    from frontend.pdf import ChromiumNotFound, PdfExportError
+
+    row = _owned(session, principal, assessment_id)
+    html = _result_file(row, "report.html")
+    session.commit()  # end this request's write (token last use): printing takes seconds
+    try:
+        path = _printed_pdf(html, settings.chromium_path)
+    except ChromiumNotFound as exc:
+        raise ApiError(503, "pdf_unavailable", f"the PDF report cannot be made on this server: {exc}") from None
+    except PdfExportError as exc:
+        raise ApiError(500, "pdf_failed", f"the PDF report could not be made: {exc}") from None
+    audit.record(session, principal, "export", "assessment", assessment_id, file="report.pdf")
+    return FileResponse(path, media_type="application/pdf", filename=f"brainmia-{assessment_id}-report.pdf")
+
+
+_PDF_LOCKS = tuple(threading.Lock() for _ in range(8))
+
+
+def _printed_pdf(html: Path, chromium: str | None) -> Path:
+    """``report.pdf`` beside ``html``, printed now unless an up-to-date one is there (one print
+    at a time per report in this process; the file is renamed into place, so concurrent
+    processes never see a partial PDF)."""
+    from frontend.pdf import html_to_pdf
+
+    pdf = html.with_name("report.pdf")
+    with _PDF_LOCKS[hash(pdf) % len(_PDF_LOCKS)]:
+        if not pdf.is_file() or pdf.stat().st_mtime_ns < html.stat().st_mtime_ns:
+            html_to_pdf(html, pdf, chromium=chromium)
+    return pdf
+
+
+def _csv_provenance(report_path: Path, assessment_id: str) -> bytes:
+    """The ``# key: value`` lines that head the downloaded features.csv, from report.json's
+    provenance (each on one line: control characters become spaces, so no value starts a row)."""
+    provenance = json.loads(report_path.read_text(encoding="utf-8")).get("provenance") or {}
+    model, manifest = (provenance.get(k) if isinstance(provenance.get(k), dict) else {} for k in ("model", "manifest"))
+    values = {
+        "brainmia_version": provenance.get("package_version"),
+        "assessment": assessment_id,
+        "model_sha256": model.get("sha256"),
+        "manifest_sha256": manifest.get("sha256"),
+        "created_at": provenance.get("created_at"),
+    }
+    lines = (f"# {key}: {_one_line(value)}\n" for key, value in values.items())
+    return "".join(lines).encode("utf-8")
+
+
+def _one_line(value: Any) -> str:
+    return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", " ", "unknown" if value is None else str(value))
+
+
+def _stream(head: bytes, path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
+    yield head
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            yield block
 
 
 @router.get(
