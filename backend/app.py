@@ -82,6 +82,9 @@ def create_app(settings: Settings | None = None, *, start_jobs: bool = True) -> 
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(api_router())
+    from .web import install_web
+
+    install_web(app)
     return app
 
 

@@ -85,7 +85,8 @@ def _plotly_js() -> str:
 
 
 @lru_cache(maxsize=1)
-def _env() -> Environment:
+def template_env() -> Environment:
+    """The Jinja2 environment of every BrainMIA template (report and dashboard pages)."""
     env = Environment(
         loader=FileSystemLoader(str(TEMPLATE_DIR)),
         autoescape=True,
@@ -107,7 +108,7 @@ def _css() -> str:
     return (STATIC_DIR / "report.css").read_text(encoding="utf-8")
 
 
-def _script_json(obj_json: str) -> Markup:
+def script_json(obj_json: str) -> Markup:
     """JSON text made safe inside a <script> element (no "</script>", no "<!--")."""
     safe = (
         obj_json.replace("&", "\\u0026")
@@ -232,7 +233,7 @@ class _FigureMaker:
         # The page shows the title as a heading; drop the one inside the plot.
         top = fig.layout.margin.t
         fig.update_layout(title_text="", margin_t=max(30, (top if top is not None else 60) - 40))
-        block.data = _script_json(pio.to_json(fig, validate=False))
+        block.data = script_json(pio.to_json(fig, validate=False))
         return block
 
 
@@ -575,18 +576,23 @@ def render_report_html(report: dict, features: pd.DataFrame | None = None) -> st
             the data is not available.
     """
     context = build_context(report, features)
-    template = _env().get_template("report.html.j2")
+    template = template_env().get_template("report.html.j2")
     return template.render(
         **context,
         css=Markup(_css()),
         plotly_js=Markup(_plotly_js()),
-        plotly_config=_script_json(json.dumps({
-            "displaylogo": False,
-            "responsive": True,
-            "modeBarButtonsToRemove": ["select2d", "lasso2d", "sendDataToCloud"],
-            "toImageButtonOptions": {"format": "png", "scale": 2},
-        })),
+        plotly_config=plotly_config(),
     )
+
+
+def plotly_config() -> Markup:
+    """The Plotly config of every drawn figure, as JSON safe inside a <script> element."""
+    return script_json(json.dumps({
+        "displaylogo": False,
+        "responsive": True,
+        "modeBarButtonsToRemove": ["select2d", "lasso2d", "sendDataToCloud"],
+        "toImageButtonOptions": {"format": "png", "scale": 2},
+    }))
 
 
 def write_report_html(report: dict, features: pd.DataFrame | None, path: str | Path) -> Path:
@@ -597,5 +603,8 @@ def write_report_html(report: dict, features: pd.DataFrame | None, path: str | P
     return path
 
 
-__all__ = ["build_context", "render_report_html", "write_report_html", "PAPER_ACCURACY"]
+__all__ = [
+    "PAPER_ACCURACY", "build_context", "plotly_config", "render_report_html", "script_json", "template_env",
+    "write_report_html",
+]
 

@@ -117,14 +117,8 @@ def audit_log(
 ) -> AuditPage:
     """Your organisation's audit events (who uploaded, ran, viewed, exported, cancelled,
     deleted what), newest first."""
-    conditions = [AuditEvent.org_id == principal.org_id]
-    if action:
-        conditions.append(AuditEvent.action == action)
-    if object_type:
-        conditions.append(AuditEvent.object_type == object_type)
-    if object_id:
-        conditions.append(AuditEvent.object_id == object_id)
-    rows, total = page(session, AuditEvent, conditions, [AuditEvent.id.desc()], limit, offset)
+    where = audit.conditions(principal.org_id, action, object_type, object_id)
+    rows, total = page(session, AuditEvent, where, [AuditEvent.id.desc()], limit, offset)
     items = [
         AuditEventOut(
             id=r.id, at=as_utc(r.at), actor=r.actor, token_id=r.token_id, action=r.action,

@@ -1,0 +1,52 @@
+"""Sign-in and sign-out pages (an API token becomes a browser session)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from .. import audit
+from ..api.deps import SessionDep
+from ..auth import authenticate, principal_by_token_id
+from .render import render
+
+router = APIRouter()
+
+
+def safe_next(value: str | None) -> str:
+    """A local path to return to after signing in (never another site)."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    return value
+
+
+@router.get("/sign-in", response_class=HTMLResponse)
+def sign_in_page(request: Request, session: SessionDep, next: str | None = None) -> Response:
+    """The sign-in form; a signed-in user goes straight on."""
+    token_id = request.session.get("token_id")
+    if token_id and principal_by_token_id(session, token_id) is not None:
+        return RedirectResponse(safe_next(next), status_code=303)
+    return render(request, "sign_in.html.j2", None, next=safe_next(next), error=None)
+
+
+@router.post("/sign-in", response_class=HTMLResponse)
+def sign_in_submit(
+    request: Request, session: SessionDep, token: Annotated[str, Form(max_length=400)] = "", next: Annotated[str, Form(max_length=2000)] = "/"
+) -> Response:
+    """Check the token; on success set the session cookie and go on."""
+    principal = authenticate(session, token.strip()) if token.strip() else None
+    if principal is None:
+        error = "Enter your API token." if not token.strip() else "That token is unknown or has been revoked."
+        return render(request, "sign_in.html.j2", None, status_code=401, next=safe_next(next), error=error)
+    request.session["token_id"] = principal.token_id
+    audit.record(session, principal, "sign-in", "session")
+    return RedirectResponse(safe_next(next), status_code=303)
+
+
+@router.post("/sign-out")
+def sign_out_submit(request: Request) -> Response:
+    """Forget the session and return to the sign-in page."""
+    request.session.clear()
+    return RedirectResponse("/sign-in", status_code=303)

@@ -1,0 +1,52 @@
+"""Mounting the dashboard on the app: page routes, static assets and the page error handlers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from frontend.report_html import STATIC_DIR
+
+from .render import PageForbidden, SignInRequired, render, sign_in_url
+
+PLOTLY_JS = "/static/vendor/plotly.min.js"
+
+
+class PageNotFound(Exception):
+    """A page's object does not exist or belongs to another organisation."""
+
+
+def _plotly_js_path() -> Path:
+    import plotly
+
+    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def install_web(app: FastAPI) -> None:
+    """Add the dashboard's pages, ``/static`` (with plotly.js from the plotly package) and handlers."""
+    from . import admin_pages, assessment_pages, auth_pages, compare_pages, upload_pages
+
+    plotly_path = _plotly_js_path()
+
+    @app.get(PLOTLY_JS, include_in_schema=False)
+    def plotly_js() -> FileResponse:
+        return FileResponse(plotly_path, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    for module in (auth_pages, assessment_pages, compare_pages, upload_pages, admin_pages):
+        app.include_router(module.router, include_in_schema=False)
+
+    @app.exception_handler(SignInRequired)
+    async def _sign_in(request: Request, exc: SignInRequired) -> Response:
+        return RedirectResponse(sign_in_url(exc.next_url), status_code=303)
+
+    @app.exception_handler(PageForbidden)
+    async def _forbidden(request: Request, exc: PageForbidden) -> HTMLResponse:
+        return render(request, "error.html.j2", None, status_code=403, title="Not allowed", message=str(exc))
+
+    @app.exception_handler(PageNotFound)
+    async def _not_found(request: Request, exc: PageNotFound) -> HTMLResponse:
+        return render(request, "error.html.j2", None, status_code=404, title="Not found", message=str(exc))

@@ -1,0 +1,40 @@
+"""Model and scan-set pages: what the organisation has, and the upload forms."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+
+from ..api.deps import SessionDep, SettingsDep
+from . import queries
+from .render import PageUser, render
+
+router = APIRouter()
+
+
+@router.get("/models", response_class=HTMLResponse)
+def models_page(request: Request, session: SessionDep, user: PageUser) -> HTMLResponse:
+    """The organisation's models and the upload form (metadata fields with the engine's defaults)."""
+    from worker.engine.models import ModelMetadata
+    from worker.engine.models.registry import ARCHITECTURES
+    from worker.engine.normalize import NORMALIZATIONS
+
+    meta = ModelMetadata()
+    defaults = {
+        "input_shape": ",".join(str(v) for v in meta.input_shape),
+        "voxel_size": ",".join(f"{v:g}" for v in meta.voxel_size),
+        "normalize": meta.normalize,
+    }
+    return render(
+        request, "models.html.j2", user, active="models", models=queries.org_models(session, user),
+        defaults=defaults, normalizations=sorted(NORMALIZATIONS), architectures=sorted(ARCHITECTURES),
+    )
+
+
+@router.get("/scan-sets", response_class=HTMLResponse)
+def scan_sets_page(request: Request, session: SessionDep, settings: SettingsDep, user: PageUser) -> HTMLResponse:
+    """The organisation's scan sets and the archive / server-manifest forms."""
+    return render(
+        request, "scan_sets.html.j2", user, active="scan-sets", scan_sets=queries.org_scan_sets(session, user),
+        manifest_roots=[str(r) for r in settings.manifest_roots],
+    )

@@ -1,0 +1,341 @@
+/* BrainMIA dashboard: live progress, and forms that post to the REST API and show its errors
+   next to the field or manifest row they concern. No framework; the pages work as plain HTML
+   and this script adds the live parts. */
+(function () {
+  "use strict";
+
+  var FINAL = { succeeded: true, failed: true, cancelled: true };
+
+  function $(root, selector) { return root.querySelector(selector); }
+  function $all(root, selector) { return Array.prototype.slice.call(root.querySelectorAll(selector)); }
+
+  function percent(value) { return Math.round(100 * (value || 0)) + "%"; }
+
+  /* ---------------------------------------------------------------- live progress */
+
+  function updateJob(el, job) {
+    var state = $(el, "[data-role=state]");
+    if (state) {
+      state.textContent = job.state;
+      state.className = "state state-" + job.state;
+    }
+    var bar = $(el, "[data-role=progress]");
+    if (bar) {
+      bar.value = job.progress || 0;
+      bar.textContent = percent(job.progress);
+    }
+    var stage = $(el, "[data-role=stage]");
+    if (stage) { stage.textContent = percent(job.progress) + " \u00b7 " + (job.message || job.stage || ""); }
+  }
+
+  function poll(el) {
+    var url = el.getAttribute("data-poll");
+    var delay = 1000;
+    function tick() {
+      fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (response) {
+          if (response.status === 401) { window.location.href = "/sign-in?next=" + encodeURIComponent(window.location.pathname); return null; }
+          return response.ok ? response.json() : null;
+        })
+        .then(function (job) {
+          if (!job) { setTimeout(tick, 5000); return; }
+          updateJob(el, job);
+          if (FINAL[job.state]) {
+            if (job.state === "succeeded") {
+              var bar = $(el, "[data-role=progress]");
+              if (bar) { bar.value = 1; }
+            }
+            // the server renders the finished row or the report
+            setTimeout(function () { window.location.reload(); }, 400);
+            return;
+          }
+          setTimeout(tick, delay);
+        })
+        .catch(function () { setTimeout(tick, 5000); });
+    }
+    setTimeout(tick, delay);
+  }
+
+  $all(document, "[data-poll]").forEach(poll);
+
+  /* ---------------------------------------------------------------- API errors */
+
+  function clearErrors(form) {
+    $all(form, ".field-error[data-error-for]").forEach(function (p) { p.hidden = true; p.textContent = ""; });
+    $all(form, "[aria-invalid]").forEach(function (input) { input.removeAttribute("aria-invalid"); });
+    $all(form, ".has-error").forEach(function (f) { f.classList.remove("has-error"); });
+    var summary = $(form, ".form-summary");
+    if (summary) { summary.hidden = true; summary.textContent = ""; }
+    var rows = $(form, ".row-errors");
+    if (rows) { rows.hidden = true; $(rows, "tbody").innerHTML = ""; }
+  }
+
+  function fieldErrorSlot(form, field) {
+    // the most specific slot: "options.policy.auc_high", then its parents ("metadata.input_shape.0" -> "metadata.input_shape")
+    var parts = field.split(".");
+    while (parts.length) {
+      var name = parts.join(".");
+      var slot = $all(form, ".field-error[data-error-for]").filter(function (p) { return p.getAttribute("data-error-for") === name; })[0];
+      if (slot) { return slot; }
+      parts.pop();
+    }
+    return null;
+  }
+
+  function showErrors(form, status, body) {
+    var error = (body && body.error) || { message: "The server answered " + status + ".", details: [] };
+    var summary = $(form, ".form-summary");
+    var unplaced = [];
+    var rows = $(form, ".row-errors");
+    (error.details || []).forEach(function (d) {
+      if (d.line !== null && d.line !== undefined && rows) {
+        var tr = document.createElement("tr");
+        [String(d.line), d.field || "", d.reason].forEach(function (text) {
+          var td = document.createElement("td");
+          td.textContent = text;
+          tr.appendChild(td);
+        });
+        $(rows, "tbody").appendChild(tr);
+        rows.hidden = false;
+        return;
+      }
+      var slot = d.field ? fieldErrorSlot(form, d.field) : null;
+      if (slot) {
+        slot.textContent = (slot.textContent ? slot.textContent + " " : "") + d.reason;
+        slot.hidden = false;
+        var field = slot.closest(".field");
+        if (field) {
+          field.classList.add("has-error");
+          var input = $(field, "input, select, textarea");
+          if (input) {
+            input.setAttribute("aria-invalid", "true");
+            if (slot.id === "") { slot.id = "err-" + Math.random().toString(36).slice(2); }
+            input.setAttribute("aria-describedby", ((input.getAttribute("aria-describedby") || "") + " " + slot.id).trim());
+          }
+        }
+      } else {
+        unplaced.push((d.field ? d.field + ": " : "") + d.reason);
+      }
+    });
+    if (summary) {
+      summary.textContent = "";
+      var strong = document.createElement("strong");
+      strong.textContent = error.message;
+      summary.appendChild(strong);
+      if (unplaced.length) {
+        var ul = document.createElement("ul");
+        unplaced.forEach(function (text) {
+          var li = document.createElement("li");
+          li.textContent = text;
+          ul.appendChild(li);
+        });
+        summary.appendChild(ul);
+      }
+      summary.hidden = false;
+      summary.setAttribute("tabindex", "-1");
+      summary.focus();
+    }
+  }
+
+  function send(form, method, url, body, contentType) {
+    // XMLHttpRequest for upload progress on large archives
+    return new Promise(function (resolve) {
+      var xhr = new XMLHttpRequest();
+      xhr.open(method, url);
+      xhr.setRequestHeader("Accept", "application/json");
+      if (contentType) { xhr.setRequestHeader("Content-Type", contentType); }
+      var box = $(form, ".upload-progress");
+      if (box && xhr.upload) {
+        box.hidden = false;
+        xhr.upload.onprogress = function (e) {
+          if (e.lengthComputable) { $(box, "progress").value = e.loaded / e.total; }
+        };
+      }
+      xhr.onload = function () {
+        if (box) { box.hidden = true; }
+        var parsed = null;
+        try { parsed = JSON.parse(xhr.responseText); } catch (e) { parsed = null; }
+        resolve({ status: xhr.status, body: parsed });
+      };
+      xhr.onerror = function () {
+        if (box) { box.hidden = true; }
+        resolve({ status: 0, body: { error: { message: "The server could not be reached.", details: [] } } });
+      };
+      xhr.send(body);
+    });
+  }
+
+  function busy(form, on) {
+    $all(form, "button[type=submit]").forEach(function (b) {
+      b.disabled = on;
+      if (on) { b.setAttribute("aria-busy", "true"); } else { b.removeAttribute("aria-busy"); }
+    });
+  }
+
+  function wire(form, build, done) {
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      clearErrors(form);
+      var request;
+      try { request = build(form); } catch (problem) {
+        showErrors(form, 422, { error: { message: problem.message, details: problem.details || [] } });
+        return;
+      }
+      busy(form, true);
+      send(form, request.method || "POST", form.getAttribute("data-api"), request.body, request.contentType)
+        .then(function (result) {
+          busy(form, false);
+          if (result.status >= 200 && result.status < 300) { done(result.body); } else { showErrors(form, result.status, result.body); }
+        });
+    });
+  }
+
+  function reload() { window.location.reload(); }
+
+  /* ---------------------------------------------------------------- model upload */
+
+  function numberList(text, field, count, integer) {
+    var parts = String(text).split(/[,x\u00d7\s]+/).filter(function (p) { return p !== ""; });
+    var values = parts.map(Number);
+    var ok = (values.length === count || (!integer && values.length === 1)) &&
+      values.every(function (v) { return isFinite(v) && v > 0 && (!integer || Math.round(v) === v); });
+    if (!ok) {
+      var problem = new Error("Some fields need fixing.");
+      problem.details = [{ field: field, reason: integer ? "three positive whole numbers, e.g. 91,109,91" : "one or three positive numbers, e.g. 2 or 2,2,2" }];
+      throw problem;
+    }
+    return values.length === 1 ? [values[0], values[0], values[0]] : values;
+  }
+
+  var modelForm = document.getElementById("upload-model");
+  if (modelForm) {
+    wire(modelForm, function (form) {
+      var data = new FormData();
+      var file = $(form, "input[type=file]").files[0];
+      if (!file) {
+        var missing = new Error("Choose the model file.");
+        missing.details = [{ field: "file", reason: "choose a file" }];
+        throw missing;
+      }
+      data.append("file", file);
+      var name = $(form, "[name=name]").value.trim();
+      if (name) { data.append("name", name); }
+      var metadata = {
+        input_shape: numberList($(form, "[name='metadata.input_shape']").value, "metadata.input_shape", 3, true),
+        voxel_size: numberList($(form, "[name='metadata.voxel_size']").value, "metadata.voxel_size", 3, false),
+        normalize: $(form, "[name='metadata.normalize']").value
+      };
+      var arch = $(form, "[name='metadata.arch']").value;
+      if (arch) { metadata.arch = arch; }
+      var kwargs = $(form, "[name='metadata.arch_kwargs']").value.trim();
+      if (kwargs) {
+        try { metadata.arch_kwargs = JSON.parse(kwargs); } catch (e) {
+          var bad = new Error("Some fields need fixing.");
+          bad.details = [{ field: "metadata.arch_kwargs", reason: "not valid JSON: " + e.message }];
+          throw bad;
+        }
+      }
+      data.append("metadata", JSON.stringify(metadata));
+      return { body: data };
+    }, reload);
+  }
+
+  /* ---------------------------------------------------------------- scan sets */
+
+  var archiveForm = document.getElementById("upload-archive");
+  if (archiveForm) {
+    wire(archiveForm, function (form) {
+      var file = $(form, "input[type=file]").files[0];
+      if (!file) {
+        var missing = new Error("Choose the archive.");
+        missing.details = [{ field: "archive", reason: "choose a .zip or .tar.gz file" }];
+        throw missing;
+      }
+      var data = new FormData();
+      data.append("archive", file);
+      var name = $(form, "[name=name]").value.trim();
+      if (name) { data.append("name", name); }
+      return { body: data };
+    }, reload);
+  }
+
+  var serverForm = document.getElementById("server-manifest");
+  if (serverForm) {
+    wire(serverForm, function (form) {
+      var body = { manifest_path: $(form, "[name=manifest_path]").value.trim() };
+      var name = $(form, "[name=name]").value.trim();
+      if (name) { body.name = name; }
+      return { body: JSON.stringify(body), contentType: "application/json" };
+    }, reload);
+  }
+
+  /* ---------------------------------------------------------------- new assessment */
+
+  var newForm = document.getElementById("new-assessment");
+  if (newForm) {
+    // a threat-model box ticks or clears its feature sets; it follows them when they change
+    $all(newForm, "input.group-toggle").forEach(function (toggle) {
+      var group = toggle.getAttribute("data-group");
+      var members = $all(newForm, "input[name=feature_sets][data-group='" + group + "']");
+      toggle.addEventListener("change", function () { members.forEach(function (m) { m.checked = toggle.checked; }); });
+      members.forEach(function (m) {
+        m.addEventListener("change", function () {
+          var on = members.filter(function (x) { return x.checked; }).length;
+          toggle.checked = on > 0;
+          toggle.indeterminate = on > 0 && on < members.length;
+        });
+      });
+    });
+
+    wire(newForm, function (form) {
+      var all = $all(form, "input[name=feature_sets]");
+      var chosen = all.filter(function (i) { return i.checked; }).map(function (i) { return i.value; });
+      var classifiers = $all(form, "input[name=classifiers]").filter(function (i) { return i.checked; }).map(function (i) { return i.value; });
+      var problems = [];
+      if (!$(form, "[name=model_id]").value) { problems.push({ field: "model_id", reason: "upload a model first" }); }
+      if (!$(form, "[name=scan_set_id]").value) { problems.push({ field: "scan_set_id", reason: "upload a scan set first" }); }
+      if (!chosen.length) { problems.push({ field: "options.feature_sets", reason: "tick at least one feature set" }); }
+      if (!classifiers.length) { problems.push({ field: "options.classifiers", reason: "tick at least one classifier" }); }
+      if (problems.length) {
+        var problem = new Error("Some fields need fixing.");
+        problem.details = problems;
+        throw problem;
+      }
+      var options = {
+        // every box ticked: the engine's default, every one of the paper's sets the model supports
+        feature_sets: chosen.length === all.length ? null : chosen,
+        classifiers: classifiers,
+        repeats: Number($(form, "[name=repeats]").value || 5),
+        policy: {
+          auc_medium: Number($(form, "[name=auc_medium]").value),
+          auc_high: Number($(form, "[name=auc_high]").value),
+          tpr_at_1pct_fpr_medium: Number($(form, "[name=tpr_at_1pct_fpr_medium]").value),
+          tpr_at_1pct_fpr_high: Number($(form, "[name=tpr_at_1pct_fpr_high]").value),
+          fail_at: $(form, "[name=fail_at]").value,
+          fail_on_error: $(form, "[name=fail_on_error]").checked
+        }
+      };
+      var trainSize = $(form, "[name=train_size]").value;
+      if (trainSize) { options.train_size = Number(trainSize); }
+      return {
+        body: JSON.stringify({
+          model_id: $(form, "[name=model_id]").value,
+          scan_set_id: $(form, "[name=scan_set_id]").value,
+          options: options
+        }),
+        contentType: "application/json"
+      };
+    }, function (job) { window.location.href = "/assessments/" + job.id; });
+  }
+
+  /* ---------------------------------------------------------------- cancel */
+
+  var cancelForm = document.getElementById("cancel-form");
+  if (cancelForm) {
+    cancelForm.addEventListener("submit", function (event) {
+      event.preventDefault();
+      if (!window.confirm("Cancel this assessment?")) { return; }
+      fetch(cancelForm.getAttribute("data-api"), { method: "POST", credentials: "same-origin" }).then(reload, reload);
+    });
+  }
+})();
