@@ -225,8 +225,68 @@ def _stored_path(storage: Storage, path: str) -> Path:
     return p if p.is_absolute() else storage.root / p
 
 
-def _load_inputs(resources: Resources, assessment_id: str) -> tuple[Any, Any, Any]:
-    """The job's manifest, loaded model and engine options."""
+@dataclass
+class _Inputs:
+    """What one job runs on.
+
+    Attributes:
+        manifest: the scan set's manifest.
+        options: the engine options (``AssessmentOptions`` or ``FederatedAttackOptions``).
+        model: the loaded model of a centralised assessment.
+        rounds: the round model files of a federated assessment, round 1 first.
+        overrides: model metadata of the record, for the round models.
+    """
+
+    manifest: Any
+    options: Any
+    model: Any = None
+    rounds: list[Path] | None = None
+    overrides: dict[str, Any] | None = None
+
+    def run(self, resources: Resources, job: JobContext) -> Any:
+        """Run the assessment (centralised or federated) with the job's progress and stop check."""
+        common = dict(cache=resources.volume_cache(), progress=job.progress, should_stop=job.should_stop)
+        if self.rounds is not None:
+            from worker.engine.federated import run_federated_assessment
+
+            return run_federated_assessment(self.rounds, self.manifest, self.options, overrides=self.overrides,
+                                            **common)
+        from worker.engine.assessment import run_assessment
+
+        return run_assessment(self.manifest, model=self.model, options=self.options, **common)
+
+
+def _federated_options(options: dict[str, Any], extraction: Any, policy: Any) -> Any:
+    """The stored job options as the federated engine's options.
+
+    Raises:
+        InputError: ``train_size``, which a federated assessment does not take.
+    """
+    from worker.engine.errors import InputError
+    from worker.engine.federated import FederatedAttackOptions
+
+    if options.get("train_size") is not None:
+        raise InputError("train_size does not apply to a federated assessment: each attacker trains on its own "
+                         "scans and as many unseen scans")
+    given: dict[str, Any] = {}
+    for key in ("feature_sets", "classifiers"):
+        if options.get(key):
+            given[key] = tuple(options[key])
+    return FederatedAttackOptions(
+        **given,
+        repeats=int(options.get("repeats") or FederatedAttackOptions.repeats),
+        seed=int(options.get("seed") or 0),
+        extraction=extraction,
+        policy=policy,
+    )
+
+
+def _load_inputs(resources: Resources, assessment_id: str, job: JobContext | None = None) -> _Inputs:
+    """The job's manifest, model (or round models) and engine options.
+
+    A ``federated_rounds`` model on a manifest whose members carry a ``learner`` is a
+    federated assessment; on a plain manifest its final round is assessed as one model.
+    """
     from worker.engine.assessment import AssessmentOptions
     from worker.engine.features import ExtractionOptions, pick_device
     from worker.engine.manifest import load_manifest
@@ -253,20 +313,29 @@ def _load_inputs(resources: Resources, assessment_id: str) -> tuple[Any, Any, An
         manifest = load_manifest(manifest_path)
     known = set(ModelMetadata.model_fields)
     overrides = {k: v for k, v in (model_row.model_metadata or {}).items() if k in known}
+    policy = Policy(**options["policy"]) if options.get("policy") else Policy()
+    extraction = ExtractionOptions(
+        white_box=True, batch_size=int(options.get("batch_size") or settings.batch_size), device=device
+    )
+    if model_row.kind == "federated_rounds" and model_row.rounds:
+        if any(r.learner is not None for r in manifest.records):
+            rounds = [_stored_path(resources.storage, p) for p in model_row.rounds]
+            return _Inputs(manifest, _federated_options(options, extraction, policy), rounds=rounds,
+                           overrides=overrides or None)
+        if job is not None:
+            job.append_log(f"the scan set has no learner column: assessing the final round "
+                           f"({len(model_row.rounds)}) of the federation as one model")
     model = load_model(_stored_path(resources.storage, model_row.path), overrides or None, device=device)
-    policy = options.get("policy")
     engine_options = AssessmentOptions(
         feature_sets=options.get("feature_sets") or None,
         classifiers=options.get("classifiers") or None,
         repeats=int(options.get("repeats") or 5),
         train_size=options.get("train_size"),
         seed=int(options.get("seed") or 0),
-        extraction=ExtractionOptions(
-            white_box=True, batch_size=int(options.get("batch_size") or settings.batch_size), device=device
-        ),
-        policy=Policy(**policy) if policy else Policy(),
+        extraction=extraction,
+        policy=policy,
     )
-    return manifest, model, engine_options
+    return _Inputs(manifest, engine_options, model=model)
 
 
 def run_job(
@@ -296,6 +365,7 @@ def run_job(
     from worker.engine.attacks import AttackCancelled
     from worker.engine.errors import InputError
     from worker.engine.features import ExtractionCancelled
+    from worker.engine.federated import AttacksCancelled
 
     worker = worker or worker_name()
     shutdown = shutdown or threading.Event()
@@ -307,25 +377,16 @@ def run_job(
     try:
         with Heartbeat(job, heartbeat_interval(resources.settings)):
             try:
-                manifest, model, options = _load_inputs(resources, assessment_id)
+                inputs = _load_inputs(resources, assessment_id, job)
                 if job.should_stop():
                     raise _Stopped()
-                from worker.engine.assessment import run_assessment
-
-                result = run_assessment(
-                    manifest,
-                    model=model,
-                    options=options,
-                    cache=resources.volume_cache(),
-                    progress=job.progress,
-                    should_stop=job.should_stop,
-                )
+                result = inputs.run(resources, job)
                 job.progress("writing", 0.99, "writing report.json, report.html, features.csv")
                 tmp = resources.storage.temp_dir()
                 from frontend.export import write_outputs
 
                 write_outputs(result, tmp)
-            except (AttackCancelled, ExtractionCancelled, _Stopped):
+            except (AttackCancelled, AttacksCancelled, ExtractionCancelled, _Stopped):
                 return _stopped(resources, job, requeue)
             except InputError as exc:
                 return _failed(job, str(exc))

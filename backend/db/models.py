@@ -57,8 +57,16 @@ class ApiToken(Base):
     org: Mapped[Organisation] = relationship()
 
 
+MODEL_KINDS = ("model", "federated_rounds")
+"""``model``: one model file; ``federated_rounds``: a federation's community model of every round."""
+
+
 class ModelRecord(Base):
-    """An uploaded model file."""
+    """An uploaded model file, or the round models of a federation.
+
+    For ``kind`` ``federated_rounds``, ``rounds`` lists every round's model file (relative to
+    the storage root, round 1 first) and ``path`` is the final round's.
+    """
 
     __tablename__ = "models"
 
@@ -70,6 +78,8 @@ class ModelRecord(Base):
     format: Mapped[str] = mapped_column(String(32))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     model_metadata: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    kind: Mapped[str] = mapped_column(String(32), default="model", server_default="model")
+    rounds: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     created_by: Mapped[str | None] = mapped_column(ForeignKey("api_tokens.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -8,6 +8,7 @@ Each raises :class:`FigureUnavailable` for a report without a federated section.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -194,7 +195,7 @@ def federated_rounds(
     mean = [r[1] for r in rows]
     lo = [r[2] if r[2] is not None else r[1] for r in rows]
     hi = [r[3] if r[3] is not None else r[1] for r in rows]
-    attack = esc(points[0].get("attack") or "")
+    attack = esc(re.sub(r"^round-\d+/", "", str(points[0].get("attack") or "")))
     scale = 100.0 if as_pct else 1.0
     mae = show_mae and any(r[4] is not None for r in rows)
     fig = make_subplots(specs=[[{"secondary_y": True}]]) if mae else new_figure()
@@ -228,9 +229,10 @@ def federated_rounds(
                 x=rounds, y=[r[idx] for r in rows], mode="lines", line=dict(color=color, dash="dot", width=1.5),
                 name=name, legendgroup=group, hovertemplate="round %{x}<br>mean absolute error %{y:.2f} years<extra></extra>",
             ), secondary_y=True)
-        fig.update_yaxes(title_text="Model mean absolute error (years)", secondary_y=True, showgrid=False, rangemode="tozero")
-    apply_style(fig, title=dict(text=f"{label} per round ({attack})"), height=420,
-                legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1), margin=dict(t=100))
+        fig.update_yaxes(title_text="Model mean absolute error (years)", secondary_y=True, showgrid=False,
+                         rangemode="tozero", tickformat=".1f")
+    apply_style(fig, title=dict(text=f"{label} per round ({attack})"), height=460,
+                legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0), margin=dict(t=60, b=130))
     fig.update_xaxes(title_text="Federation round")
     top = max(hi + [chance]) * scale
     fig.update_yaxes(title_text=label + (" (%)" if as_pct else ""),

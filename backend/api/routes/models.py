@@ -5,6 +5,14 @@ engine's safe loader (never unrestricted unpickling) and run once on a blank vol
 model that loads and returns one finite age per scan is published to ``models/<id>/`` (one
 rename) and recorded. On any failure nothing is kept.
 
+A federation's round models come as one archive (.zip, .tar.gz...) of files named
+``round_001.pt``, ``round_002.pt``... (any supported format, each with its optional sidecar),
+sent as ``file`` with ``kind=federated_rounds``. The archive is only ever read by
+:func:`backend.archives.extract_archive` (no links, no ``..``, size, count and ratio limits);
+every round is loaded with the safe loader and run once, and the rounds are stored as
+``models/<id>/round_<n>.<ext>``. An assessment of such a model on a scan set with a ``learner``
+column is a federated assessment.
+
 Deleting a model that an assessment still refers to answers 409: delete the assessments first
 (their reports name the model by its sha256).
 """
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,7 +33,9 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from ... import audit
-from ...db.models import Assessment, ModelRecord, new_id
+from ...archives import ArchiveLimits, extract_archive
+from ...db.models import MODEL_KINDS, Assessment, ModelRecord, new_id
+from ...settings import Settings
 from ...storage import Storage
 from ...uploads import receive_multipart, safe_filename
 from ..deps import CurrentPrincipal, SessionDep, SettingsDep, StorageDep
@@ -47,6 +58,8 @@ _EXAMPLE = {
     "format": "safetensors",
     "size_bytes": 11812352,
     "metadata": _EXAMPLE_METADATA,
+    "kind": "model",
+    "n_rounds": None,
     "created_at": "2025-01-31T09:12:44.120000Z",
 }
 
@@ -62,6 +75,9 @@ class ModelOut(BaseModel):
     format: str = Field(description="`torchscript`, `export`, `safetensors` or `state_dict`")
     size_bytes: int
     metadata: dict[str, Any] = Field(description="Input grid, voxel size, normalisation and architecture")
+    kind: str = Field("model", description="`model` (one model file) or `federated_rounds` (a federation's "
+                      "community model of every round)")
+    n_rounds: int | None = Field(None, description="Rounds of a `federated_rounds` model (None for one model)")
     created_at: datetime
 
 
@@ -100,6 +116,13 @@ _UPLOAD_BODY = {
                             "example": json.dumps(_EXAMPLE_METADATA),
                         },
                         "name": {"type": "string", "description": "Display name (default: the file name)"},
+                        "kind": {
+                            "type": "string",
+                            "enum": ["model", "federated_rounds"],
+                            "description": "`federated_rounds`: `file` is an archive (.zip, .tar.gz) of a "
+                            "federation's round models round_001.pt, round_002.pt, ... (any supported "
+                            "format, optional sidecars round_001.pt.json; default `model`)",
+                        },
                     },
                 }
             }
@@ -129,6 +152,8 @@ def model_out(row: ModelRecord) -> ModelOut:
         format=row.format,
         size_bytes=row.size_bytes,
         metadata=row.model_metadata or {},
+        kind=row.kind or "model",
+        n_rounds=len(row.rounds) if row.rounds else None,
         created_at=as_utc(row.created_at),
     )
 
@@ -178,9 +203,102 @@ def _load_and_check(path: Path, name: str) -> Any:
     try:
         return load_model(path, device="cpu", check=True)
     except ModelError as exc:
-        raise ApiError(422, "invalid_model", f"{name}: {exc.reason}") from None
+        hint = ""
+        if name.lower().endswith((".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+            hint = " (for an archive of a federation's round models, send kind=federated_rounds)"
+        raise ApiError(422, "invalid_model", f"{name}: {exc.reason}{hint}") from None
     except InputError as exc:
         raise ApiError(422, "invalid_model", f"{name}: {exc}".replace(str(path.parent) + os.sep, "")) from None
+
+
+@dataclass
+class _Rounds:
+    """The checked round models of a federation, in a clean folder ready to publish."""
+
+    folder: Path
+    files: list[str]
+    format: str
+    metadata: Any
+
+
+def _parse_kind(text: str | None) -> str:
+    """The ``kind`` form field: ``model`` (default) or ``federated_rounds``; 422 otherwise."""
+    kind = (text or "").strip() or "model"
+    if kind not in MODEL_KINDS:
+        raise ApiError(
+            422, "validation_error", "the request is not valid",
+            [{"field": "kind", "reason": f"must be one of {', '.join(MODEL_KINDS)}"}],
+        )
+    return kind
+
+
+def _check_round(path: Path, dest: Path, overrides: dict[str, Any], label: str, hide: Any) -> Any:
+    """Move one round to ``dest`` with its resolved sidecar, load it safely and run it once (CPU)."""
+    from worker.engine.errors import InputError, ModelError
+    from worker.engine.models import load_model, resolve_metadata, write_sidecar
+
+    try:
+        metadata = resolve_metadata(path, overrides)
+    except InputError as exc:
+        raise ApiError(422, "invalid_metadata", hide(str(exc)), [{"field": label, "reason": hide(str(exc))}]) from None
+    os.replace(path, dest)
+    write_sidecar(dest, metadata)
+    try:
+        return load_model(dest, device="cpu", check=True)
+    except ModelError as exc:
+        raise ApiError(422, "invalid_model", f"{label}: {exc.reason}", [{"field": label, "reason": exc.reason}]) from None
+    except InputError as exc:
+        reason = hide(str(exc))
+        raise ApiError(422, "invalid_model", f"{label}: {reason}", [{"field": label, "reason": reason}]) from None
+
+
+def _store_rounds(archive: Path, work: Path, overrides: dict[str, Any], settings: Settings) -> _Rounds:
+    """Extract the rounds safely into ``work`` and check each one; 422 naming the first bad one.
+
+    Every round's metadata is its sidecar in the archive (if any) with ``overrides`` on top;
+    all rounds must agree (one federation trains one model).
+    """
+    from worker.engine.errors import InputError
+    from worker.engine.federated import resolve_rounds
+
+    limits = ArchiveLimits(
+        max_total_bytes=settings.max_extracted_bytes,
+        max_members=settings.max_archive_members,
+        max_ratio=settings.max_compression_ratio,
+    )
+    content = work / ".content"  # client file names never start with a dot (safe_filename)
+
+    def hide(text: str) -> str:
+        return text.replace(str(content) + os.sep, "").replace(str(work) + os.sep, "")
+
+    try:
+        paths = resolve_rounds(
+            [archive], extract=lambda a, d: extract_archive(a, d, limits), workdir=content, archive=True
+        )
+    except InputError as exc:
+        raise ApiError(422, "invalid_archive", hide(str(exc)), [{"field": "file", "reason": hide(str(exc))}]) from None
+    clean = work / ".rounds"
+    clean.mkdir()
+    loaded = []
+    for r, path in enumerate(paths, start=1):
+        label = hide(str(path))
+        model = _check_round(path, clean / f"round_{r:03d}{path.suffix}", overrides, label, hide)
+        if loaded and model.metadata != loaded[0].metadata:
+            first = loaded[0].metadata
+            diff = ", ".join(k for k in type(first).model_fields if getattr(model.metadata, k) != getattr(first, k))
+            raise ApiError(
+                422, "invalid_metadata", f"{label}: its metadata ({diff}) differs from round 1's: every round of a "
+                "federation is the same model", [{"field": label, "reason": f"{diff} differ from round 1"}],
+            )
+        loaded.append(model)
+    Storage.remove([content, archive])
+    formats = {m.format for m in loaded}
+    return _Rounds(
+        folder=clean,
+        files=[m.path.name for m in loaded],
+        format=formats.pop() if len(formats) == 1 else "mixed",
+        metadata=loaded[0].metadata,
+    )
 
 
 @router.post(
@@ -203,7 +321,9 @@ async def upload_model(
     The file is never read into memory while uploading; it is limited to
     ``BRAINMIA_MAX_MODEL_BYTES`` (413). A file the safe loader refuses (e.g. a pickle that would
     run code), cannot read, or whose output is not one finite age per scan answers 422 with the
-    loader's reason, and nothing is kept.
+    loader's reason, and nothing is kept. With ``kind=federated_rounds`` the file is an archive
+    of a federation's round models, extracted safely and checked round by round (422 naming
+    the member or round at fault).
     """
     from worker.engine.models import write_sidecar
 
@@ -223,23 +343,38 @@ async def upload_model(
                 422, "invalid_model", "the uploaded file is empty", [{"field": "file", "reason": "empty file"}]
             )
         metadata = _parse_metadata(form.fields.get("metadata"))
+        kind = _parse_kind(form.fields.get("kind"))
         file_name = safe_filename(upload.filename, "model.bin")
         name = (form.fields.get("name") or "").strip() or upload.filename or file_name
         path = tmp / file_name
         os.replace(upload.path, path)
-        write_sidecar(path, metadata)
-        loaded = await run_in_threadpool(_load_and_check, path, file_name)
-        Storage.publish_dir(tmp, final)
+        rounds: list[str] | None = None
+        if kind == "federated_rounds":
+            stored = await run_in_threadpool(
+                _store_rounds, path, tmp, metadata.model_dump(exclude_unset=True), settings
+            )
+            Storage.publish_dir(stored.folder, final)
+            rel = final.relative_to(storage.root)
+            rounds = [(rel / f).as_posix() for f in stored.files]
+            model_path, fmt, resolved = rounds[-1], stored.format, stored.metadata
+        else:
+            write_sidecar(path, metadata)
+            loaded = await run_in_threadpool(_load_and_check, path, file_name)
+            Storage.publish_dir(tmp, final)
+            model_path = (final / file_name).relative_to(storage.root).as_posix()
+            fmt, resolved = loaded.format, loaded.metadata
         published = True
         row = ModelRecord(
             id=model_id,
             org_id=principal.org_id,
             name=name[:500],
-            path=(final / file_name).relative_to(storage.root).as_posix(),
+            path=model_path,
             sha256=upload.sha256,
-            format=loaded.format,
+            format=fmt,
             size_bytes=upload.size,
-            model_metadata=json.loads(loaded.metadata.model_dump_json()),
+            model_metadata=json.loads(resolved.model_dump_json()),
+            kind=kind,
+            rounds=rounds,
             created_by=principal.token_id,
         )
         session.add(row)
@@ -253,6 +388,8 @@ async def upload_model(
             sha256=row.sha256,
             format=row.format,
             size_bytes=row.size_bytes,
+            kind=kind,
+            **({"n_rounds": len(rounds)} if rounds else {}),
         )
         session.commit()
     except BaseException:

@@ -31,39 +31,37 @@ Extractor = Callable[[Path, Path], object]
 _IGNORED_TOP = {"__MACOSX", ".DS_Store"}
 
 
-def _member_names(path: Path) -> list[str] | None:
-    """Member names of a zip or tar file, or None when it is neither."""
+def _member_names(path: Path, limit: int = 1000) -> list[str] | None:
+    """The first ``limit`` member names of a zip or tar file, or None when it is neither."""
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as zf:
-                return zf.namelist()
+                return zf.namelist()[:limit]
         except (zipfile.BadZipFile, OSError):
             return None
     try:
         if not tarfile.is_tarfile(path):
             return None
+        names = []
         with tarfile.open(path) as tf:
-            names = []
             for member in tf:
                 names.append(member.name)
-                if len(names) > 10_000:  # enough to decide; the extractor enforces the limits
+                if len(names) >= limit:
                     break
-            return names
+        return names
     except (tarfile.TarError, OSError, EOFError):
         return None
 
 
 def is_rounds_archive(path: Path) -> bool:
-    """Whether ``path`` is an archive (zip or tar) of round models rather than one model file.
+    """Whether the local file ``path`` is an archive (zip or tar) of round models, not one model.
 
     A TorchScript or ``torch.export`` file is a zip too, but its members are the module's
     records (``<name>/data.pkl``...), never files named ``round_<n>.<ext>`` at the top or one
-    folder down.
+    folder down. This reads the archive's member list with :mod:`zipfile` / :mod:`tarfile`:
+    meant for the user's own files, not for untrusted uploads.
     """
-    names = _member_names(Path(path))
-    if not names:
-        return False
-    for name in names:
+    for name in _member_names(Path(path)) or []:
         parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
         if 1 <= len(parts) <= 2 and ROUND_NAME.match(parts[-1]):
             return True
@@ -93,6 +91,7 @@ def resolve_rounds(
     *,
     extract: Extractor | None = None,
     workdir: Path | None = None,
+    archive: bool | None = None,
 ) -> list[Path]:
     """The round model files, round 1 first, from a folder, an archive, or files in order.
 
@@ -101,6 +100,9 @@ def resolve_rounds(
         extract: safe archive extraction, needed for an archive.
         workdir: an empty or new folder the archive is extracted into (kept by the caller
             for as long as the rounds are used).
+        archive: whether a single file is an archive of rounds (None: tell from its
+            content with :func:`is_rounds_archive`; an untrusted upload should say True and
+            leave every read of the archive to ``extract``).
 
     Returns:
         the model files; their sidecars (``<file>.json``), when present, lie beside them.
@@ -119,7 +121,7 @@ def resolve_rounds(
             raise InputError(f"{p}: a folder of rounds must be given alone")
         if not p.is_file():
             raise InputError(f"{p}: round model not found")
-    if len(paths) == 1 and is_rounds_archive(paths[0]):
+    if len(paths) == 1 and (archive if archive is not None else is_rounds_archive(paths[0])):
         if extract is None or workdir is None:
             raise InputError(f"{paths[0]}: an archive of rounds needs a safe extractor and a folder to extract into")
         dest = Path(workdir)
