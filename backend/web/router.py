@@ -35,6 +35,10 @@ def install_web(app: FastAPI) -> None:
     def plotly_js() -> FileResponse:
         return FileResponse(plotly_path, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> RedirectResponse:
+        return RedirectResponse("/static/favicon.svg", status_code=301)
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for module in (auth_pages, assessment_pages, compare_pages, upload_pages, admin_pages):
         app.include_router(module.router, include_in_schema=False)
