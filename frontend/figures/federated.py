@@ -325,6 +325,7 @@ def federated_learners(report: dict, features: pd.DataFrame | None = None) -> go
                 height=max(320, 110 + 34 * len(summary)), barmode="overlay",
                 legend=dict(orientation="h", yanchor="bottom", y=1.06, xanchor="right", x=1), margin=dict(t=110, l=110))
     fig.update_yaxes(type="category", categoryorder="array", categoryarray=names, autorange="reversed")
+    fig.update_yaxes(title_text="Learner", row=1, col=1)
     fig.update_xaxes(title_text="Number of scans", rangemode="tozero", row=1, col=1)
     fig.update_xaxes(title_text="Age (years)", row=1, col=2)
     return fig
