@@ -13,7 +13,7 @@ from typing import Any
 
 from .figures._style import finite
 
-__all__ = ["UNSEEN_LABEL", "build_federated_context", "federated_figures", "fmt_metric", "learner_label"]
+__all__ = ["UNSEEN_LABEL", "build_federated_context", "federated_figures", "fmt_metric", "learner_label", "metric_parts"]
 
 UNSEEN_LABEL = "unseen scans"
 """How the scans no learner holds (the non-members) are named."""
@@ -26,26 +26,38 @@ def learner_label(name: Any) -> str:
     return UNSEEN_LABEL if name is None else str(name)
 
 
-def fmt_metric(summary: Mapping[str, Any] | None, metric: str) -> str:
-    """``"71.3% (95% CI 64.0-78.1%)"`` for rates, ``"0.781 (95% CI 0.70-0.85)"`` for AUC; ``"n/a"`` when undefined."""
+def metric_parts(summary: Mapping[str, Any] | None, metric: str) -> tuple[str, str]:
+    """``("71.3%", "95% CI 64.0–78.1%")`` for rates, ``("0.781", "95% CI 0.700–0.850")`` for AUC.
+
+    ``("n/a", "")`` when the metric is undefined; the interval is empty when it is.
+    """
     summary = summary or {}
     mean = finite(summary.get("mean"))
     if mean is None:
-        return "n/a"
+        return "n/a", ""
     lo, hi = finite(summary.get("ci_low")), finite(summary.get("ci_high"))
     if metric == "auc":
-        main = f"{mean:.3f}"
-        ci = f" (95% CI {lo:.3f}–{hi:.3f})" if lo is not None and hi is not None else ""
+        main, ci = f"{mean:.3f}", (f"95% CI {lo:.3f}–{hi:.3f}" if lo is not None and hi is not None else "")
     else:
         main = f"{100 * mean:.1f}%"
-        ci = f" (95% CI {100 * lo:.1f}–{100 * hi:.1f}%)" if lo is not None and hi is not None else ""
-    return main + ci
+        ci = f"95% CI {100 * lo:.1f}–{100 * hi:.1f}%" if lo is not None and hi is not None else ""
+    return main, ci
+
+
+def fmt_metric(summary: Mapping[str, Any] | None, metric: str) -> str:
+    """``"71.3% (95% CI 64.0–78.1%)"`` for rates, ``"0.781 (95% CI 0.700–0.850)"`` for AUC; ``"n/a"`` when undefined."""
+    main, ci = metric_parts(summary, metric)
+    return f"{main} ({ci})" if ci else main
 
 
 def _metrics_row(metrics: Mapping[str, Any] | None) -> dict[str, str]:
+    """Formatted ``accuracy``, ``auc``, ``tpr`` (value with CI), and ``accuracy_main`` / ``accuracy_ci`` apart."""
     metrics = metrics or {}
+    main, ci = metric_parts(metrics.get("accuracy"), "accuracy")
     return {
         "accuracy": fmt_metric(metrics.get("accuracy"), "accuracy"),
+        "accuracy_main": main,
+        "accuracy_ci": ci,
         "auc": fmt_metric(metrics.get("auc"), "auc"),
         "tpr": fmt_metric(metrics.get("tpr_at_fpr_0.01"), "tpr_at_fpr_0.01"),
     }

@@ -220,8 +220,8 @@ def test_context_formats_the_section(federated):
     view = build_federated_context(report)
     assert view is not None
     assert view["n_learners"] == 4 and view["n_rounds"] == 40 and view["rounds_used"] == "1, 10, 20, 30, 40"
-    assert view["overall"] == {"accuracy": "71.0% (95% CI 66.0–76.0%)", "auc": "0.780 (95% CI 0.720–0.840)",
-                               "tpr": "n/a"}
+    assert view["overall"] == {"accuracy": "71.0% (95% CI 66.0–76.0%)", "accuracy_main": "71.0%",
+                               "accuracy_ci": "95% CI 66.0–76.0%", "auc": "0.780 (95% CI 0.720–0.840)", "tpr": "n/a"}
     assert [r["learner"] for r in view["per_attacker"]] == LEARNERS and view["per_attacker"][0]["n_victims"] == 3
     assert view["final_round"]["attack"] == "final/error/threshold"
     assert view["trajectory"]["accuracy"].startswith("60.0%")
@@ -257,7 +257,7 @@ def test_partial_renders_the_section_with_its_figures(federated):
         assert f'-{name.replace("_", "-")}-data' in html, name  # each figure embedded as JSON
     assert html.count('class="unavailable"') == 0
     assert "&lt;b&gt;site-D&lt;/b&gt;" in html and "<b>site-D</b>" not in html
-    assert "71.0% (95% CI 66.0–76.0%)" in html
+    assert ">71.0%</span>" in html and "95% CI 66.0–76.0%" in html  # the overall mean and its interval
     assert len(re.findall(r'<tr[^>]*><th scope="row">', html)) == 3 * len(LEARNERS) + 1  # matrix, attackers, learners + unseen
     assert _render(make_sample(60)[0], None).strip() == ""
 
