@@ -197,11 +197,10 @@ def _print_federated(report: dict[str, Any]) -> None:
     )
     stderr.print(f"  mean accuracy over attacker-victim pairs {view['overall']['accuracy']}", highlight=False)
     if view["final_round"]:
-        stderr.print(f"  final round alone ({view['final_round']['attack']}): accuracy "
-                     f"{view['final_round']['accuracy']}", highlight=False)
-    for row in view["per_attacker"]:
-        stderr.print(f"  attacker {row['learner']:12s} accuracy {row['accuracy']:28s} AUC {row['auc']}",
+        stderr.print(f"  final round alone: {view['final_round']['accuracy']} ({view['final_round']['attack']})",
                      highlight=False)
+    for row in view["per_attacker"]:
+        stderr.print(f"  attacker {row['learner']}: accuracy {row['accuracy']}", highlight=False)
 
 
 def _assess_federated(
