@@ -634,6 +634,7 @@ def serve(
     host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on (default: $BRAINMIA_HOST or 127.0.0.1).")] = None,
     port: Annotated[Optional[int], typer.Option("--port", help="Port (default: $BRAINMIA_PORT or 8000).")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    demo: Annotated[bool, typer.Option("--demo", help="Also load the demo: a synthetic cohort and a model trained to memorise its members (made once, about 2 minutes on 2 CPU cores), with its assessment queued.")] = False,
 ) -> None:
     """Serve the dashboard and the API (embedded mode: database, storage and a worker in this process)."""
     import uvicorn
@@ -649,6 +650,16 @@ def serve(
             if token:
                 typer.echo(f"Admin token (shown once): {token}")
                 stderr.print("Keep it: sign in to the dashboard with it, or create more with `brainmia admin create-token`.")
+        if demo:
+            from .demo_seed import seed_demo
+
+            stderr.print("Preparing the demo model and cohort (once; later starts reuse them)...")
+            with progress_bar(True) as bar:
+                seeded = seed_demo(application.state.sessionmaker, application.state.storage, settings, progress=bar)
+            stderr.print(
+                f"Demo assessment {seeded.assessment_id[:8]} {'queued' if seeded.created else 'already there'}: "
+                "sign in and open it from the Assessments page.", highlight=False,
+            )
     mode = "embedded" if settings.embedded else "distributed"
     stderr.print(f"BrainMIA ({mode} mode, data in {settings.data_dir}) on http://{host or settings.host}:{port or settings.port}", highlight=False)
     uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_level=log_level)

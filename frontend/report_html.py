@@ -22,6 +22,7 @@ import plotly.io as pio
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
+from .federated_view import build_federated_context, federated_figures
 from .figures import FIGURE_INFO, FigureUnavailable, build_figure, top_exposed
 from .figures import _data as D
 from .figures._style import (
@@ -530,6 +531,7 @@ def build_context(report: dict, features: pd.DataFrame | None = None) -> dict:
             f"Mean absolute error: {_num(u.get('mae_members'))} years on training scans, "
             f"{_num(u.get('mae_nonmembers'))} years on unseen scans.")),
     }
+    federated = build_federated_context(report)
     grad_layers = _grad_layers(fig, features, best_layer)
     figures["grad_norm_best"] = next((layer["block"] for layer in grad_layers if layer["selected"]), None)
     prov = _provenance(report)
@@ -552,6 +554,8 @@ def build_context(report: dict, features: pd.DataFrame | None = None) -> dict:
         "grad_message": grad_message,
         "has_grad": bool(D.grad_norm_columns(features)),
         "grad_layers": grad_layers,
+        "federated": federated,
+        "federated_figures": federated_figures(fig) if federated else {},
         "exposure": top_exposed(report, TOP_EXPOSED, members_only=True),
         "exposure_attack": str(exposure_attack) if exposure_attack else "",
         "top_n": TOP_EXPOSED,

@@ -73,7 +73,7 @@ def test_upload_torchscript_and_get_it_back(app, client: TestClient, files: dict
 
     assert model["sha256"] == hashlib.sha256(files["torchscript"].read_bytes()).hexdigest()
     assert model["metadata"]["input_shape"] == [23, 27, 23] and model["metadata"]["voxel_size"] == [8.0, 8.0, 8.0]
-    assert set(model) == {"id", "name", "sha256", "format", "size_bytes", "metadata", "created_at"}
+    assert set(model) == {"id", "name", "kind", "n_rounds", "sha256", "format", "size_bytes", "metadata", "created_at"}
 
     got = client.get(f"{API}/{model['id']}")
     assert got.status_code == 200 and got.json() == model

@@ -1,0 +1,131 @@
+"""Dashboard pages over HTTP (no browser): sign-in, organisation scoping, filters, admin pages,
+and the demo that ``brainmia serve --demo`` loads."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from backend.web.auth_pages import safe_next
+from tests.backend.job_fixtures import FAST_OPTIONS, job_cohort, job_inputs, job_model_file, submit  # noqa: F401
+
+PAGES = ("/", "/models", "/scan-sets", "/assessments/new", "/compare")
+
+
+def browser(app: Any, token: str | None) -> TestClient:
+    """A cookie-carrying client signed in through the sign-in form (None: signed out)."""
+    client = TestClient(app)
+    if token:
+        response = client.post("/sign-in", data={"token": token, "next": "/"}, follow_redirects=False)
+        assert response.status_code == 303 and response.headers["location"] == "/"
+    return client
+
+
+def wait_done(client: TestClient, assessment_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while True:
+        body = client.get(f"/api/v1/assessments/{assessment_id}").json()
+        if body["state"] not in ("queued", "running"):
+            return body
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("path", PAGES + ("/admin/audit", "/assessments/0123"))
+def test_signed_out_pages_send_to_sign_in_and_back(app: Any, path: str) -> None:
+    response = browser(app, None).get(path, follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == ("/sign-in" if path == "/" else f"/sign-in?next={path}")
+
+
+def test_sign_in_form(app: Any, tokens: dict[str, str]) -> None:
+    client = TestClient(app)
+    refused = client.post("/sign-in", data={"token": "bmia_nope"})
+    assert refused.status_code == 401 and "unknown or has been revoked" in refused.text
+    assert client.get("/", follow_redirects=False).status_code == 303
+    signed = client.post("/sign-in", data={"token": tokens["alice"], "next": "//evil.example/x"}, follow_redirects=False)
+    assert signed.headers["location"] == "/"  # never redirected off-site
+    assert "Signed in as" in client.get("/").text
+    assert client.post("/sign-out", follow_redirects=False).headers["location"] == "/sign-in"
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("/models", "/models"), ("/compare?a=1&b=2", "/compare?a=1&b=2"), ("https://x.example", "/"),
+    ("//x.example", "/"), ("/\\x.example", "/"), ("", "/"), (None, "/"),
+])
+def test_safe_next(value: str | None, expected: str) -> None:
+    assert safe_next(value) == expected
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_renders_for_a_member(app: Any, tokens: dict[str, str], path: str) -> None:
+    response = browser(app, tokens["alice"]).get(path)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert "<h1>" in response.text and 'href="/admin/audit"' not in response.text  # alice is not an admin
+
+
+def test_audit_page_is_for_administrators(app: Any, tokens: dict[str, str]) -> None:
+    assert browser(app, tokens["alice"]).get("/admin/audit").status_code == 403
+    page = browser(app, tokens["admin"]).get("/admin/audit?action=sign-in")
+    assert page.status_code == 200 and page.text.count("sign-in</span>") >= 1
+
+
+def test_assessment_pages_are_scoped_to_the_organisation(
+    app: Any, tokens: dict[str, str], client: TestClient, job_inputs: dict[str, str]  # noqa: F811
+) -> None:
+    first = submit(client, job_inputs)
+    second = submit(client, job_inputs, classifiers=["threshold", "mlp"])
+    assert wait_done(client, first["id"])["state"] == "succeeded"
+    assert wait_done(client, second["id"])["state"] == "succeeded"
+    alice = browser(app, tokens["alice"])
+    report = alice.get(f"/assessments/{first['id']}")
+    assert report.status_code == 200
+    for section in ("verdict", "accuracy", "error", "gradients", "roc", "subgroups", "utility", "exposure", "provenance"):
+        assert f'id="{section}"' in report.text
+    assert 'src="/static/vendor/plotly.min.js"' in report.text and "Plotly.newPlot" in report.text
+    overview = alice.get("/?state=succeeded&sort=risk").text
+    assert first["id"] in overview and second["id"] in overview
+    assert first["id"] not in alice.get("/?state=failed").text
+    assert first["id"] in alice.get(f"/?q={first['id'][:10]}").text
+    compare = alice.get(f"/compare?a={first['id']}&b={second['id']}")
+    assert compare.status_code == 200 and 'id="attack-changes"' in compare.text
+    # another organisation sees none of it
+    mallory = browser(app, tokens["mallory"])
+    assert mallory.get(f"/assessments/{first['id']}").status_code == 404
+    assert mallory.get(f"/compare?a={first['id']}&b={second['id']}").status_code == 404
+    assert first["id"] not in mallory.get("/").text
+
+
+def test_plotly_js_is_served_locally(app: Any) -> None:
+    response = TestClient(app).get("/static/vendor/plotly.min.js")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/javascript")
+    assert len(response.content) > 1_000_000 and b"plotly.js" in response.content[:2000]
+
+
+def test_serve_demo_registers_the_demo_once(app: Any) -> None:
+    from backend.auth import create_token
+    from backend.db.session import session_scope
+    from backend.demo_seed import DEMO_MODEL_NAME, seed_demo
+    from worker.engine.demo import DemoOptions
+    from worker.engine.training import TrainingOptions
+    from tests.conftest import TINY_CHANNELS, TINY_SHAPE, TINY_VOXEL
+
+    options = DemoOptions(subjects=16, shape=TINY_SHAPE, voxel_size=TINY_VOXEL, channels=TINY_CHANNELS,
+                          training=TrainingOptions(epochs=2))
+    seeded = seed_demo(app.state.sessionmaker, app.state.storage, app.state.settings, options=options)
+    assert seeded.created
+    again = seed_demo(app.state.sessionmaker, app.state.storage, app.state.settings, options=options)
+    assert not again.created and again.assessment_id == seeded.assessment_id
+    app.state.jobs.recover()  # what the start-up of `brainmia serve` does with the queued row
+    with session_scope(app.state.sessionmaker) as session:
+        token = create_token(session, "owner", admin=True)  # the default organisation, as serve's first token
+    admin = TestClient(app, headers={"Authorization": f"Bearer {token}"})
+    models = admin.get("/api/v1/models").json()["items"]
+    assert [m["name"] for m in models] == [DEMO_MODEL_NAME]
+    body = wait_done(admin, seeded.assessment_id)
+    assert body["state"] == "succeeded", body
+    assert browser(app, token).get(f"/assessments/{seeded.assessment_id}").status_code == 200
