@@ -209,6 +209,15 @@
 
   var modelForm = document.getElementById("upload-model");
   if (modelForm) {
+    var kindOf = function () { return $(modelForm, "input[name=kind]:checked").value; };
+    var syncKind = function () {
+      var federated = kindOf() === "federated_rounds";
+      $all(modelForm, ".federated-only").forEach(function (el) { el.hidden = !federated; });
+      var fromSidecars = federated && $(modelForm, "[name=use_sidecars]").checked;
+      $all(modelForm, ".metadata .grid-3 input, .metadata .grid-3 select").forEach(function (el) { el.disabled = fromSidecars; });
+    };
+    $all(modelForm, "input[name=kind], input[name=use_sidecars]").forEach(function (el) { el.addEventListener("change", syncKind); });
+    syncKind();
     wire(modelForm, function (form) {
       var data = new FormData();
       var file = $(form, "input[type=file]").files[0];
@@ -218,8 +227,10 @@
         throw missing;
       }
       data.append("file", file);
+      data.append("kind", kindOf());
       var name = $(form, "[name=name]").value.trim();
       if (name) { data.append("name", name); }
+      if (kindOf() === "federated_rounds" && $(form, "[name=use_sidecars]").checked) { return { body: data }; }
       var metadata = {
         input_shape: numberList($(form, "[name='metadata.input_shape']").value, "metadata.input_shape", 3, true),
         voxel_size: numberList($(form, "[name='metadata.voxel_size']").value, "metadata.voxel_size", 3, false),

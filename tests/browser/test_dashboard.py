@@ -290,3 +290,69 @@ def test_audit_log_is_for_administrators(signed_in_page: Any, page: Any, live_se
     assert page.locator("a[href='/admin/audit']").count() == 0
     response = page.goto(f"{live_server.url}/admin/audit")
     assert response is not None and response.status == 403
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """3 non-IID learners x 6 scans, 12 short FedAvg rounds on the 8 mm grid; rounds and cohort zipped."""
+    from worker.engine.federated import FederatedDemoOptions, prepare_federated_demo
+
+    root = tmp_path_factory.mktemp("browser_federation")
+    options = FederatedDemoOptions(scans_per_learner=6, shape=TINY_SHAPE, voxel_size=TINY_VOXEL, channels=(4, 8, 8), seed=2)
+    made = prepare_federated_demo(root / "made", learners=3, rounds=12, options=options)
+    rounds = root / "rounds.zip"
+    with zipfile.ZipFile(rounds, "w") as z:
+        for path in sorted(made.model_paths[0].parent.iterdir()):
+            z.write(path, path.name)
+    cohort = root / "cohort.zip"
+    folder = Path(made.manifest.path).parent
+    with zipfile.ZipFile(cohort, "w") as z:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                z.write(path, path.relative_to(folder).as_posix())
+    return rounds, cohort
+
+
+def test_federated_assessment_shows_its_matrix_and_rounds(
+    signed_in_page: Any, live_server: Any, federation: tuple[Path, Path]
+) -> None:
+    import time
+
+    page = signed_in_page
+    rounds, cohort = federation
+    # the rounds through the upload form (their sidecars give the input grid)
+    page.goto(f"{live_server.url}/models")
+    page.get_by_label("Federated learning: every round's community model").check()
+    assert page.locator(".federated-only").is_visible() and page.get_by_label("Voxel size (mm)").is_disabled()
+    page.get_by_label("Model file").set_input_files(str(rounds))
+    page.get_by_label("Name (optional)").fill("federation rounds")
+    page.get_by_role("button", name="Upload and check the model").click()
+    row = page.locator("#models tbody tr", has_text="federation rounds")
+    row.wait_for(timeout=120_000)
+    assert "federated, 12 rounds" in row.inner_text()
+    # the scans and the assessment through the API, as a pipeline would
+    with _api(live_server) as api:
+        model_id = next(m["id"] for m in api.get("/api/v1/models").json()["items"] if m["name"] == "federation rounds")
+        scans = api.post("/api/v1/scan-sets", files={"archive": ("federation.zip", cohort.read_bytes())})
+        assert scans.status_code == 201, scans.text
+        job = api.post("/api/v1/assessments", json={"model_id": model_id, "scan_set_id": scans.json()["id"],
+                                                    "options": {"repeats": 2, "classifiers": ["threshold", "logistic"]}})
+        assert job.status_code == 201, job.text
+        job_id = job.json()["id"]
+        deadline = time.monotonic() + 300
+        while (state := api.get(f"/api/v1/assessments/{job_id}").json()) ["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert state["state"] == "succeeded", state
+    page.goto(f"{live_server.url}/assessments/{job_id}")
+    page.wait_for_function(DRAWN, timeout=60_000)
+    section = page.locator("#federated")
+    assert section.is_visible()
+    plots = section.locator("div.plot[data-figure]")
+    names = [plots.nth(i).get_attribute("id") for i in range(plots.count())]
+    assert any("federated-matrix" in n for n in names) and any("federated-rounds" in n for n in names), names
+    for i in range(plots.count()):
+        assert plots.nth(i).locator(".main-svg").count() > 0
+    heatmap = section.locator("div.plot[id*='federated-matrix'] .heatmaplayer, div.plot[id*='federated-matrix'] .hm")
+    assert heatmap.count() > 0  # drawn as a heatmap
+    assert page.console_errors == []
