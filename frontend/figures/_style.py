@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from typing import Any
 
 import plotly.graph_objects as go
@@ -119,6 +120,22 @@ def pct(value: Any) -> float | None:
     """A fraction in [0, 1] as a percentage, None stays None."""
     f = finite(value)
     return None if f is None else 100.0 * f
+
+
+#: Advance widths (em) of DejaVu Sans, the widest of the usual UI fonts (Linux's system-ui):
+#: margins sized with them fit the text in any of those fonts.
+_CHAR_EM = {
+    **dict.fromkeys("'ijlIJ", 0.29), **dict.fromkeys(" ,.·/:;\\|f-", 0.35), **dict.fromkeys("()[]t!r", 0.41),
+    **dict.fromkeys("\"*_`–szc?LFk", 0.58), **dict.fromkeys("vxyPTYaoeESbdghnpqu$0123456789{}", 0.64),
+    **dict.fromkeys("KAVBRXZCUHNDG&OQ", 0.79), **dict.fromkeys("w#+<=>^~×±M", 0.86), **dict.fromkeys("%mW@", 1.0),
+}
+
+
+def text_px(text: str, size: float) -> float:
+    """Width in pixels of one line of Plotly text at font ``size`` (tags dropped, entities
+    decoded); at least the width DejaVu Sans gives it, for margins that need no automargin."""
+    plain = html.unescape(re.sub(r"<[^>]*>", "", text))
+    return size * sum(_CHAR_EM.get(ch, 0.79) for ch in plain)
 
 
 def new_figure(**layout: Any) -> go.Figure:

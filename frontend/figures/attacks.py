@@ -26,10 +26,19 @@ from ._style import (
     finite,
     new_figure,
     pct,
+    text_px,
 )
 
 LOW_FPRS = ((0.001, "tpr_at_fpr_0.001", "0.1%"), (0.01, "tpr_at_fpr_0.01", "1%"))
 LOG_FLOOR = 1e-3
+ROC_LEGEND_FONT = 11
+TICK_FONT = 13  # the template's font size
+
+
+def _legend_width(labels: list[str], size: float, cap: int = 480) -> int:
+    """Right margin (px) holding a vertical legend of ``labels`` (line symbol, text, padding);
+    at most ``cap``: a wider legend is left to Plotly's automargin."""
+    return min(cap, math.ceil(max((text_px(label, size) for label in labels), default=0.0) + 56))
 
 
 def _thin_roc(fpr: np.ndarray, tpr: np.ndarray, max_points: int = 300) -> tuple[np.ndarray, np.ndarray]:
@@ -272,18 +281,23 @@ def roc_curves(
     # The log axes start just below 1e-3 so the markers at 0.1% FPR are not cut in half.
     axis = dict(type="log", range=[math.log10(LOG_FLOOR) - 0.08, 0.02]) if log else dict(range=[lo - 0.01, 1.01])
     title = "ROC curves (log-log: the low false-alarm region)" if log else "ROC curves of the attacks"
+    legend_title = "Attack (feature set · classifier),<br>strongest first; click to show/hide"
+    legend_text = [str(t.name) for t in fig.data if t.showlegend is not False] + legend_title.split("<br>")
     fig.update_layout(
         title=dict(text=title),
         height=max(560, 190 + 20 * (len(candidates) + 1)),
         hovermode="closest",
+        # Room for the axes and the legend up front: a margin Plotly has to widen itself
+        # (automargin) makes it draw the whole figure twice.
+        margin=dict(l=80, r=_legend_width(legend_text, ROC_LEGEND_FONT)),
         legend=dict(
-            title=dict(text="Attack (feature set · classifier),<br>strongest first; click to show/hide"),
+            title=dict(text=legend_title),
             orientation="v",
             x=1.02,
             xanchor="left",
             y=1,
             yanchor="top",
-            font=dict(size=11),
+            font=dict(size=ROC_LEGEND_FONT),
             tracegroupgap=1,  # one legend group per attack; keep them tight
         ),
     )
@@ -640,6 +654,7 @@ def accuracy_bars(report: dict, features: pd.DataFrame | None = None, metric: st
         raise FigureUnavailable("no attack produced a result")
     _chance_line(fig)
     label = "AUC (×100)" if auc_like else esc(metric.replace("_", " "))
+    tick_lines = max((x.count("<br>") + 1 for x in x_labels.values()), default=1)
     fig.update_layout(
         title=dict(text=f"Attack {label} per feature set"),
         barmode="group",
@@ -647,7 +662,8 @@ def accuracy_bars(report: dict, features: pd.DataFrame | None = None, metric: st
         bargap=0.25,
         legend=dict(orientation="h", x=0, xanchor="left", y=1.02, yanchor="bottom",
                     groupclick="toggleitem"),
-        margin=dict(t=150),
+        # room for the wrapped tick labels and the axis title (see roc_curves)
+        margin=dict(t=150, b=math.ceil(36 + 1.3 * TICK_FONT * tick_lines)),
     )
     fig.update_xaxes(
         title_text="Feature set (what the attacker uses)",

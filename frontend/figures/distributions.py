@@ -27,6 +27,7 @@ from ._style import (
     apply_style,
     esc,
     rgba,
+    text_px,
 )
 
 _GROUPS = (
@@ -201,7 +202,9 @@ def _distribution_figure(
         height=460,
         hovermode="closest",
         legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1),
-        margin=dict(t=90),
+        # room for the box plot's group names up front: a margin Plotly has to widen itself
+        # (automargin) makes it draw the whole figure twice
+        margin=dict(t=90, l=max(70, math.ceil(max(text_px(g[1], 13) for g in _GROUPS) + 38))),
     )
     axis_type = "log" if log else "linear"
     fig.update_xaxes(type=axis_type, row=1, col=1, showticklabels=False, ticks="")

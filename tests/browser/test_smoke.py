@@ -4,6 +4,7 @@ exported report opened from disk with every figure drawn by Plotly."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +43,36 @@ def test_exported_report_draws_every_figure_offline(page: Any, tmp_path: Path) -
     assert page.locator("div.plot.unavailable").count() == 0
     assert page.console_errors == []
     assert all(url.startswith(("file:", "data:", "blob:")) for url in requests), requests  # nothing fetched
+
+
+MARGINS = """() => [...document.querySelectorAll("div.plot[data-figure]")].map(div => {
+  const margin = div._fullLayout.margin, used = div._fullLayout._size;
+  return [div.id, [margin.l, margin.r, margin.t, margin.b], [used.l, used.r, used.t, used.b]];
+})"""
+#: figure id (without its "fig-N-" prefix) -> the sides whose room its builder reserves
+#: (l, r, t, b); the others depend on the page width (e.g. a legend that wraps) and are left
+#: to Plotly's automargin.
+RESERVED = {
+    "roc-curves": "lrtb", "roc-curves-log": "lrtb", "error-distribution": "lrtb", "grad-layer-plot": "lrtb",
+    "accuracy-bars": "b",
+}
+
+
+def test_report_figures_are_drawn_in_one_pass(page: Any, tmp_path: Path) -> None:
+    """The builders reserve room for axis labels and legends up front: a margin that Plotly has
+    to widen itself (automargin) makes it draw the whole figure twice, the largest share of a
+    big report's figure time (benchmarks/report_render.py)."""
+    report, features = make_sample(300)
+    html = write_report_html(report, features, tmp_path / "report.html")
+    page.goto(html.as_uri())
+    page.wait_for_function(DRAWN, timeout=30_000)
+    checked, widened = set(), []
+    for dom_id, reserved, used in page.evaluate(MARGINS):
+        name = re.sub(r"^fig-\d+-", "", dom_id)
+        for side, want, got in zip("lrtb", reserved, used):
+            if side in RESERVED.get(name, ""):
+                checked.add(name)
+                if got != want:
+                    widened.append(f"{name}: {side} {want} -> {got}")
+    assert checked == set(RESERVED), checked
+    assert widened == [], "margins Plotly had to widen (the figure was drawn twice): " + ", ".join(widened)
