@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from worker.engine.features.extract import DEFAULT_LAYERS, resolve_layers
+from worker.engine.features.extract import DEFAULT_LAYERS, exact_float32, resolve_layers
 from worker.engine.features.per_sample import FunctionalModel, layer_aliases, param_modules
 from worker.engine.features.registry import FEATURE_EXTRACTORS, BatchContext
 from worker.engine.models import build_architecture, parse_shape
@@ -97,17 +97,19 @@ def main() -> None:
             p.requires_grad_(False)
 
     methods = {"floor": floor, "whitebox": whitebox, "loop": loop}
-    for fn in methods.values():  # warm-up (allocators, kernels)
-        fn()
-    _sync(device)
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(args.repeats):
-        for name, fn in methods.items():
-            _sync(device)
-            start = time.perf_counter()
+    # the product extracts in full float32 (no TF32 on GPUs): every method is timed that way
+    with exact_float32():
+        for fn in methods.values():  # warm-up (allocators, kernels)
             fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
+        _sync(device)
+        times: dict[str, list[float]] = {name: [] for name in methods}
+        for _ in range(args.repeats):
+            for name, fn in methods.items():
+                _sync(device)
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
 
     med = {name: statistics.median(t) for name, t in times.items()}
     n_params = sum(p.numel() for p in params.values())

@@ -110,3 +110,19 @@ def test_tiny_grid_constants_match_the_cohort(tiny_cohort: Path) -> None:
     first = load_manifest(tiny_cohort).records[0]
     img = nib.load(first.path)
     assert img.shape == TINY_SHAPE and np.allclose(img.header.get_zooms(), TINY_VOXEL)
+
+
+def test_exact_float32_turns_tf32_off_and_restores_it() -> None:
+    from worker.engine.features.extract import exact_float32
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with exact_float32():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32
+        with pytest.raises(RuntimeError), exact_float32():
+            raise RuntimeError("restored on errors too")
+        assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

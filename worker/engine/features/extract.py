@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,22 @@ class ExtractionOptions:
     batch_size: int = 8
     device: str | None = None
     num_workers: int = 0
+
+
+@contextmanager
+def exact_float32() -> Iterator[None]:
+    """Full float32 matmuls and convolutions on CUDA (no TF32) inside the block; restored after.
+
+    cuDNN allows TF32 convolutions by default, which on Ampere and later GPUs moves predictions
+    and per-sample gradients by about 1e-3 relative: features must match a float32 CPU run.
+    """
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def pick_device(device: str | None) -> str:
@@ -143,23 +160,24 @@ def extract_features(
 
     columns: dict[str, list[np.ndarray]] = {}
     done = 0
-    for x, index in loader:
-        if should_stop is not None and should_stop():
-            raise ExtractionCancelled("feature extraction cancelled")
-        x = x.to(device, non_blocking=True)
-        ages = ages_all[index].to(device)
-        if options.white_box:
-            jac, pred = fmodel.prediction_jacobian(x)
-        else:
-            jac, pred = None, fmodel.predict(x)
-        ctx = BatchContext(pred=pred, ages=ages, jac=jac, modules=modules, aliases=aliases, layers=layers)
-        for extractor in extractors:
-            for name, value in extractor.fn(ctx).items():
-                columns.setdefault(name, []).append(value.detach().to("cpu", torch.float32).numpy())
-        done += len(index)
-        if progress is not None:
-            progress(done, len(records))
-        del jac, ctx
+    with exact_float32():  # TF32 convolutions would move gradients by ~1e-3 relative on GPUs
+        for x, index in loader:
+            if should_stop is not None and should_stop():
+                raise ExtractionCancelled("feature extraction cancelled")
+            x = x.to(device, non_blocking=True)
+            ages = ages_all[index].to(device)
+            if options.white_box:
+                jac, pred = fmodel.prediction_jacobian(x)
+            else:
+                jac, pred = None, fmodel.predict(x)
+            ctx = BatchContext(pred=pred, ages=ages, jac=jac, modules=modules, aliases=aliases, layers=layers)
+            for extractor in extractors:
+                for name, value in extractor.fn(ctx).items():
+                    columns.setdefault(name, []).append(value.detach().to("cpu", torch.float32).numpy())
+            done += len(index)
+            if progress is not None:
+                progress(done, len(records))
+            del jac, ctx
 
     merged = {name: np.concatenate(parts) for name, parts in columns.items()}
     if not np.all(np.isfinite(merged["prediction"])):
