@@ -59,7 +59,7 @@ def _row(a: Assessment, model_name: str, scan_set_name: str, created_by: str | N
         id=a.id, state=a.state, progress=float(a.progress or 0.0), stage=a.stage, message=a.message,
         verdict_level=a.verdict_level, passed=a.passed, model_id=a.model_id, model_name=model_name,
         scan_set_id=a.scan_set_id, scan_set_name=scan_set_name, created_at=as_utc(a.created_at),
-        finished_at=as_utc(a.finished_at), created_by=created_by or "(deleted token)", error=a.error,
+        finished_at=as_utc(a.finished_at), created_by=created_by or "system", error=a.error,
     )
 
 
