@@ -68,7 +68,7 @@ def test_results_download(shared_job) -> None:  # type: ignore[no-untyped-def]
     assert download.headers["content-disposition"].startswith("attachment")
     csv = client.get(f"{API}/{job_id}/features.csv")
     assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
-    table = pd.read_csv(io.StringIO(csv.text))
+    table = pd.read_csv(io.StringIO(csv.text), comment="#")  # provenance lines head the download
     assert len(table) == 16 and {"scan_id", "member", "error", "membership_score"} <= set(table.columns)
 
     events = {(e.action, e.detail.get("file")) for e in _audit(shared_job.app, "export") + _audit(shared_job.app, "view")}
