@@ -7,7 +7,6 @@ import re
 import threading
 from collections.abc import Iterator
 from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +18,7 @@ from ... import audit
 from ...auth import Principal
 from ...db.models import JOB_STATES, Assessment, ModelRecord, ScanSet
 from ...jobs import JobDispatcher, as_utc
+from ...results import load_results
 from ..deps import CurrentPrincipal, SessionDep, SettingsDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse, not_found
 from ..pagination import Limit, Offset, page
@@ -289,16 +289,6 @@ def _result_file(row: Assessment, name: str) -> Path:
     if not path.is_file():
         raise ApiError(404, "not_found", f"{name} of assessment '{row.id}' is missing from the storage")
     return path
-
-
-@lru_cache(maxsize=8)
-def _load_results(result_dir: str, mtime_ns: int) -> tuple[dict[str, Any], Any]:
-    import pandas as pd
-
-    folder = Path(result_dir)
-    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    features = pd.read_csv(folder / "features.csv") if (folder / "features.csv").is_file() else None
-    return report, features
 
 
 # -- routes ------------------------------------------------------------------------------------
@@ -615,7 +605,7 @@ def figure(
     if name not in FIGURES:
         raise ApiError(404, "not_found", f"unknown figure '{name}'; available: {', '.join(sorted(FIGURES))}")
     report_path = _result_file(row, "report.json")
-    report, features = _load_results(str(report_path.parent), report_path.stat().st_mtime_ns)
+    report, features = load_results(report_path.parent)
     options = dict(request.query_params)
     reserved = sorted(set(options) & {"name", "report", "features", "on_unavailable"})
     if reserved:
