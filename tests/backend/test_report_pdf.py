@@ -13,7 +13,6 @@ import pytest
 
 from backend.db.models import AuditEvent
 from backend.db.session import session_scope
-from backend.settings import find_chromium
 from tests.backend.job_fixtures import add_assessment, get_row, job_cohort, job_model_file, shared_job
 from tests.conftest import require
 
@@ -44,7 +43,8 @@ def _copy_results(shared_job, tmp_path: Path, **report_changes) -> str:  # type:
 
 
 def test_report_pdf_has_the_verdict_first_and_is_cached(shared_job) -> None:  # type: ignore[no-untyped-def]
-    require(find_chromium() is not None, "no chromium on PATH (scripts/setup.sh installs it)")
+    chromium = shared_job.app.state.settings.chromium_path
+    require(chromium is not None, "no chromium (Debian: apt-get install chromium; scripts/setup.sh installs it)")
     from pypdf import PdfReader
 
     client, job_id = shared_job.client, shared_job.job["id"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.settings import find_chromium
+from backend.settings import Settings
 from frontend.pdf import ChromiumNotFound, PdfExportError, html_to_pdf
 from frontend.report_html import write_report_html
 from tests.conftest import require
@@ -19,9 +19,9 @@ A4_POINTS = (595.3, 841.9)
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    """Debian's chromium (or another on PATH)."""
-    path = find_chromium()
-    require(path is not None, "no chromium on PATH (scripts/setup.sh installs it)")
+    """The Chromium the product prints with (``BRAINMIA_CHROMIUM``, else chromium on PATH)."""
+    path = Settings().chromium_path
+    require(path is not None, "no chromium (Debian: apt-get install chromium; scripts/setup.sh installs it)")
     return str(path)
 
 
