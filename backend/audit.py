@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from .api.pagination import equal_to
 from .auth import Principal
 from .db.models import AuditEvent
 
@@ -38,11 +39,5 @@ def conditions(
     org_id: str, action: str | None = None, object_type: str | None = None, object_id: str | None = None
 ) -> list[Any]:
     """WHERE clauses selecting an organisation's events, optionally of one action / object."""
-    where: list[Any] = [AuditEvent.org_id == org_id]
-    if action:
-        where.append(AuditEvent.action == action)
-    if object_type:
-        where.append(AuditEvent.object_type == object_type)
-    if object_id:
-        where.append(AuditEvent.object_id == object_id)
-    return where
+    return [AuditEvent.org_id == org_id,
+            *equal_to(AuditEvent, action=action, object_type=object_type, object_id=object_id)]

@@ -25,3 +25,8 @@ def page(
     total = session.scalar(select(func.count()).select_from(table).where(*conditions)) or 0
     rows = session.scalars(select(table).where(*conditions).order_by(*order_by).limit(limit).offset(offset)).all()
     return list(rows), int(total)
+
+
+def equal_to(table: Any, **values: Any) -> list[Any]:
+    """``table.<column> == value`` for every given value that is set (None and "" are skipped)."""
+    return [getattr(table, column) == value for column, value in values.items() if value not in (None, "")]

@@ -21,7 +21,7 @@ from ...jobs import JobDispatcher, as_utc
 from ...results import load_results
 from ..deps import CurrentPrincipal, SessionDep, SettingsDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse, not_found
-from ..pagination import Limit, Offset, page
+from ..pagination import Limit, Offset, equal_to, page
 from ..types import Id, Text, no_nul
 
 router = APIRouter(tags=["assessments"])
@@ -356,13 +356,8 @@ def list_assessments(
     offset: Offset = 0,
 ) -> AssessmentPage:
     """Your organisation's assessments, newest first, optionally filtered."""
-    conditions = [Assessment.org_id == principal.org_id]
-    if state:
-        conditions.append(Assessment.state == state)
-    if model_id:
-        conditions.append(Assessment.model_id == model_id)
-    if scan_set_id:
-        conditions.append(Assessment.scan_set_id == scan_set_id)
+    conditions = [Assessment.org_id == principal.org_id,
+                  *equal_to(Assessment, state=state, model_id=model_id, scan_set_id=scan_set_id)]
     rows, total = page(
         session, Assessment, conditions, [Assessment.created_at.desc(), Assessment.id.desc()], limit, offset
     )
