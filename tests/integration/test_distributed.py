@@ -59,7 +59,10 @@ def test_assessment_through_api_broker_and_worker_then_submit(stack: Stack, tiny
     assert report["verdict"]["level"] in ("low", "medium", "high")
     assert state.get("passed") in (report["verdict"]["passed"], None)
     assert "<html" in html.lower()
-    assert features.splitlines()[0].startswith("scan_id") and len(features.splitlines()) == 17
+    provenance = [line for line in features.splitlines() if line.startswith("# ")]
+    table = [line for line in features.splitlines() if not line.startswith("#")]
+    assert any(line.startswith("# model_sha256: ") for line in provenance)  # exports carry their provenance
+    assert table[0].startswith("scan_id") and len(table) == 17
     # the API process runs no jobs in this mode: the worker wrote the results to the shared folder
     assert (stack.data_dir / "storage" / "results" / job["id"] / "report.json").is_file()
 
