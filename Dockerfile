@@ -15,6 +15,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     BRAINMIA_DATA_DIR=/data
 
+# Chromium prints the PDF reports (GET /assessments/{id}/report.pdf).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends chromium \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin brainmia \
     && mkdir -p /data \
     && chown brainmia:brainmia /data

@@ -10,14 +10,9 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment
 
-from frontend.figures import BLACK_BOX_COLOR, MEMBER_COLOR, NONMEMBER_COLOR, WHITE_BOX_COLOR
-from frontend.report_html import template_env
 
 from ..auth import Principal, principal_by_token_id
 from ..api.deps import SessionDep
-
-
-COLORS = {"member": MEMBER_COLOR, "nonmember": NONMEMBER_COLOR, "black_box": BLACK_BOX_COLOR, "white_box": WHITE_BOX_COLOR}
 
 
 class SignInRequired(Exception):
@@ -69,9 +64,20 @@ def when(value: datetime | None) -> str:
 
 
 def _env() -> Environment:
+    # imported here: the figure builders (plotly, pandas, the engine) load on the first page, not
+    # when the API starts (an API-only process stays small)
+    from frontend.report_html import template_env
+
     env = template_env()
     env.filters.setdefault("when", when)
     return env
+
+
+def _colors() -> dict[str, str]:
+    from frontend.figures import BLACK_BOX_COLOR, MEMBER_COLOR, NONMEMBER_COLOR, WHITE_BOX_COLOR
+
+    return {"member": MEMBER_COLOR, "nonmember": NONMEMBER_COLOR, "black_box": BLACK_BOX_COLOR,
+            "white_box": WHITE_BOX_COLOR}
 
 
 def render(
@@ -80,7 +86,7 @@ def render(
     """Render ``pages/<template>`` with the layout's context (user, active page, version)."""
     from worker.engine.version import package_version
 
-    context.setdefault("colors", COLORS)
+    context.setdefault("colors", _colors())
     html = _env().get_template(f"pages/{template}").render(
         request=request,
         user=user,

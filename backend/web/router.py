@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import frontend
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from frontend.report_html import STATIC_DIR
 
 from .render import PageForbidden, SignInRequired, render, sign_in_url
 
 PLOTLY_JS = "/static/vendor/plotly.min.js"
+STATIC_DIR = Path(frontend.__file__).parent / "static"  # the package alone: its modules load plotly
 
 
 class PageNotFound(Exception):
@@ -20,9 +21,11 @@ class PageNotFound(Exception):
 
 
 def _plotly_js_path() -> Path:
-    import plotly
+    from importlib.util import find_spec
 
-    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    spec = find_spec("plotly")  # located, not imported: the API process does not load plotly
+    assert spec is not None and spec.origin, "plotly is not installed"
+    return Path(spec.origin).parent / "package_data" / "plotly.min.js"
 
 
 def install_web(app: FastAPI) -> None:
