@@ -41,6 +41,9 @@ class Settings(BaseSettings):
         device: ``cpu``, ``cuda``...; empty picks CUDA when present.
         batch_size: scans per vectorised feature-extraction pass.
         max_model_bytes: largest accepted model upload.
+        model_check_timeout_s: an uploaded model is run once in a child process limited to this
+            many seconds (wall clock and CPU time) per model file...
+        model_check_memory_mb: ...and to this much address space.
         max_archive_bytes: largest accepted scan archive upload.
         max_extracted_bytes: largest total size of an archive's extracted files.
         max_archive_members: most files in one archive.
@@ -66,6 +69,8 @@ class Settings(BaseSettings):
     device: str | None = None
     batch_size: int = 8
     max_model_bytes: int = 2 * GiB
+    model_check_timeout_s: float = 120.0
+    model_check_memory_mb: int = 6144
     max_archive_bytes: int = 50 * GiB
     max_extracted_bytes: int = 200 * GiB
     max_archive_members: int = 200_000

@@ -195,13 +195,14 @@ def _parse_metadata(text: str | None) -> Any:
         raise ApiError(422, "invalid_metadata", "invalid model metadata", details) from None
 
 
-def _load_and_check(path: Path, name: str) -> Any:
-    """Load the stored file with its sidecar, as a worker will, and run it once (CPU)."""
+def _load_and_check(path: Path, name: str, settings: Settings) -> Any:
+    """Load the stored file with its sidecar, as a worker will, and run it once (CPU), in a
+    resource-limited child process (the file is untrusted code)."""
     from worker.engine.errors import InputError, ModelError
-    from worker.engine.models import load_model
+    from worker.engine.models.sandbox import check_model_file
 
     try:
-        return load_model(path, device="cpu", check=True)
+        return check_model_file(path, **_sandbox_limits(settings))
     except ModelError as exc:
         hint = ""
         if name.lower().endswith((".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
@@ -209,6 +210,10 @@ def _load_and_check(path: Path, name: str) -> Any:
         raise ApiError(422, "invalid_model", f"{name}: {exc.reason}{hint}") from None
     except InputError as exc:
         raise ApiError(422, "invalid_model", f"{name}: {exc}".replace(str(path.parent) + os.sep, "")) from None
+
+
+def _sandbox_limits(settings: Settings) -> dict[str, Any]:
+    return {"timeout_s": settings.model_check_timeout_s, "memory_bytes": settings.model_check_memory_mb << 20}
 
 
 @dataclass
@@ -232,10 +237,10 @@ def _parse_kind(text: str | None) -> str:
     return kind
 
 
-def _check_round(path: Path, dest: Path, overrides: dict[str, Any], label: str, hide: Any) -> Any:
-    """Move one round to ``dest`` with its resolved sidecar, load it safely and run it once (CPU)."""
-    from worker.engine.errors import InputError, ModelError
-    from worker.engine.models import load_model, resolve_metadata, write_sidecar
+def _place_round(path: Path, dest: Path, overrides: dict[str, Any], label: str, hide: Any) -> Path:
+    """Move one round to ``dest`` with its resolved sidecar; 422 naming it when its metadata is bad."""
+    from worker.engine.errors import InputError
+    from worker.engine.models import resolve_metadata, write_sidecar
 
     try:
         metadata = resolve_metadata(path, overrides)
@@ -243,13 +248,22 @@ def _check_round(path: Path, dest: Path, overrides: dict[str, Any], label: str, 
         raise ApiError(422, "invalid_metadata", hide(str(exc)), [{"field": label, "reason": hide(str(exc))}]) from None
     os.replace(path, dest)
     write_sidecar(dest, metadata)
+    return dest
+
+
+def _check_rounds(paths: list[Path], labels: dict[str, str], hide: Any, settings: Settings) -> list[Any]:
+    """Load every round safely and run it once, in one resource-limited child process."""
+    from worker.engine.errors import InputError, ModelError
+    from worker.engine.models.sandbox import check_model_files
+
     try:
-        return load_model(dest, device="cpu", check=True)
+        return check_model_files(paths, **_sandbox_limits(settings))
     except ModelError as exc:
+        label = labels.get(str(exc.path), str(exc.path))
         raise ApiError(422, "invalid_model", f"{label}: {exc.reason}", [{"field": label, "reason": exc.reason}]) from None
     except InputError as exc:
         reason = hide(str(exc))
-        raise ApiError(422, "invalid_model", f"{label}: {reason}", [{"field": label, "reason": reason}]) from None
+        raise ApiError(422, "invalid_model", reason, [{"field": "file", "reason": reason}]) from None
 
 
 def _store_rounds(archive: Path, work: Path, overrides: dict[str, Any], settings: Settings) -> _Rounds:
@@ -279,10 +293,11 @@ def _store_rounds(archive: Path, work: Path, overrides: dict[str, Any], settings
         raise ApiError(422, "invalid_archive", hide(str(exc)), [{"field": "file", "reason": hide(str(exc))}]) from None
     clean = work / ".rounds"
     clean.mkdir()
-    loaded = []
-    for r, path in enumerate(paths, start=1):
-        label = hide(str(path))
-        model = _check_round(path, clean / f"round_{r:03d}{path.suffix}", overrides, label, hide)
+    labels = {f"round_{r:03d}{path.suffix}": hide(str(path)) for r, path in enumerate(paths, start=1)}
+    placed = [_place_round(path, clean / name, overrides, labels[name], hide) for name, path in zip(labels, paths)]
+    loaded: list[Any] = []
+    for model in _check_rounds(placed, labels, hide, settings):
+        label = labels[model.path.name]
         if loaded and model.metadata != loaded[0].metadata:
             first = loaded[0].metadata
             diff = ", ".join(k for k in type(first).model_fields if getattr(model.metadata, k) != getattr(first, k))
@@ -359,7 +374,7 @@ async def upload_model(
             model_path, fmt, resolved = rounds[-1], stored.format, stored.metadata
         else:
             write_sidecar(path, metadata)
-            loaded = await run_in_threadpool(_load_and_check, path, file_name)
+            loaded = await run_in_threadpool(_load_and_check, path, file_name, settings)
             Storage.publish_dir(tmp, final)
             model_path = (final / file_name).relative_to(storage.root).as_posix()
             fmt, resolved = loaded.format, loaded.metadata
