@@ -339,6 +339,31 @@
     }, function (job) { window.location.href = "/assessments/" + job.id; });
   }
 
+  /* ---------------------------------------------------------------- delete */
+
+  $all(document, "form[data-delete]").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      if (!window.confirm("Delete " + form.getAttribute("data-what") + "? This cannot be undone.")) { return; }
+      var message = $(form, ".delete-error");
+      busy(form, true);
+      fetch(form.getAttribute("data-delete"), { method: "DELETE", credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (response) {
+          if (response.ok) { window.location.href = form.getAttribute("data-after"); return null; }
+          return response.json().then(function (body) {
+            busy(form, false);
+            message.textContent = (body && body.error && body.error.message) || ("The server answered " + response.status + ".");
+            message.hidden = false;
+          });
+        })
+        .catch(function () {
+          busy(form, false);
+          message.textContent = "The server could not be reached.";
+          message.hidden = false;
+        });
+    });
+  });
+
   /* ---------------------------------------------------------------- cancel */
 
   var cancelForm = document.getElementById("cancel-form");

@@ -356,3 +356,47 @@ def test_federated_assessment_shows_its_matrix_and_rounds(
     heatmap = section.locator("div.plot[id*='federated-matrix'] .heatmaplayer, div.plot[id*='federated-matrix'] .hm")
     assert heatmap.count() > 0  # drawn as a heatmap
     assert page.console_errors == []
+
+
+def test_delete_from_the_pages(signed_in_page: Any, live_server: Any, model_file: Path,
+                               finished_pair: tuple[str, str]) -> None:
+    import json
+
+    page = signed_in_page
+    page.on("dialog", lambda dialog: dialog.accept())
+    metadata = {"input_shape": list(TINY_SHAPE), "voxel_size": [TINY_VOXEL] * 3, "arch": "brain_age_3d",
+                "arch_kwargs": {"channels": list(TINY_CHANNELS)}}
+    with _api(live_server) as api:
+        spare = api.post("/api/v1/models", files={"file": ("spare.pt", model_file.read_bytes())},
+                         data={"metadata": json.dumps(metadata), "name": "spare model"})
+        assert spare.status_code == 201, spare.text
+    page.goto(f"{live_server.url}/models")
+    # a model an assessment still uses is kept, and the page says why
+    in_use = page.locator("#models tbody tr", has_text="pair model")
+    in_use.get_by_role("button", name="Delete").click()
+    reason = in_use.locator(".delete-error")
+    reason.wait_for(state="visible")
+    assert "used by" in reason.inner_text()
+    page.console_errors.clear()  # the refused DELETE (409) is logged by the browser
+    page.locator("#models tbody tr", has_text="spare model").get_by_role("button", name="Delete").click()
+    page.wait_for_load_state()
+    page.wait_for_function("() => !document.body.innerText.includes('spare model')")
+    # an assessment of its own, from its report page: back to the overview, gone from it
+    import time
+
+    with _api(live_server) as api:
+        first = api.get(f"/api/v1/assessments/{finished_pair[0]}").json()
+        job = api.post("/api/v1/assessments", json={"model_id": first["model_id"], "scan_set_id": first["scan_set_id"],
+                                                    "options": {"repeats": 1, "classifiers": ["threshold"]}})
+        assert job.status_code == 201, job.text
+        doomed = job.json()["id"]
+        deadline = time.monotonic() + 120
+        while api.get(f"/api/v1/assessments/{doomed}").json()["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+    page.goto(f"{live_server.url}/assessments/{doomed}")
+    page.locator(".report-head").get_by_role("button", name="Delete").click()
+    page.wait_for_url(f"{live_server.url}/")
+    assert page.locator(f"tr[data-assessment='{doomed}']").count() == 0
+    assert page.locator(f"tr[data-assessment='{finished_pair[0]}']").count() == 1
+    assert page.console_errors == []
