@@ -4,8 +4,8 @@ finish, read every plot of the report, export it, compare two assessments, read 
 
 from __future__ import annotations
 
-import io
 import re
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -75,11 +75,19 @@ def _api(live_server: Any) -> httpx.Client:
     return httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {live_server.token}"}, timeout=120)
 
 
+def _finished(api: httpx.Client, job_id: str, timeout_s: float = 300) -> dict[str, Any]:
+    """The assessment once it has left queued / running."""
+    deadline = time.monotonic() + timeout_s
+    while (job := api.get(f"/api/v1/assessments/{job_id}").json())["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"assessment {job_id} did not finish"
+        time.sleep(0.3)
+    return job
+
+
 @pytest.fixture(scope="module")
 def finished_pair(live_server: Any, model_file: Path, cohort_zip: Path) -> tuple[str, str]:
     """Two succeeded assessments of the same model and scans (made through the API)."""
     import json
-    import time
 
     metadata = {"input_shape": list(TINY_SHAPE), "voxel_size": [TINY_VOXEL] * 3, "arch": "brain_age_3d",
                 "arch_kwargs": {"channels": list(TINY_CHANNELS)}}
@@ -97,12 +105,9 @@ def finished_pair(live_server: Any, model_file: Path, cohort_zip: Path) -> tuple
                 "options": {"repeats": 2, "classifiers": classifiers}})
             assert job.status_code == 201, job.text
             ids.append(job.json()["id"])
-        deadline = time.monotonic() + 300
         for job_id in ids:
-            while (state := api.get(f"/api/v1/assessments/{job_id}").json()["state"]) in ("queued", "running"):
-                assert time.monotonic() < deadline, "assessment did not finish"
-                time.sleep(0.5)
-            assert state == "succeeded", api.get(f"/api/v1/assessments/{job_id}").json()
+            job = _finished(api, job_id)
+            assert job["state"] == "succeeded", job
     return ids[0], ids[1]
 
 
@@ -316,8 +321,6 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_federated_assessment_shows_its_matrix_and_rounds(
     signed_in_page: Any, live_server: Any, federation: tuple[Path, Path]
 ) -> None:
-    import time
-
     page = signed_in_page
     rounds, cohort = federation
     # the rounds through the upload form (their sidecars give the input grid)
@@ -339,10 +342,7 @@ def test_federated_assessment_shows_its_matrix_and_rounds(
                                                     "options": {"repeats": 2, "classifiers": ["threshold", "logistic"]}})
         assert job.status_code == 201, job.text
         job_id = job.json()["id"]
-        deadline = time.monotonic() + 300
-        while (state := api.get(f"/api/v1/assessments/{job_id}").json()) ["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
+        state = _finished(api, job_id)
         assert state["state"] == "succeeded", state
     page.goto(f"{live_server.url}/assessments/{job_id}")
     page.wait_for_function(DRAWN, timeout=60_000)
@@ -382,18 +382,13 @@ def test_delete_from_the_pages(signed_in_page: Any, live_server: Any, model_file
     page.wait_for_load_state()
     page.wait_for_function("() => !document.body.innerText.includes('spare model')")
     # an assessment of its own, from its report page: back to the overview, gone from it
-    import time
-
     with _api(live_server) as api:
         first = api.get(f"/api/v1/assessments/{finished_pair[0]}").json()
         job = api.post("/api/v1/assessments", json={"model_id": first["model_id"], "scan_set_id": first["scan_set_id"],
                                                     "options": {"repeats": 1, "classifiers": ["threshold"]}})
         assert job.status_code == 201, job.text
         doomed = job.json()["id"]
-        deadline = time.monotonic() + 120
-        while api.get(f"/api/v1/assessments/{doomed}").json()["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline
-            time.sleep(0.3)
+        assert _finished(api, doomed)["state"] == "succeeded"
     page.goto(f"{live_server.url}/assessments/{doomed}")
     page.locator(".report-head").get_by_role("button", name="Delete").click()
     page.wait_for_url(f"{live_server.url}/")
