@@ -272,6 +272,11 @@ def _federated_options(options: dict[str, Any], extraction: Any, policy: Any) ->
     for key in ("feature_sets", "classifiers"):
         if options.get(key):
             given[key] = tuple(options[key])
+    federated = options.get("federated") or {}
+    if federated.get("max_rounds"):
+        given["max_rounds"] = int(federated["max_rounds"])
+    if federated.get("trajectory_sets"):
+        given["trajectory_sets"] = tuple(federated["trajectory_sets"])
     return FederatedAttackOptions(
         **given,
         repeats=int(options.get("repeats") or FederatedAttackOptions.repeats),

@@ -81,8 +81,12 @@ def test_federated_assessment_through_the_api(app, client: TestClient, federatio
     assert client.get(f"{API}/{model['id']}").json()["n_rounds"] == 12
 
     scan_set = add_scan_set(app, "acme", federation.manifest.path)
+    federated = {"max_rounds": 6, "trajectory_sets": ["loss-trajectory"]}
+    bad = client.post("/api/v1/assessments", json={"model_id": model["id"], "scan_set_id": scan_set, "options": {
+        **OPTIONS, "federated": {"trajectory_sets": ["no-such-set"]}}})
+    assert bad.status_code == 422 and bad.json()["error"]["details"][0]["field"] == "options.federated.trajectory_sets"
     body = client.post("/api/v1/assessments", json={"model_id": model["id"], "scan_set_id": scan_set,
-                                                    "options": OPTIONS}).json()
+                                                    "options": {**OPTIONS, "federated": federated}}).json()
     job = wait_for(client, body["id"], ("succeeded", "failed"), timeout=300)
     assert job["state"] == "succeeded", job
     report = client.get(f"/api/v1/assessments/{job['id']}/report.json").json()
@@ -91,6 +95,8 @@ def test_federated_assessment_through_the_api(app, client: TestClient, federatio
     assert acc.shape == (3, 3) and np.isnan(np.diag(acc)).all() and not np.isnan(acc[~np.eye(3, dtype=bool)]).any()
     assert section["rounds"] == 12 and section["learners"] == ["learner-1", "learner-2", "learner-3"]
     assert section["settings"]["repeats"] == 2 and section["settings"]["classifiers"] == ["logistic"]
+    assert section["settings"]["max_rounds"] == 6 and section["settings"]["trajectory_sets"] == ["loss-trajectory"]
+    assert {a["feature_set"] for a in report["attacks"] if a["scope"] == "trajectory"} == {"loss-trajectory"}
     assert [r["round"] for r in report["provenance"]["model"]["rounds"]] == list(range(1, 13))
     assert {a["scope"] for a in report["attacks"]} == {"final", "trajectory"}
 
@@ -114,8 +120,12 @@ def test_rounds_on_a_plain_scan_set_assess_the_final_round(app, client: TestClie
     folder = federation.model_paths[0].parent
     model = upload_rounds(client, zip_rounds(folder, tmp_path / "rounds.zip")).json()
     scan_set = add_scan_set(app, "acme", job_cohort)  # members and non-members, no learner column
+    federated = {"max_rounds": 6, "trajectory_sets": ["loss-trajectory"]}
+    bad = client.post("/api/v1/assessments", json={"model_id": model["id"], "scan_set_id": scan_set, "options": {
+        **OPTIONS, "federated": {"trajectory_sets": ["no-such-set"]}}})
+    assert bad.status_code == 422 and bad.json()["error"]["details"][0]["field"] == "options.federated.trajectory_sets"
     body = client.post("/api/v1/assessments", json={"model_id": model["id"], "scan_set_id": scan_set,
-                                                    "options": OPTIONS}).json()
+                                                    "options": {**OPTIONS, "federated": federated}}).json()
     job = wait_for(client, body["id"], ("succeeded", "failed"), timeout=300)
     assert job["state"] == "succeeded", job
     assert "assessing the final round (12)" in job["log"]

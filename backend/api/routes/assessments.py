@@ -61,6 +61,21 @@ class PolicyOptions(BaseModel):
     fail_on_error: bool | None = None
 
 
+class FederatedOptionsIn(BaseModel):
+    """Options of a federated assessment (a model uploaded with ``kind=federated_rounds``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"max_rounds": 40}]})
+
+    max_rounds: int | None = Field(
+        None, ge=2, le=10_000,
+        description="Rounds whose features are computed, evenly spaced, the final one included (default 20).",
+    )
+    trajectory_sets: list[Annotated[Text, Field(max_length=100)]] | None = Field(
+        None, max_length=16, description="Feature sets spanning the rounds (default: loss-trajectory, grad-norm-trajectory).",
+        examples=[["loss-trajectory"]],
+    )
+
+
 class AssessmentOptionsIn(BaseModel):
     """What to run; omitted fields take the engine's defaults."""
 
@@ -82,6 +97,9 @@ class AssessmentOptionsIn(BaseModel):
     device: str | None = Field(None, description="cpu, cuda, cuda:1... (default: the worker's; CUDA when present).")
     batch_size: int | None = Field(None, ge=1, le=1024, description="Scans per vectorised pass (default: the worker's).")
     policy: PolicyOptions | None = None
+    federated: FederatedOptionsIn | None = Field(
+        None, description="For a federation's rounds on a scan set with learners; ignored otherwise."
+    )
 
     @field_validator("device")
     @classmethod
@@ -261,6 +279,13 @@ def _check_options(options: AssessmentOptionsIn, scan_set: ScanSet) -> dict[str,
             parse_feature_set(name)
         except InputError as exc:
             raise _field_error("options.feature_sets", str(exc)) from None
+    if options.federated and options.federated.trajectory_sets:
+        from worker.engine.federated import TRAJECTORY_SETS
+
+        unknown = sorted(set(options.federated.trajectory_sets) - set(TRAJECTORY_SETS))
+        if unknown:
+            raise _field_error("options.federated.trajectory_sets",
+                               f"unknown: {', '.join(unknown)}; available: {', '.join(sorted(TRAJECTORY_SETS))}")
     if options.train_size is not None:
         smaller = min(scan_set.n_members, scan_set.n_nonmembers)
         if options.train_size > smaller - 1:
@@ -275,8 +300,9 @@ def _check_options(options: AssessmentOptionsIn, scan_set: ScanSet) -> dict[str,
     except InputError as exc:
         match = re.search(r"field '([^']+)'", str(exc))
         raise _field_error(f"options.policy.{match.group(1)}" if match else "options.policy", str(exc)) from None
-    stored = options.model_dump(exclude={"policy"})
+    stored = options.model_dump(exclude={"policy", "federated"})
     stored["policy"] = policy or None
+    stored["federated"] = options.federated.model_dump(exclude_none=True) if options.federated else None
     return stored
 
 
