@@ -417,7 +417,13 @@ def _provenance(report: dict) -> dict:
         ("Members (training scans)", manifest.get("n_members")),
         ("Non-members (unseen scans)", manifest.get("n_nonmembers")),
     ]
-    run_rows = [
+    request = p.get("request") or {}
+    run_rows = ([
+        ("Assessment", request.get("assessment_id")),
+        ("Requested by", request.get("requested_by")
+         + (f" ({request['organisation']})" if request.get("organisation") else "")),
+        ("Requested", request.get("requested_at")),
+    ] if request.get("requested_by") else []) + [
         ("BrainMIA version", p.get("package_version")),
         ("Report schema", report.get("schema_version")),
         ("Created", p.get("created_at")),

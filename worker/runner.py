@@ -286,6 +286,23 @@ def _federated_options(options: dict[str, Any], extraction: Any, policy: Any) ->
     )
 
 
+def _request(resources: Resources, assessment_id: str) -> dict[str, Any]:
+    """Who asked for the assessment and when, for the report's provenance."""
+    from backend.db.models import ApiToken, Organisation
+
+    with resources.factory() as session:
+        row = session.get(Assessment, assessment_id)
+        token = session.get(ApiToken, row.created_by) if row is not None and row.created_by else None
+        org = session.get(Organisation, row.org_id) if row is not None else None
+        created = row.created_at if row is not None else None
+    return {
+        "assessment_id": assessment_id,
+        "requested_by": token.name if token is not None else "system",
+        "organisation": org.name if org is not None else None,
+        "requested_at": created.isoformat() if created is not None else None,
+    }
+
+
 def _load_inputs(resources: Resources, assessment_id: str, job: JobContext | None = None) -> _Inputs:
     """The job's manifest, model (or round models) and engine options.
 
@@ -386,6 +403,7 @@ def run_job(
                 if job.should_stop():
                     raise _Stopped()
                 result = inputs.run(resources, job)
+                result.report.setdefault("provenance", {})["request"] = _request(resources, assessment_id)
                 job.progress("writing", 0.99, "writing report.json, report.html, features.csv")
                 tmp = resources.storage.temp_dir()
                 from frontend.export import write_outputs

@@ -60,8 +60,12 @@ def test_results_download(shared_job) -> None:  # type: ignore[no-untyped-def]
     assert report.status_code == 200 and report.headers["content-type"].startswith("application/json")
     assert report.json()["verdict"]["level"] == shared_job.job["verdict_level"]
     assert report.json()["provenance"]["settings"]["repeats"] == 2
+    request = report.json()["provenance"]["request"]  # who asked for it, and when, in the filed report
+    assert request["assessment_id"] == shared_job.job["id"] and request["requested_by"] == "alice"
+    assert request["organisation"] == "acme" and request["requested_at"]
     html = client.get(f"{API}/{job_id}/report.html")
     assert html.status_code == 200 and "<html" in html.text.lower()
+    assert "Requested by" in html.text and "alice (acme)" in html.text
     assert html.headers["content-disposition"].startswith("inline")
     assert html.headers["content-security-policy"].startswith("sandbox allow-scripts")
     download = client.get(f"{API}/{job_id}/report.html", params={"download": "true"})
