@@ -210,17 +210,7 @@ class JobDispatcher:
             counts of ``requeued``, ``failed``, ``cancelled`` (a cancel was pending) and ``sent`` jobs.
         """
         counts = {"requeued": 0, "failed": 0, "cancelled": 0, "sent": 0}
-        with self.factory() as session:
-            running = session.execute(
-                select(
-                    Assessment.id,
-                    Assessment.attempts,
-                    Assessment.worker,
-                    Assessment.heartbeat_at,
-                    Assessment.cancel_requested,
-                ).where(Assessment.state == "running")
-            ).all()
-        for row in running:
+        for row in self._running():
             outcome = self._requeue_or_fail(
                 row.id,
                 row.attempts,
@@ -259,17 +249,7 @@ class JobDispatcher:
         now = now or utcnow()
         cutoff = now - timedelta(seconds=self.settings.heartbeat_timeout_s)
         counts = {"requeued": 0, "failed": 0, "cancelled": 0}
-        with self.factory() as session:
-            stale = session.execute(
-                select(
-                    Assessment.id,
-                    Assessment.attempts,
-                    Assessment.worker,
-                    Assessment.heartbeat_at,
-                    Assessment.cancel_requested,
-                ).where(Assessment.state == "running", Assessment.heartbeat_at < cutoff)
-            ).all()
-        for row in stale:
+        for row in self._running(Assessment.heartbeat_at < cutoff):
             outcome = self._requeue_or_fail(
                 row.id,
                 row.attempts,
@@ -286,6 +266,19 @@ class JobDispatcher:
                 counts[outcome] += 1
                 logger.warning("assessment %s: worker %s stopped reporting; %s", row.id, row.worker, outcome)
         return counts
+
+    def _running(self, *conditions: Any) -> list[Any]:
+        """Running jobs (id, attempts, worker, heartbeat, pending cancel) matching ``conditions``."""
+        with self.factory() as session:
+            return list(session.execute(
+                select(
+                    Assessment.id,
+                    Assessment.attempts,
+                    Assessment.worker,
+                    Assessment.heartbeat_at,
+                    Assessment.cancel_requested,
+                ).where(Assessment.state == "running", *conditions)
+            ).all())
 
     def _requeue_or_fail(
         self,
