@@ -52,6 +52,17 @@ class DemoArtifacts:
     test_mae: float
 
 
+def demo_metadata(shape: tuple[int, int, int], voxel_size: float, channels: tuple[int, ...]) -> ModelMetadata:
+    """The sidecar of a demo 3D-CNN: its grid, isotropic voxels, z-scored intensities, channels."""
+    return ModelMetadata(
+        input_shape=shape,
+        voxel_size=(voxel_size,) * 3,
+        normalize="zscore",
+        arch="brain_age_3d",
+        arch_kwargs={"channels": list(channels)},
+    )
+
+
 def prepare_demo(
     out_dir: Path,
     options: DemoOptions | None = None,
@@ -86,13 +97,7 @@ def prepare_demo(
         progress=lambda done, total: tell("cohort", done / total, f"synthetic subject {done}/{total}"),
     )
     manifest = load_manifest(manifest_path)
-    metadata = ModelMetadata(
-        input_shape=options.shape,
-        voxel_size=(options.voxel_size,) * 3,
-        normalize="zscore",
-        arch="brain_age_3d",
-        arch_kwargs={"channels": list(options.channels)},
-    )
+    metadata = demo_metadata(options.shape, options.voxel_size, options.channels)
     conform = metadata.conform_spec()
     members = [r for r in manifest.records if r.member]
     others = [r for r in manifest.records if not r.member]

@@ -26,7 +26,8 @@ import torch
 from ..cache import VolumeCache
 from ..errors import InputError
 from ..manifest import Manifest, load_manifest
-from ..models import BrainAge3D, ModelMetadata
+from ..demo import demo_metadata
+from ..models import BrainAge3D
 from ..synth import CohortSpec
 from ..training import TrainingOptions, load_volumes
 from .fedavg import RoundInfo, save_rounds, train_fedavg
@@ -127,13 +128,7 @@ def prepare_federated_demo(
         progress=lambda done, total: tell("cohort", done / total, f"synthetic subject {done}/{total}"),
     )
     manifest = load_manifest(manifest_path)
-    metadata = ModelMetadata(
-        input_shape=options.shape,
-        voxel_size=(options.voxel_size,) * 3,
-        normalize="zscore",
-        arch="brain_age_3d",
-        arch_kwargs={"channels": list(options.channels)},
-    )
+    metadata = demo_metadata(options.shape, options.voxel_size, options.channels)
     conform = metadata.conform_spec()
     names = sorted({r.learner for r in manifest.records if r.learner is not None})
     held = {n: [r for r in manifest.records if r.learner == n] for n in names}
