@@ -55,6 +55,21 @@ class MultipartForm:
     files: dict[str, FilePart] = field(default_factory=dict)
     fields: dict[str, str] = field(default_factory=dict)
 
+    def required_file(self, name: str, empty_code: str, what: str) -> FilePart:
+        """The file of field ``name``; 422 naming the field when it is missing or empty.
+
+        Args:
+            name: the form field.
+            empty_code: the error code of an empty file (e.g. ``invalid_model``).
+            what: how the message calls it (e.g. "file", "archive").
+        """
+        upload = self.files.get(name)
+        if upload is None:
+            raise ApiError(422, "validation_error", "the request is not valid", [{"field": name, "reason": "Field required"}])
+        if upload.size == 0:
+            raise ApiError(422, empty_code, f"the uploaded {what} is empty", [{"field": name, "reason": "empty file"}])
+        return upload
+
 
 def too_large(what: str, limit: int) -> ApiError:
     """413 with the common error body."""

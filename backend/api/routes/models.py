@@ -348,15 +348,7 @@ async def upload_model(
     published = False
     try:
         form = await receive_multipart(request, tmp, {"file": settings.max_model_bytes})
-        upload = form.files.get("file")
-        if upload is None:
-            raise ApiError(
-                422, "validation_error", "the request is not valid", [{"field": "file", "reason": "Field required"}]
-            )
-        if upload.size == 0:
-            raise ApiError(
-                422, "invalid_model", "the uploaded file is empty", [{"field": "file", "reason": "empty file"}]
-            )
+        upload = form.required_file("file", "invalid_model", "file")
         metadata = _parse_metadata(form.fields.get("metadata"))
         kind = _parse_kind(form.fields.get("kind"))
         file_name = safe_filename(upload.filename, "model.bin")

@@ -337,15 +337,7 @@ async def _from_archive(
     published = False
     try:
         form = await receive_multipart(request, tmp, {"archive": settings.max_archive_bytes})
-        upload = form.files.get("archive")
-        if upload is None:
-            raise ApiError(
-                422, "validation_error", "the request is not valid", [{"field": "archive", "reason": "Field required"}]
-            )
-        if upload.size == 0:
-            raise ApiError(
-                422, "invalid_archive", "the uploaded archive is empty", [{"field": "archive", "reason": "empty file"}]
-            )
+        upload = form.required_file("archive", "invalid_archive", "archive")
         root, manifest, size = await run_in_threadpool(_extract_and_validate, upload.path, tmp / "content", settings)
         name = (form.fields.get("name") or "").strip() or _default_name(upload.filename) or scan_set_id
         Storage.publish_dir(root, final)
