@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import InputError
 from ..manifest import Manifest, ScanRecord
 from ..synth import CohortSpec, cohort_subjects, generate_cohort
+from ..synth.cohort import age_stratified_mask
 
 __all__ = [
     "AGE_SCHEMES",
@@ -46,7 +47,6 @@ DEFAULT_SKEW = 8.0
 """Largest-to-smallest learner size ratio of a ``skewed`` federation."""
 
 MIN_SCANS_PER_LEARNER = 2
-_STRATUM = 10  # unseen scans are drawn within blocks of this many scans of similar age
 
 FEDERATED_MANIFEST_COLUMNS = ("scan_id", "path", "age", "member", "learner", "sex", "site")
 
@@ -144,19 +144,6 @@ def _ages(items: Manifest | Sequence[object]) -> np.ndarray:
         raise InputError(f"a federation is split by age: every item needs an age ({exc})") from None
 
 
-def _unseen_mask(ages: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Exactly round(n * fraction) unseen items, spread evenly over the age ranks."""
-    n = len(ages)
-    quota = np.floor(np.arange(n + 1) * fraction + 0.5)
-    by_rank = np.diff(quota).astype(bool)
-    for start in range(0, n, _STRATUM):
-        block = by_rank[start:start + _STRATUM]
-        by_rank[start:start + _STRATUM] = block[rng.permutation(len(block))]
-    mask = np.empty(n, dtype=bool)
-    mask[np.argsort(ages, kind="stable")] = by_rank
-    return mask
-
-
 def split_federation(
     items: Manifest | Sequence[object],
     learners: int = 8,
@@ -192,7 +179,7 @@ def split_federation(
         raise InputError(f"unseen_fraction must be in [0, 1), got {unseen_fraction}")
     age = _ages(items)
     rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(0xFED,)))
-    unseen = _unseen_mask(age, float(unseen_fraction), rng)
+    unseen = age_stratified_mask(age, float(unseen_fraction), rng)  # same ages as the members
     member_idx = np.flatnonzero(~unseen)
     counts = learner_sizes(len(member_idx), int(learners), sizes, skew=skew, rng=rng)
     if ages == "noniid":

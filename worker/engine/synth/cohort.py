@@ -18,7 +18,7 @@ from worker.engine.synth.subject import synth_subject
 __all__ = ["MANIFEST_COLUMNS", "SubjectInfo", "cohort_subjects", "generate_cohort", "save_scan", "subject_rng"]
 
 MANIFEST_COLUMNS = ("scan_id", "path", "age", "member", "sex", "site")
-_STRATUM = 10  # membership is shuffled within blocks of this many subjects of similar age
+_STRATUM = 10  # labels are shuffled within blocks of this many subjects of similar age
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,12 @@ class SubjectInfo:
     site: str
 
 
-def _membership(ages: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Exactly round(n * fraction) members, spread evenly over the age ranks.
+def age_stratified_mask(ages: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Exactly round(n * fraction) True entries, spread evenly over the age ranks.
 
     Ranks get labels by systematic sampling, then labels are shuffled within blocks of
-    similar age, so members and non-members have the same age distribution.
+    similar age, so the chosen and the others have the same age distribution (members vs
+    non-members of a cohort, unseen scans of a federation).
     """
     n = len(ages)
     quota = np.floor(np.arange(n + 1) * fraction + 0.5)
@@ -54,9 +55,9 @@ def _membership(ages: np.ndarray, fraction: float, rng: np.random.Generator) -> 
     for start in range(0, n, _STRATUM):
         block = by_rank[start : start + _STRATUM]
         by_rank[start : start + _STRATUM] = block[rng.permutation(len(block))]
-    member = np.empty(n, dtype=bool)
-    member[np.argsort(ages, kind="stable")] = by_rank
-    return member
+    chosen = np.empty(n, dtype=bool)
+    chosen[np.argsort(ages, kind="stable")] = by_rank
+    return chosen
 
 
 def cohort_subjects(spec: CohortSpec) -> list[SubjectInfo]:
@@ -67,7 +68,7 @@ def cohort_subjects(spec: CohortSpec) -> list[SubjectInfo]:
     ages = np.round(rng.uniform(lo, hi, n), 2)
     sexes = rng.choice(np.array(["F", "M"]), n)
     sites = rng.integers(0, len(SITES), n)
-    member = _membership(ages, spec.member_fraction, rng)
+    member = age_stratified_mask(ages, spec.member_fraction, rng)
     width = max(4, len(str(n)))
     return [
         SubjectInfo(
