@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from ..auth import Principal, authenticate, principal_by_token_id
+from ..db.session import session_scope
 from ..settings import Settings
 from ..storage import Storage
 from .errors import ApiError
@@ -24,15 +25,8 @@ def get_settings_dep(request: Request) -> Settings:
 
 def get_db(request: Request) -> Iterator[Session]:
     """A database session per request, committed when the handler succeeds."""
-    session = request.app.state.sessionmaker()
-    try:
+    with session_scope(request.app.state.sessionmaker) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def get_storage(request: Request) -> Storage:
