@@ -268,23 +268,26 @@ def _default_name(filename: str) -> str:
     return base
 
 
-def _row(
+def _add(
+    session: Any,
     scan_set_id: str,
     principal: Principal,
     name: str,
     source: str,
     root: str,
-    manifest_path: str,
+    manifest_file: str,
     manifest: Any,
     size: int,
+    **detail: Any,
 ) -> ScanSet:
-    return ScanSet(
+    """Add the scan set's row and its upload audit event (``detail`` adds to the event)."""
+    row = ScanSet(
         id=scan_set_id,
         org_id=principal.org_id,
         name=name[:500],
         source=source,
         root=root,
-        manifest_path=manifest_path,
+        manifest_path=manifest_file,
         manifest_sha256=manifest.sha256,
         n_scans=len(manifest.records),
         n_members=manifest.n_members,
@@ -293,6 +296,12 @@ def _row(
         size_bytes=size,
         created_by=principal.token_id,
     )
+    session.add(row)
+    audit.record(
+        session, principal, "upload", "scan_set", scan_set_id, source=source, name=row.name,
+        n_scans=row.n_scans, manifest_sha256=row.manifest_sha256, **detail,
+    )
+    return row
 
 
 # --- routes --------------------------------------------------------------------------------
@@ -343,21 +352,9 @@ async def _from_archive(
         Storage.publish_dir(root, final)
         published = True
         rel = final.relative_to(storage.root)
-        row = _row(
-            scan_set_id, principal, name, "archive", rel.as_posix(), (rel / MANIFEST_NAME).as_posix(), manifest, size
-        )
-        session.add(row)
-        audit.record(
-            session,
-            principal,
-            "upload",
-            "scan_set",
-            scan_set_id,
-            source="archive",
-            name=row.name,
-            n_scans=row.n_scans,
-            manifest_sha256=row.manifest_sha256,
-            archive_sha256=upload.sha256,
+        row = _add(
+            session, scan_set_id, principal, name, "archive", rel.as_posix(), (rel / MANIFEST_NAME).as_posix(),
+            manifest, size, archive_sha256=upload.sha256,
         )
         session.commit()
     except BaseException:
@@ -420,28 +417,9 @@ async def _from_server_manifest(request: Request, session: Any, settings: Settin
 
     manifest, size = await run_in_threadpool(validate)
     scan_set_id = new_id()
-    row = _row(
-        scan_set_id,
-        principal,
-        (body.name or "").strip() or resolved.parent.name or resolved.name,
-        "server",
-        str(resolved.parent),
-        str(resolved),
-        manifest,
-        size,
-    )
-    session.add(row)
-    audit.record(
-        session,
-        principal,
-        "upload",
-        "scan_set",
-        scan_set_id,
-        source="server",
-        name=row.name,
-        manifest_path=str(resolved),
-        n_scans=row.n_scans,
-        manifest_sha256=row.manifest_sha256,
+    row = _add(
+        session, scan_set_id, principal, (body.name or "").strip() or resolved.parent.name or resolved.name,
+        "server", str(resolved.parent), str(resolved), manifest, size, manifest_path=str(resolved),
     )
     session.commit()
     return scan_set_out(row)
