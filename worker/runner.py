@@ -329,10 +329,15 @@ def _load_inputs(resources: Resources, assessment_id: str, job: JobContext | Non
     settings = resources.settings
     device = pick_device(options.get("device") or settings.device)
     manifest_path = _stored_path(resources.storage, scan_set.manifest_path)
-    if scan_set.source == "archive":
-        manifest = load_manifest(manifest_path, base_dir=_stored_path(resources.storage, scan_set.root), confine=True)
-    else:
-        manifest = load_manifest(manifest_path)
+    # confined as at registration: no scan outside the scan set's folder, whatever the file says now
+    manifest = load_manifest(manifest_path, base_dir=_stored_path(resources.storage, scan_set.root), confine=True)
+    if manifest.sha256 != scan_set.manifest_sha256:
+        from worker.engine.errors import InputError
+
+        raise InputError(
+            f"the manifest of scan set '{scan_set.name}' changed since it was registered (SHA-256 "
+            f"{scan_set.manifest_sha256[:12]}... then, {manifest.sha256[:12]}... now): register it again"
+        )
     known = set(ModelMetadata.model_fields)
     overrides = {k: v for k, v in (model_row.model_metadata or {}).items() if k in known}
     policy = Policy(**options["policy"]) if options.get("policy") else Policy()

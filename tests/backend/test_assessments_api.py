@@ -234,3 +234,18 @@ def test_delete_a_running_job_stops_it(app, client, job_inputs) -> None:  # type
     nxt = submit(client, job_inputs)
     assert wait_for(client, nxt["id"], ("failed", "succeeded"), timeout=20)["state"] == "failed"
     assert not app.state.storage.result_dir(created["id"]).exists()
+
+
+def test_a_server_manifest_changed_since_registration_fails_the_job(app, client, job_inputs, job_cohort, tmp_path):  # type: ignore[no-untyped-def]
+    import shutil
+
+    from tests.backend.job_fixtures import add_scan_set
+
+    folder = tmp_path / "cohort"
+    shutil.copytree(job_cohort.parent, folder)
+    scan_set_id = add_scan_set(app, "acme", folder / "manifest.csv")
+    manifest = folder / "manifest.csv"
+    manifest.write_text(manifest.read_text().replace(",1,", ",0,", 1))  # someone edits the file afterwards
+    body = submit(client, {**job_inputs, "scan_set_id": scan_set_id})
+    done = wait_for(client, body["id"], ("succeeded", "failed"), timeout=60)
+    assert done["state"] == "failed" and "changed since it was registered" in done["error"], done
