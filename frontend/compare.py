@@ -87,6 +87,7 @@ def _side(report: dict, label: str) -> dict[str, Any]:
         "passed": v.get("passed"),
         "summary": str(v.get("summary") or ""),
         "strongest": D.attack_name(strongest) if strongest else "–",
+        "strongest_attack": strongest,
         "strongest_acc": D.metric(strongest, "accuracy") if strongest else None,
         "strongest_auc": D.metric(strongest, "auc") if strongest else None,
         "mae_members": mae_m,
@@ -101,11 +102,14 @@ def _side(report: dict, label: str) -> dict[str, Any]:
 
 def _headline(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     """Key numbers of both sides with the direction of the change (lower is better)."""
-    def row(label: str, key: str, fmt: str, scale: float = 1.0, unit: str = "") -> dict[str, Any]:
+    def row(label: str, key: str, fmt: str, scale: float = 1.0, unit: str = "", metric: str | None = None) -> dict[str, Any]:
+        """One measure; highlighted (better / worse) only when the strongest attacks' 95% CIs
+        separate (``metric``), plain otherwise."""
         va, vb = a[key], b[key]
         text = lambda v: "n/a" if v is None else f"{v * scale:{fmt}}{unit}"  # noqa: E731
+        significant = metric is not None and _change(a["strongest_attack"], b["strongest_attack"], metric)["significant"]
         direction = "none"
-        if va is not None and vb is not None:
+        if va is not None and vb is not None and significant:
             direction = "worse" if vb > va else "better" if vb < va else "same"
         delta = "–" if va is None or vb is None else f"{(vb - va) * scale:+{fmt}}{unit}"
         return {"label": label, "a": text(va), "b": text(vb), "delta": delta, "direction": direction}
@@ -116,8 +120,8 @@ def _headline(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
         level_dir = "worse" if diff > 0 else "better" if diff < 0 else "same"
     return [
         {"label": "Risk level", "a": a["level_text"], "b": b["level_text"], "delta": "", "direction": level_dir},
-        row("Strongest attack accuracy", "strongest_acc", ".1f", 100, "%"),
-        row("Strongest attack AUC", "strongest_auc", ".3f"),
+        row("Strongest attack accuracy", "strongest_acc", ".1f", 100, "%", metric="accuracy"),
+        row("Strongest attack AUC", "strongest_auc", ".3f", metric="auc"),
         row("Error gap, unseen minus training scans (years)", "gap", ".2f"),
         {**row("Model error on unseen scans (MAE, years)", "mae_nonmembers", ".2f"), "direction": "info"},
     ]

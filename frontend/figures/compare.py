@@ -62,7 +62,8 @@ def comparison_accuracy(
     fig.update_layout(
         title_text=f"Attack {'AUC' if metric == 'auc' else metric.replace('_', ' ')}: {esc(label_a)} vs {esc(label_b)}",
         xaxis_title=("AUC" if metric == "auc" else "Attack accuracy (%)") + ", 95% CI",
-        yaxis=dict(autorange="reversed", automargin=True, title_text=""),
+        yaxis=dict(autorange="reversed", automargin=True, title_text="", categoryorder="array",
+                   categoryarray=[esc(n) for n in order]),
         height=max(320, 28 * len(order) + 140),
         legend=dict(orientation="h", y=-0.15),
     )
