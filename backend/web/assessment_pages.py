@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse
 
 from .. import audit
 from ..api.deps import SessionDep
+from ..db.models import ModelRecord, ScanSet
 from . import queries
 from .options import assessment_form
 from .render import PageUser, render
@@ -40,7 +41,7 @@ def overview(
         request, "overview.html.j2", user, active="overview", rows=rows, total=total, offset=offset,
         page_size=PAGE_SIZE, filters=filters, states=queries.STATES, levels=queries.LEVELS,
         sorts={k: v[0] for k, v in queries.SORTS.items()},
-        has_models=bool(queries.org_models(session, user)), has_scan_sets=bool(queries.org_scan_sets(session, user)),
+        has_models=queries.has_any(session, user, ModelRecord), has_scan_sets=queries.has_any(session, user, ScanSet),
     )
 
 
@@ -59,19 +60,17 @@ def new_assessment(
 @router.get("/assessments/{assessment_id}", response_class=HTMLResponse)
 def assessment_page(request: Request, assessment_id: str, session: SessionDep, user: PageUser) -> HTMLResponse:
     """A running assessment's progress, a failed one's reason, or a succeeded one's report."""
-    from ..db.models import Assessment
-    from ..results import report_context
     from frontend.report_html import plotly_config
+
+    from ..results import report_context
 
     row = queries.get_assessment(session, user, assessment_id)
     if row is None:
         raise PageNotFound(f"There is no assessment '{assessment_id[:64]}' in your organisation.")
-    record = session.get(Assessment, row.id)
-    if row.state != "succeeded" or record is None or not record.result_dir:
-        return render(request, "assessment_status.html.j2", user, active="overview", row=row,
-                      options=(record.options if record else {}) or {})
+    if row.state != "succeeded" or not row.result_dir:
+        return render(request, "assessment_status.html.j2", user, active="overview", row=row, options=row.options)
     try:
-        context = report_context(record.result_dir)
+        context = report_context(row.result_dir)
     except FileNotFoundError:
         raise PageNotFound(f"The results of assessment '{row.id}' are missing from the storage.") from None
     audit.record(session, user, "view", "assessment", row.id, page="report")

@@ -7,7 +7,6 @@ from fastapi.responses import HTMLResponse
 
 from .. import audit
 from ..api.deps import SessionDep
-from ..db.models import Assessment
 from . import queries
 from .render import PageUser, render
 from .router import PageNotFound
@@ -30,12 +29,11 @@ def compare_page(
         rows = {}
         for key, assessment_id in (("a", a), ("b", b)):
             row = queries.get_assessment(session, user, assessment_id)
-            record = session.get(Assessment, row.id) if row else None
-            if row is None or record is None:
+            if row is None:
                 raise PageNotFound(f"There is no assessment '{assessment_id[:64]}' in your organisation.")
-            if row.state != "succeeded" or not record.result_dir:
+            if row.state != "succeeded" or not row.result_dir:
                 raise PageNotFound(f"Assessment '{row.id[:8]}' is {row.state}: only finished reports can be compared.")
-            rows[key] = (row, *load_results(record.result_dir))
+            rows[key] = (row, *load_results(row.result_dir))
         (row_a, report_a, features_a), (row_b, report_b, features_b) = rows["a"], rows["b"]
         context["rows"] = {"a": row_a, "b": row_b}
         context["comparison"] = build_comparison(

@@ -47,6 +47,8 @@ class AssessmentRow:
     finished_at: datetime | None
     created_by: str
     error: str | None
+    options: dict[str, Any]
+    result_dir: str | None
 
     @property
     def active(self) -> bool:
@@ -60,6 +62,7 @@ def _row(a: Assessment, model_name: str, scan_set_name: str, created_by: str | N
         verdict_level=a.verdict_level, passed=a.passed, model_id=a.model_id, model_name=model_name,
         scan_set_id=a.scan_set_id, scan_set_name=scan_set_name, created_at=as_utc(a.created_at),
         finished_at=as_utc(a.finished_at), created_by=created_by or "system", error=a.error,
+        options=dict(a.options or {}), result_dir=a.result_dir,
     )
 
 
@@ -115,6 +118,11 @@ def org_models(session: Session, principal: Principal) -> list[ModelRecord]:
     return list(session.scalars(
         select(ModelRecord).where(ModelRecord.org_id == principal.org_id).order_by(ModelRecord.created_at.desc())
     ))
+
+
+def has_any(session: Session, principal: Principal, table: type[ModelRecord] | type[ScanSet]) -> bool:
+    """Whether the organisation has at least one row of ``table`` (models or scan sets)."""
+    return session.scalar(select(table.id).where(table.org_id == principal.org_id).limit(1)) is not None
 
 
 def org_scan_sets(session: Session, principal: Principal) -> list[ScanSet]:
