@@ -15,7 +15,6 @@ range, so that non-members always cover the whole population.
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from ..errors import InputError
 from ..manifest import Manifest, ScanRecord
 from ..synth import CohortSpec, cohort_subjects, generate_cohort
-from ..synth.cohort import age_stratified_mask
+from ..synth.cohort import age_stratified_mask, write_manifest_csv
 
 __all__ = [
     "AGE_SCHEMES",
@@ -239,10 +238,4 @@ def write_federated_cohort(
         learner = by_id[row["scan_id"]]
         row["learner"] = learner or ""
         row["member"] = int(learner is not None)
-    tmp = out_dir / ".manifest.csv.part"
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FEDERATED_MANIFEST_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, manifest)
-    return manifest
+    return write_manifest_csv(manifest, FEDERATED_MANIFEST_COLUMNS, rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,17 @@ class SubjectInfo:
     member: bool
     sex: str
     site: str
+
+
+def write_manifest_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:
+    """Write a manifest CSV atomically (a partial file never carries the final name); returns ``path``."""
+    tmp = path.with_name(f".{path.name}.part")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path
 
 
 def age_stratified_mask(ages: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -166,11 +177,4 @@ def generate_cohort(
         )
         if progress is not None:
             progress(done, len(subjects))
-    manifest = out_dir / "manifest.csv"
-    tmp = out_dir / ".manifest.csv.part"
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, manifest)
-    return manifest
+    return write_manifest_csv(out_dir / "manifest.csv", MANIFEST_COLUMNS, rows)
