@@ -101,6 +101,7 @@ class JobContext:
         self._lock = threading.Lock()
         self._last_write = 0.0
         self._last_stage: str | None = None
+        self._last_fraction = 0.0
         self._last_cancel_check = 0.0
         self._cancel = False
 
@@ -142,8 +143,10 @@ class JobContext:
             ):
                 return
             self._last_stage, self._last_write = stage, now
+            # never backwards within an attempt: writing the results (0.99) follows the engine's 1.0
+            self._last_fraction = max(self._last_fraction, min(max(fraction, 0.0), 1.0))
             self.write(
-                progress=float(min(max(fraction, 0.0), 1.0)),
+                progress=float(self._last_fraction),
                 stage=stage[:32],
                 message=message,
                 heartbeat_at=utcnow(),
