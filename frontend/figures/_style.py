@@ -92,10 +92,12 @@ class FigureUnavailable(ValueError):
 def esc(value: Any) -> str:
     """Escape a user-provided string for Plotly text (labels, hover, titles).
 
-    Plotly renders a subset of HTML in text and decodes entities, so escaped text still
-    displays as typed while tags such as ``<script>`` or ``<a href=...>`` stay inert.
+    Plotly renders a subset of HTML in text and decodes numeric entities but only a few named
+    ones (``&amp;``, ``&lt;``, ``&gt;``, not ``&quot;``), so ``&``, ``<`` and ``>`` get named
+    entities and quotes numeric ones: the text displays as typed while tags such as
+    ``<script>`` or ``<a href=...>`` stay inert.
     """
-    return html.escape(str(value), quote=True)
+    return html.escape(str(value), quote=False).replace('"', "&#34;").replace("'", "&#39;")
 
 
 def rgba(hex_color: str, alpha: float) -> str:

@@ -347,3 +347,35 @@ def test_engine_shaped_edge_cases(sample):
     attr = build_figure("accuracy_by_attribute", edge, features)
     assert list(attr.data[0].x) == ["(missing)", "1"]
     assert build_figure("roc_curves", edge, features).data
+
+
+def _plotly_display(text: str) -> str:
+    """What Plotly shows for a text: tags dropped, entities decoded as its svg_text_utils
+    ``convertEntities`` does (numeric ones, and only mu amp lt gt nbsp times plusmn deg)."""
+    import re
+
+    named = {"mu": "\u03bc", "amp": "&", "lt": "<", "gt": ">", "nbsp": "\xa0", "times": "\xd7", "plusmn": "\xb1",
+             "deg": "\xb0"}
+
+    def entity(match: re.Match) -> str:
+        code = match.group(1)
+        if code.startswith("#"):
+            return chr(int(code[2:], 16) if code[1] == "x" else int(code[1:]))
+        return named.get(code, match.group(0))
+
+    return re.sub(r"&(#\d+|#x[\da-fA-F]+|[a-z]+);", entity, re.sub(r"<[^>]*>", "", text))
+
+
+def test_attribute_values_display_as_typed_and_stay_inert(sample):
+    """A site called ``site "A"`` is shown so, not ``site &quot;A&quot;``; tags stay text."""
+    report, features = sample
+    quoted = copy.deepcopy(report)
+    strongest = next(a for a in quoted["attacks"] if a["name"] == quoted["verdict"]["strongest_attack"])
+    values = ['site "A"', "O'Brien & co", "<img src=x onerror=alert(3)>"]
+    strongest["by_attribute"] = {'the "site"': [{"value": v, "accuracy": 0.6, "n": 4, "n_members": 2} for v in values]}
+    fig = build_figure("accuracy_by_attribute", quoted, features, attacks=[strongest["name"]])
+    shown = list(fig.data[0].x)
+    assert [_plotly_display(x) for x in shown] == values
+    assert all("<" not in x and '"' not in x for x in shown)  # nothing Plotly could read as a tag or attribute
+    assert _plotly_display(fig.layout.xaxis.title.text) == 'the "site"'
+    assert 'the "site" = ' in _plotly_display(fig.data[0].hovertemplate)
