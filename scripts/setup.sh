@@ -3,7 +3,8 @@
 # Usage: scripts/setup.sh [--test]   (--test also installs the test dependencies, and the services
 #        the integration tests start privately: redis-server and PostgreSQL, through apt-get when
 #        they are missing and this runs as root, or with passwordless sudo, on Debian/Ubuntu)
-# Both modes install Debian's chromium (PDF export of reports; the browser tests drive it too).
+# Both modes install Debian's chromium (PDF export of reports; the browser tests drive it too) and
+# libseccomp2 (the system-call filter of the sandbox that untrusted models run in).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +50,7 @@ fi
 # (the product needs it); with --test, the services the integration tests run themselves (on free
 # ports, in temporary folders; any system instance is left alone).
 needs=(
+  "ldconfig -p | grep -q 'libseccomp.so.2 ' => libseccomp2"
   "command -v chromium || command -v chromium-browser || command -v google-chrome => chromium"
 )
 if [ -n "$extras" ]; then

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,9 +16,6 @@ from ..dataset import ScanDataset, make_loader
 from ..errors import BrainMIAError, InputError
 from ..manifest import Manifest, ScanRecord
 from ..models.loading import LoadedModel
-from . import extractors as _extractors  # noqa: F401  (registers the built-ins)
-from .per_sample import FunctionalModel, layer_aliases, param_modules
-from .registry import FEATURE_EXTRACTORS, BatchContext
 from .table import FeatureTable
 
 DEFAULT_LAYERS = ("first_conv", "last_conv", "output")
@@ -120,7 +118,7 @@ def resolve_layers(requested: Sequence[str], aliases: dict[str, str], paths: Seq
 
 
 def extract_features(
-    model: LoadedModel,
+    model: LoadedModel | Any,
     manifest: Manifest,
     options: ExtractionOptions | None = None,
     *,
@@ -131,7 +129,8 @@ def extract_features(
     """Compute the per-scan features of ``model`` on every scan of ``manifest``.
 
     Args:
-        model: the loaded model (its metadata gives the conform grid).
+        model: the loaded model (its metadata gives the conform grid), in this process or in the
+            sandboxed host (:class:`~worker.engine.sandbox.HostedModel`).
         manifest: the scans with ages and membership.
         options: extraction options.
         cache: conformed-volume cache (None: decode every scan).
@@ -143,15 +142,8 @@ def extract_features(
     """
     options = options or ExtractionOptions()
     device = pick_device(options.device)
-    module = model.module
-    if model.format != "export":  # an exported program is placed when it is loaded
-        module = module.to(device)
-    fmodel = FunctionalModel(module)
-    modules = param_modules(module)
-    aliases = layer_aliases(modules)
-    paths = [m.path for m in modules]
-    layers = resolve_layers(options.layers, aliases, paths) if options.white_box else []
-    extractors = [e for e in FEATURE_EXTRACTORS.values() if options.white_box or not e.white_box]
+    computer = model.computer(device)
+    layers = resolve_layers(options.layers, computer.aliases, computer.paths) if options.white_box else []
 
     records = manifest.records
     dataset = ScanDataset(records, model.metadata.conform_spec(), cache)
@@ -164,20 +156,11 @@ def extract_features(
         for x, index in loader:
             if should_stop is not None and should_stop():
                 raise ExtractionCancelled("feature extraction cancelled")
-            x = x.to(device, non_blocking=True)
-            ages = ages_all[index].to(device)
-            if options.white_box:
-                jac, pred = fmodel.prediction_jacobian(x)
-            else:
-                jac, pred = None, fmodel.predict(x)
-            ctx = BatchContext(pred=pred, ages=ages, jac=jac, modules=modules, aliases=aliases, layers=layers)
-            for extractor in extractors:
-                for name, value in extractor.fn(ctx).items():
-                    columns.setdefault(name, []).append(value.detach().to("cpu", torch.float32).numpy())
+            for name, value in computer.compute(x, ages_all[index], options.white_box, layers).items():
+                columns.setdefault(name, []).append(value)
             done += len(index)
             if progress is not None:
                 progress(done, len(records))
-            del jac, ctx
 
     merged = {name: np.concatenate(parts) for name, parts in columns.items()}
     if not np.all(np.isfinite(merged["prediction"])):

@@ -15,7 +15,10 @@ restricted unpickler and reported as a :class:`~worker.engine.errors.ModelError`
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import logging
 import pickle
 import re
 import struct
@@ -33,6 +36,8 @@ from ..errors import InputError, ModelError
 from . import architectures as _architectures  # noqa: F401  (registers the built-ins)
 from .metadata import ModelMetadata, resolve_metadata
 from .registry import build_architecture
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("torchscript", "export", "safetensors", "state_dict")
 _STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "weights")
@@ -60,23 +65,33 @@ class LoadedModel:
     def provenance(self) -> dict[str, Any]:
         """The model part of a report's provenance."""
         return {
-            "path": str(self.path),
+            "path": self.path.name,  # no server path in a report
             "sha256": self.sha256,
             "format": self.format,
             "architecture": self.metadata.arch,
             "metadata": json.loads(self.metadata.model_dump_json()),
         }
 
+    def computer(self, device: str) -> Any:
+        """The feature computer of this model on ``device`` (in this process)."""
+        from ..features.batch import BatchComputer
 
-def detect_format(path: Path) -> str:
-    """Tell the model format from the file content.
+        return BatchComputer(self.module, device, placed=self.format == "export")
+
+
+def _source(path: Path, data: bytes | None) -> Any:
+    return io.BytesIO(data) if data is not None else path
+
+
+def detect_format(path: Path, data: bytes | None = None) -> str:
+    """Tell the model format from the file content (``data``: the file's bytes, already read).
 
     Raises:
         ModelError: not a recognised model file.
     """
-    if zipfile.is_zipfile(path):
+    if zipfile.is_zipfile(_source(path, data)):
         try:
-            names = zipfile.ZipFile(path).namelist()
+            names = zipfile.ZipFile(_source(path, data)).namelist()
         except zipfile.BadZipFile as exc:
             raise ModelError(path, f"corrupt archive: {exc}") from None
         if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
@@ -86,14 +101,15 @@ def detect_format(path: Path) -> str:
         if any(n.endswith("data.pkl") for n in names):
             return "state_dict"
         raise ModelError(path, "zip archive that is neither TorchScript, a torch.export program nor a state dict")
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) == 8:
-            (header_len,) = struct.unpack("<Q", head)
-            if 1 < header_len < 100_000_000 and fh.read(1) == b"{":
-                return "safetensors"
-    with open(path, "rb") as fh:
-        first = fh.read(2)
+    if data is None:
+        with open(path, "rb") as fh:
+            data = fh.read(9)
+    head = data[:8]
+    if len(head) == 8:
+        (header_len,) = struct.unpack("<Q", head)
+        if 1 < header_len < 100_000_000 and data[8:9] == b"{":
+            return "safetensors"
+    first = data[:2]
     if first[:1] == b"\x80":  # a (legacy) pickle stream: only the restricted unpickler reads it
         return "state_dict"
     raise ModelError(
@@ -114,19 +130,19 @@ def _refused(path: Path, exc: Exception) -> ModelError:
     )
 
 
-def _load_state_dict(path: Path, fmt: str) -> dict[str, torch.Tensor]:
+def _load_state_dict(path: Path, fmt: str, data: bytes | None = None) -> dict[str, torch.Tensor]:
     if fmt == "safetensors":
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.torch import load, load_file
 
         try:
-            return load_file(str(path), device="cpu")
+            return load(data) if data is not None else load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelError(path, f"cannot read safetensors weights: {exc}") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(_source(path, data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise _refused(path, exc) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
@@ -143,14 +159,14 @@ def _load_state_dict(path: Path, fmt: str) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _from_weights(path: Path, fmt: str, metadata: ModelMetadata) -> nn.Module:
+def _from_weights(path: Path, fmt: str, metadata: ModelMetadata, data: bytes | None = None) -> nn.Module:
     if not metadata.arch:
         raise ModelError(
             path,
             f"a {fmt} file holds weights only: give the architecture with --arch "
             "(brain_age_3d or brain_age_slice_mean) or in the sidecar's 'arch' field",
         )
-    state = _load_state_dict(path, fmt)
+    state = _load_state_dict(path, fmt, data)
     try:
         module = build_architecture(metadata.arch, **metadata.arch_kwargs)
     except InputError as exc:
@@ -163,15 +179,20 @@ def _from_weights(path: Path, fmt: str, metadata: ModelMetadata) -> nn.Module:
     return module
 
 
-def _load_module(path: Path, fmt: str, metadata: ModelMetadata, device: str) -> nn.Module:
+def _load_module(path: Path, fmt: str, metadata: ModelMetadata, device: str, data: bytes | None = None) -> nn.Module:
+    from ..sandbox.opcheck import check_operators, exported_operators, torchscript_operators
+
     if fmt == "torchscript":
         try:
-            return torch.jit.load(str(path), map_location="cpu")
+            module = torch.jit.load(_source(path, data), map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - TorchScript raises many types
-            raise ModelError(path, f"cannot load TorchScript archive: {exc}") from None
+            raise ModelError(path, f"cannot load TorchScript archive ({_first_line(exc)})") from None
+        check_operators(path, torchscript_operators(module))
+        return module
     if fmt == "export":
         try:
-            program = torch.export.load(str(path))
+            program = torch.export.load(_source(path, data))
+            check_operators(path, exported_operators(program.graph_module))
             if device != "cpu":
                 from torch.export.passes import move_to_device_pass
 
@@ -179,9 +200,18 @@ def _load_module(path: Path, fmt: str, metadata: ModelMetadata, device: str) -> 
             return program.module()
         except pickle.UnpicklingError as exc:
             raise _refused(path, exc) from None
+        except ModelError:
+            raise
         except Exception as exc:  # noqa: BLE001
-            raise ModelError(path, f"cannot load torch.export program: {exc}") from None
-    return _from_weights(path, fmt, metadata)
+            raise ModelError(path, f"cannot load torch.export program ({_first_line(exc)})") from None
+    return _from_weights(path, fmt, metadata, data)
+
+
+def _first_line(exc: Exception, limit: int = 200) -> str:
+    """``Type: first line`` of a loader's error, printable characters only, cut at ``limit``."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)[:limit]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def check_output(module: nn.Module, metadata: ModelMetadata, path: Path, device: str = "cpu") -> None:
@@ -195,8 +225,12 @@ def check_output(module: nn.Module, metadata: ModelMetadata, path: Path, device:
         with torch.no_grad():
             out = module(x)
     except Exception as exc:  # noqa: BLE001 - the user's model may raise anything
+        # its message is the model's own output (which may echo anything): logged, never returned
+        logger.warning("model %s failed on a blank input: %s", path.name, str(exc)[:2000])
         raise ModelError(
-            path, f"the model fails on a 1x1x{'x'.join(map(str, metadata.input_shape))} input: {exc}"
+            path, f"the model fails on a 1x1x{'x'.join(map(str, metadata.input_shape))} input: it raised "
+            f"{type(exc).__name__} (the model's own message is not shown; check the input grid and "
+            "run the model on a blank volume of that shape yourself)"
         ) from None
     if not isinstance(out, torch.Tensor):
         raise ModelError(path, f"the model must return a tensor of ages, got {type(out).__name__}")
@@ -212,6 +246,8 @@ def load_model(
     *,
     device: str = "cpu",
     check: bool = True,
+    data: bytes | None = None,
+    metadata: ModelMetadata | None = None,
 ) -> LoadedModel:
     """Load a model file safely, with its metadata.
 
@@ -220,16 +256,20 @@ def load_model(
         overrides: metadata fields given explicitly; they win over the sidecar.
         device: where to put the model.
         check: run the model once to check it returns one finite age per scan.
+        data: the file's bytes, read beforehand (then ``path`` only names the model and nothing
+            is opened: the sandboxed host loads models this way).
+        metadata: the resolved metadata (default: the sidecar of ``path`` and ``overrides``).
 
     Raises:
         ModelError: missing, unrecognised, refused or misbehaving model (exit code 2).
     """
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise ModelError(path, "model file not found")
-    metadata = resolve_metadata(path, overrides)
-    fmt = detect_format(path)
-    module = _load_module(path, fmt, metadata, device)
+    if metadata is None:
+        metadata = resolve_metadata(path, overrides)
+    fmt = detect_format(path, data)
+    module = _load_module(path, fmt, metadata, device, data)
     if fmt != "export":  # an exported program is already specialised for inference and placed
         module = module.to(device)
         module.eval()
@@ -237,4 +277,5 @@ def load_model(
         param.requires_grad_(False)
     if check:
         check_output(module, metadata, path, device)
-    return LoadedModel(module=module, metadata=metadata, format=fmt, path=path, sha256=file_sha256(path))
+    sha256 = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
+    return LoadedModel(module=module, metadata=metadata, format=fmt, path=path, sha256=sha256)

@@ -1,0 +1,70 @@
+"""The model side of feature extraction: one batch of conformed volumes in, per-scan values out.
+
+:class:`BatchComputer` runs the model in this process. An untrusted model runs it in the
+sandboxed host process instead (:mod:`worker.engine.sandbox`), which answers the same calls, so
+:func:`~worker.engine.features.extract.extract_features` does not know where the model runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import extractors as _extractors  # noqa: F401  (registers the built-ins)
+from .per_sample import FunctionalModel, layer_aliases, param_modules
+from .registry import FEATURE_EXTRACTORS, BatchContext
+
+
+class Computer(Protocol):
+    """What feature extraction needs of a model, wherever it runs.
+
+    Attributes:
+        aliases: ``first_conv`` / ``last_conv`` / ``output`` -> module path.
+        paths: the module paths of the model's parametrised modules, in order.
+    """
+
+    aliases: dict[str, str]
+    paths: list[str]
+
+    def compute(self, x: torch.Tensor, ages: torch.Tensor, white_box: bool, layers: Sequence[str]) -> dict[str, np.ndarray]:
+        """Named per-scan values (1-D columns, 2-D vectors) of one batch, as float32 arrays."""
+        ...
+
+
+class BatchComputer:
+    """Computes the features of batches with a model held in this process.
+
+    Args:
+        module: the model (eval mode, parameters not requiring grad).
+        device: where the batches are computed.
+        placed: the module is already on ``device`` (an exported program is placed when loaded).
+    """
+
+    def __init__(self, module: nn.Module, device: str, placed: bool = False):
+        self.device = device
+        self.module = module if placed else module.to(device)
+        self.fmodel = FunctionalModel(self.module)
+        self.modules = param_modules(self.module)
+        self.aliases = layer_aliases(self.modules)
+        self.paths = [m.path for m in self.modules]
+
+    def compute(self, x: torch.Tensor, ages: torch.Tensor, white_box: bool, layers: Sequence[str]) -> dict[str, np.ndarray]:
+        """Features of one batch (see :class:`Computer`)."""
+        x = x.to(self.device, non_blocking=True)
+        ages = ages.to(self.device)
+        if white_box:
+            jac, pred = self.fmodel.prediction_jacobian(x)
+        else:
+            jac, pred = None, self.fmodel.predict(x)
+        ctx = BatchContext(pred=pred, ages=ages, jac=jac, modules=self.modules, aliases=self.aliases,
+                           layers=list(layers))
+        out: dict[str, np.ndarray] = {}
+        for extractor in FEATURE_EXTRACTORS.values():
+            if white_box or not extractor.white_box:
+                for name, value in extractor.fn(ctx).items():
+                    out[name] = value.detach().to("cpu", torch.float32).numpy()
+        return out
