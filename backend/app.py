@@ -49,7 +49,10 @@ def create_app(settings: Settings | None = None, *, start_jobs: bool = True) -> 
         start_jobs: start the job machinery (in embedded mode: the worker thread and the
             recovery of jobs left queued or running).
     """
+    from worker.engine.volume_bounds import set_volume_limits
+
     settings = settings or get_settings()
+    set_volume_limits(settings.volume_limits)
     engine = make_engine(settings.sqlalchemy_url)
 
     @asynccontextmanager

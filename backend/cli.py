@@ -38,6 +38,17 @@ NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not cache confo
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
+@app.callback()
+def _configure() -> None:
+    """Apply the settings every command shares (the bounds on scan volumes)."""
+    from worker.engine.volume_bounds import set_volume_limits
+
+    from .settings import get_settings
+
+    with _errors_exit_2():
+        set_volume_limits(get_settings().volume_limits)
+
+
 def _fail(message: object) -> "typer.Exit":
     stderr.print("[bold red]error:[/]", str(message), highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_ERROR)

@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.engine.volume_bounds import DEFAULT_MAX_VOXELS, VolumeLimits
+
 GiB = 1 << 30
 
 
@@ -48,7 +50,13 @@ class Settings(BaseSettings):
         max_extracted_bytes: largest total size of an archive's extracted files.
         max_archive_members: most files in one archive.
         max_compression_ratio: extracted / compressed size above which an archive is refused.
-        manifest_roots: server-side folders whose manifests may be registered by path.
+        manifest_roots: server-side folders whose manifests the ``default`` organisation may
+            register by path (single-organisation installs; see ``org_manifest_roots``).
+        org_manifest_roots: organisation name -> server-side folders whose manifests that
+            organisation (only) may register by path, e.g. ``{"alpha": ["/data/alpha"]}``.
+        max_volume_voxels: most voxels a scan's header may declare (all dimensions) and a
+            model's input grid may hold; default 2^25 = 33.5 M, twice a 256^3 1 mm whole-head
+            scan (see :mod:`worker.engine.volume_bounds`).
         session_secret: key signing browser session cookies (generated and kept in
             ``data_dir`` when not set).
         heartbeat_timeout_s: a running job whose worker has not reported for this long is
@@ -83,6 +91,8 @@ class Settings(BaseSettings):
         default_factory=find_chromium, validation_alias=AliasChoices("BRAINMIA_CHROMIUM", "chromium_path")
     )
 
+    org_manifest_roots: dict[str, list[Path]] = Field(default_factory=dict)
+    max_volume_voxels: int = Field(default=DEFAULT_MAX_VOXELS, ge=1)
     @property
     def embedded(self) -> bool:
         """Whether this is the one-process mode (no external database or broker)."""
@@ -99,6 +109,11 @@ class Settings(BaseSettings):
         return self.data_dir / "storage"
 
     @property
+    @property
+    def volume_limits(self) -> VolumeLimits:
+        """The bounds on scan volumes and model input grids."""
+        return VolumeLimits(max_voxels=self.max_volume_voxels)
+
     def sqlalchemy_url(self) -> str:
         """The database URL, SQLite under ``data_dir`` when none is set."""
         return self.database_url or f"sqlite:///{self.data_dir / 'brainmia.db'}"

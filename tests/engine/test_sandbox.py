@@ -11,7 +11,7 @@ from tests.backend.upload_fixtures import make_code_pickle
 from tests.conftest import TINY_CHANNELS, TINY_SHAPE, TINY_VOXEL, save_tiny_model
 from worker.engine.errors import ModelError
 from worker.engine.models import ModelMetadata, write_sidecar
-from worker.engine.models.sandbox import check_model_file, check_model_files
+from worker.engine.sandbox.check import check_model_file, check_model_files
 
 
 class _Loops(torch.nn.Module):

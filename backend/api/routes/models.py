@@ -199,7 +199,7 @@ def _load_and_check(path: Path, name: str, settings: Settings) -> Any:
     """Load the stored file with its sidecar, as a worker will, and run it once (CPU), in a
     resource-limited child process (the file is untrusted code)."""
     from worker.engine.errors import InputError, ModelError
-    from worker.engine.models.sandbox import check_model_file
+    from worker.engine.sandbox.check import check_model_file
 
     try:
         return check_model_file(path, **_sandbox_limits(settings))
@@ -254,7 +254,7 @@ def _place_round(path: Path, dest: Path, overrides: dict[str, Any], label: str, 
 def _check_rounds(paths: list[Path], labels: dict[str, str], hide: Any, settings: Settings) -> list[Any]:
     """Load every round safely and run it once, in one resource-limited child process."""
     from worker.engine.errors import InputError, ModelError
-    from worker.engine.models.sandbox import check_model_files
+    from worker.engine.sandbox.check import check_model_files
 
     try:
         return check_model_files(paths, **_sandbox_limits(settings))
