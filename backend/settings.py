@@ -109,11 +109,11 @@ class Settings(BaseSettings):
         return self.data_dir / "storage"
 
     @property
-    @property
     def volume_limits(self) -> VolumeLimits:
         """The bounds on scan volumes and model input grids."""
         return VolumeLimits(max_voxels=self.max_volume_voxels)
 
+    @property
     def sqlalchemy_url(self) -> str:
         """The database URL, SQLite under ``data_dir`` when none is set."""
         return self.database_url or f"sqlite:///{self.data_dir / 'brainmia.db'}"

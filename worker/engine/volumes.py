@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from worker.engine.errors import InputError, ScanError
 from worker.engine.normalize import get_normalization
+from worker.engine.volume_bounds import VolumeLimits, check_header
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -83,28 +84,34 @@ def _check_suffix(path: Path) -> None:
         raise ScanError(path, "not a NIfTI file: expected a .nii or .nii.gz file name")
 
 
-def read_nifti(path: Path) -> nib.Nifti1Image:
+def read_nifti(path: Path, limits: VolumeLimits | None = None) -> nib.Nifti1Image:
     """Load and validate a NIfTI-1 or NIfTI-2 scan, voxel data included.
 
     The voxel data are read once, as float32 with scaling applied, and kept in the
     image's cache, so ``img.get_fdata(dtype=np.float32)`` costs nothing afterwards.
     A 4D volume whose trailing dimensions are 1 is squeezed to 3D.
 
+    The header is checked first (:func:`~worker.engine.volume_bounds.check_header`): a
+    volume larger than ``limits`` or than its file can hold is refused before anything is
+    allocated.
+
     Args:
         path: a ``.nii`` or ``.nii.gz`` file.
+        limits: size limits (default: the process-wide ones).
 
     Returns:
         The image (a :class:`nibabel.Nifti1Image` or :class:`nibabel.Nifti2Image`).
 
     Raises:
         ScanError: naming the file, when it is missing, not a NIfTI file, its header
-            does not parse, its data are truncated, it is not a 3D volume, it has NaN
+            does not parse, it declares too many voxels, its data are truncated, it is not a 3D volume, it has NaN
             or infinite voxels, or its voxel sizes are zero.
     """
     path = Path(path)
     _check_suffix(path)
     if not path.is_file():
         raise ScanError(path, "file not found" if not path.exists() else "not a file")
+    check_header(path, limits)
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for a bad header

@@ -47,8 +47,11 @@ class ModelMetadata(BaseModel):
     @field_validator("input_shape")
     @classmethod
     def _positive_shape(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        from ..volume_bounds import check_grid
+
         if any(v <= 0 for v in value):
             raise ValueError("every dimension must be positive")
+        check_grid(value)  # no larger than a scan may be
         return value
 
     @field_validator("voxel_size")
