@@ -32,13 +32,13 @@ API = "/api/v1/scan-sets"
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> Settings:
-    """Embedded settings with an allowed manifest root and a 2 MiB archive limit."""
+    """Embedded settings with a manifest root of organisation acme and a 2 MiB archive limit."""
     (tmp_path / "allowed").mkdir()
     return Settings(
         data_dir=tmp_path / "data",
         cache_dir=tmp_path / "cache",
         session_secret="test-secret",
-        manifest_roots=[tmp_path / "allowed"],
+        org_manifest_roots={"acme": [tmp_path / "allowed"]},
         max_archive_bytes=2 << 20,
     )
 
@@ -240,7 +240,7 @@ def test_bad_requests(client: TestClient) -> None:
 def test_server_manifest_under_an_allowed_root(
     app, client: TestClient, settings: Settings, cohort: Path, tmp_path: Path
 ) -> None:
-    folder = copy_cohort(cohort, settings.manifest_roots[0] / "ukb")
+    folder = copy_cohort(cohort, settings.org_manifest_roots["acme"][0] / "ukb")
     r = client.post(API, json={"manifest_path": str(folder / "manifest.csv")})
     assert r.status_code == 201, r.text
     body = r.json()
@@ -256,15 +256,14 @@ def test_server_manifest_outside_the_roots_is_refused(
     app, client: TestClient, settings: Settings, cohort: Path, tmp_path: Path
 ) -> None:
     outside = copy_cohort(cohort, tmp_path / "elsewhere")
-    allowed = settings.manifest_roots[0]
-    assert_error(client.post(API, json={"manifest_path": str(outside / "manifest.csv")}), 403, "forbidden")
+    allowed = settings.org_manifest_roots["acme"][0]
+    refused = assert_error(client.post(API, json={"manifest_path": str(outside / "manifest.csv")}), 404, "not_found")
     # a link inside the root to a folder outside it, and a '..' path, both resolve outside
     (allowed / "link").symlink_to(outside, target_is_directory=True)
-    assert_error(client.post(API, json={"manifest_path": str(allowed / "link" / "manifest.csv")}), 403, "forbidden")
-    assert_error(client.post(API, json={"manifest_path": f"{allowed}/../elsewhere/manifest.csv"}), 403, "forbidden")
+    for path in (allowed / "link" / "manifest.csv", f"{allowed}/../elsewhere/manifest.csv", allowed / "nope.csv"):
+        assert assert_error(client.post(API, json={"manifest_path": str(path)}), 404, "not_found") == refused
     assert_error(client.post(API, json={"manifest_path": "ukb/manifest.csv"}), 422, "invalid_input")
     assert_error(client.post(API, json={"manifest_path": f"{allowed}/a\x00b.csv"}), 422, "invalid_input")
-    assert_error(client.post(API, json={"manifest_path": str(allowed / "nope.csv")}), 422, "invalid_input")
     # a manifest inside the root whose rows point out of its folder
     inner = allowed / "inner"
     inner.mkdir()
@@ -276,8 +275,9 @@ def test_server_manifest_outside_the_roots_is_refused(
     err = assert_error(client.post(API, json={"manifest_path": str(inner / "manifest.csv")}), 422, "invalid_manifest")
     assert {(d["line"], d["field"]) for d in err["details"]} >= {(2, "path"), (3, "path")}
     # not enabled at all
-    app.state.settings.manifest_roots = []
-    assert_error(client.post(API, json={"manifest_path": str(allowed / "inner" / "manifest.csv")}), 403, "forbidden")
+    app.state.settings.org_manifest_roots = {}
+    got = assert_error(client.post(API, json={"manifest_path": str(inner / "manifest.csv")}), 404, "not_found")
+    assert got == refused
     assert stored_nothing(app)
 
 

@@ -6,8 +6,9 @@ limits), the manifest validated with ``confine=True`` and every scan opened as N
 folder is published to ``scan_sets/<id>/`` with one rename and the row stored. On any failure
 nothing is kept.
 
-Server manifest: a ``manifest.csv`` under one of ``BRAINMIA_MANIFEST_ROOTS`` (checked after
-resolving links; 403 otherwise), whose scans must stay inside its folder. Nothing is copied.
+Server manifest: a ``manifest.csv`` under one of the organisation's folders (see
+:mod:`backend.server_manifests`; checked after resolving links; one 404 answer otherwise, whether
+the path exists or not), whose scans must stay inside its folder. Nothing is copied.
 
 Delete: 409 while an assessment refers to the scan set. Otherwise the row goes, an uploaded
 set's files go, and so do the conformed-volume cache entries of its scans under the grids of
@@ -35,7 +36,8 @@ from starlette.concurrency import run_in_threadpool
 from ... import audit
 from ...archives import ArchiveError, ArchiveLimits, extract_archive
 from ...auth import Principal
-from ...db.models import Assessment, ModelRecord, ScanSet, new_id
+from ...db.models import Assessment, ModelRecord, Organisation, ScanSet, new_id
+from ...server_manifests import allowed_manifest
 from ...settings import Settings
 from ...storage import Storage
 from ...uploads import MAX_FIELD_BYTES, receive_multipart, too_large
@@ -103,7 +105,9 @@ class ScanSetFromPath(BaseModel):
         },
     )
 
-    manifest_path: str = Field(description="Absolute path of a manifest under one of BRAINMIA_MANIFEST_ROOTS")
+    manifest_path: str = Field(
+        description="Absolute path of a manifest under one of the organisation's folders (BRAINMIA_ORG_MANIFEST_ROOTS)"
+    )
     name: Text | None = Field(default=None, max_length=500)
 
 
@@ -133,7 +137,11 @@ _CREATE_BODY = {
 
 _CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: ERROR_RESPONSES[401],
-    403: {"model": ErrorResponse, "description": "manifest_path is not under an allowed manifest root"},
+    404: {
+        "model": ErrorResponse,
+        "description": "manifest_path is not a file under the organisation's manifest roots (one answer, "
+        "whether it exists or not)",
+    },
     413: {"model": ErrorResponse, "description": "The archive is larger than BRAINMIA_MAX_ARCHIVE_BYTES"},
     415: {"model": ErrorResponse, "description": "Neither multipart/form-data nor application/json"},
     422: {
@@ -175,8 +183,8 @@ def _relative(text: str, base: Path, label: str) -> str:
     return text.replace(str(base) + os.sep, "").replace(str(base), label)
 
 
-def _check_scans(records: Iterable[Any], base: Path, label: str) -> None:
-    """Open every listed scan as NIfTI (a few at a time); 422 naming every bad one."""
+def _check_scans(records: Iterable[Any], base: Path, label: str, settings: Settings) -> None:
+    """Open every listed scan as NIfTI (a few at a time, each header bounded first); 422 naming every bad one."""
     from worker.engine.errors import ScanError
     from worker.engine.volumes import read_nifti
 
@@ -186,7 +194,7 @@ def _check_scans(records: Iterable[Any], base: Path, label: str) -> None:
 
     def check(path: Path) -> str | None:
         try:
-            read_nifti(path)
+            read_nifti(path, settings.volume_limits)
         except ScanError as exc:
             return exc.reason
         return None
@@ -204,7 +212,7 @@ def _check_scans(records: Iterable[Any], base: Path, label: str) -> None:
         raise ApiError(422, "invalid_scan", f"{len(bad)} scan(s) cannot be read as NIfTI: {shown}", details)
 
 
-def _validate(manifest_path: Path, label: str) -> Any:
+def _validate(manifest_path: Path, label: str, settings: Settings) -> Any:
     """Load the manifest (confined to its folder) and open every scan; 422 with row details."""
     from worker.engine.errors import InputError, ManifestError
     from worker.engine.manifest import load_manifest
@@ -219,7 +227,7 @@ def _validate(manifest_path: Path, label: str) -> Any:
         raise err from None
     except InputError as exc:
         raise ApiError(422, "invalid_manifest", _relative(str(exc), base, label)) from None
-    _check_scans(manifest.records, base, label)
+    _check_scans(manifest.records, base, label, settings)
     return manifest
 
 
@@ -256,7 +264,7 @@ def _extract_and_validate(archive: Path, content: Path, settings: Settings) -> t
         ) from None
     archive.unlink()
     root = _manifest_root(content)
-    manifest = _validate(root / MANIFEST_NAME, "the archive")
+    manifest = _validate(root / MANIFEST_NAME, "the archive", settings)
     return root, manifest, extracted.total_bytes
 
 
@@ -376,21 +384,12 @@ async def _read_json_body(request: Request) -> bytes:
     return bytes(body)
 
 
-def _allowed(resolved: Path, roots: list[Path]) -> bool:
-    return any(resolved == root or resolved.is_relative_to(root) for root in roots)
-
-
 async def _from_server_manifest(request: Request, session: Any, settings: Settings, principal: Principal) -> ScanSetOut:
     try:
         body = ScanSetFromPath.model_validate_json(await _read_json_body(request))
     except ValidationError as exc:
         details = [{"field": ".".join(str(p) for p in e["loc"]) or None, "reason": e["msg"]} for e in exc.errors()]
         raise ApiError(422, "validation_error", "the request is not valid", details) from None
-    roots = [Path(r).resolve() for r in settings.manifest_roots]
-    if not roots:
-        raise ApiError(
-            403, "forbidden", "server-side manifests are not enabled (the administrator sets BRAINMIA_MANIFEST_ROOTS)"
-        )
     given = Path(body.manifest_path)
     if "\x00" in body.manifest_path or not given.is_absolute():
         raise ApiError(
@@ -399,19 +398,11 @@ async def _from_server_manifest(request: Request, session: Any, settings: Settin
             "manifest_path must be an absolute path",
             [{"field": "manifest_path", "reason": "not absolute"}],
         )
-    resolved = given.resolve()
-    if not _allowed(resolved, roots):
-        raise ApiError(403, "forbidden", "manifest_path is not under an allowed manifest root (after resolving links)")
-    if not resolved.is_file():
-        raise ApiError(
-            422,
-            "invalid_input",
-            f"manifest not found: {given}",
-            [{"field": "manifest_path", "reason": "file not found"}],
-        )
+    org = session.get(Organisation, principal.org_id)
+    resolved = await run_in_threadpool(allowed_manifest, settings, org.name if org else "", given)
 
     def validate() -> tuple[Any, int]:
-        manifest = _validate(resolved, str(resolved.parent))
+        manifest = _validate(resolved, str(resolved.parent), settings)
         size = resolved.stat().st_size + sum(p.stat().st_size for p in {r.path for r in manifest.records})
         return manifest, size
 
