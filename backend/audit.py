@@ -10,7 +10,7 @@ from .api.pagination import equal_to
 from .auth import Principal
 from .db.models import AuditEvent
 
-ACTIONS = ("upload", "run", "view", "export", "delete", "cancel", "sign-in", "create-token")
+ACTIONS = ("upload", "run", "view", "export", "delete", "cancel", "sign-in", "create-token", "revoke-token")
 
 
 def record(

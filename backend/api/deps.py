@@ -9,8 +9,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from ..auth import Principal, authenticate, principal_by_token_id
+from ..auth import Principal, authenticate
+from ..csrf import check_unsafe_cookie_request
 from ..db.session import session_scope
+from ..sessions import cookie_principal
 from ..settings import Settings
 from ..storage import Storage
 from .errors import ApiError
@@ -44,12 +46,16 @@ def get_current_principal(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    """The caller, from a Bearer token or a browser session cookie; 401 otherwise."""
-    principal = None
+    """The caller, from a Bearer token or a browser session cookie; 401 otherwise.
+
+    A cookie-authenticated request that changes state must also pass the CSRF check (403).
+    """
     if credentials is not None and credentials.scheme.lower() == "bearer":
         principal = authenticate(session, credentials.credentials)
-    elif "session" in request.scope and request.session.get("token_id"):
-        principal = principal_by_token_id(session, request.session["token_id"])
+    else:
+        principal = cookie_principal(request, session)
+        if principal is not None:
+            check_unsafe_cookie_request(request)
     if principal is None:
         raise ApiError(401, "unauthorized", "a valid API token is required (Authorization: Bearer ...)")
     return principal

@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from .. import audit
+from .. import audit, sessions
 from ..api.deps import SessionDep
-from ..auth import authenticate, principal_by_token_id
+from ..auth import authenticate
+from ..csrf import check_csrf
 from .render import render
 
 router = APIRouter()
@@ -25,28 +26,34 @@ def safe_next(value: str | None) -> str:
 @router.get("/sign-in", response_class=HTMLResponse)
 def sign_in_page(request: Request, session: SessionDep, next: str | None = None) -> Response:
     """The sign-in form; a signed-in user goes straight on."""
-    token_id = request.session.get("token_id")
-    if token_id and principal_by_token_id(session, token_id) is not None:
+    if sessions.cookie_principal(request, session) is not None:
         return RedirectResponse(safe_next(next), status_code=303)
     return render(request, "sign_in.html.j2", None, next=safe_next(next), error=None)
 
 
 @router.post("/sign-in", response_class=HTMLResponse)
 def sign_in_submit(
-    request: Request, session: SessionDep, token: Annotated[str, Form(max_length=400)] = "", next: Annotated[str, Form(max_length=2000)] = "/"
+    request: Request, session: SessionDep, token: Annotated[str, Form(max_length=400)] = "", next: Annotated[str, Form(max_length=2000)] = "/",
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
-    """Check the token; on success set the session cookie and go on."""
+    """Check the form's CSRF token (login CSRF) and the API token; on success set the session
+    cookie and go on."""
+    check_csrf(request, csrf_token)
     principal = authenticate(session, token.strip()) if token.strip() else None
     if principal is None:
         error = "Enter your API token." if not token.strip() else "That token is unknown or has been revoked."
         return render(request, "sign_in.html.j2", None, status_code=401, next=safe_next(next), error=error)
-    request.session["token_id"] = principal.token_id
+    sessions.sign_in(request, session, principal)
     audit.record(session, principal, "sign-in", "session")
     return RedirectResponse(safe_next(next), status_code=303)
 
 
 @router.post("/sign-out")
-def sign_out_submit(request: Request) -> Response:
-    """Forget the session and return to the sign-in page."""
-    request.session.clear()
+def sign_out_submit(
+    request: Request, session: SessionDep, csrf_token: Annotated[str, Form(max_length=200)] = ""
+) -> Response:
+    """End the session (server-side) and return to the sign-in page."""
+    if sessions.cookie_principal(request, session) is not None:
+        check_csrf(request, csrf_token)
+    sessions.sign_out(request, session)
     return RedirectResponse("/sign-in", status_code=303)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timezone
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -11,8 +12,11 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment
 
 
-from ..auth import Principal, principal_by_token_id
 from ..api.deps import SessionDep
+from ..auth import Principal
+from ..csrf import csrf_token
+from ..http_security import page_policy
+from ..sessions import cookie_principal
 
 
 class SignInRequired(Exception):
@@ -34,8 +38,7 @@ def sign_in_url(next_url: str | None = None) -> str:
 
 def page_principal(request: Request, session: SessionDep) -> Principal:
     """The user signed in through the session cookie; redirects to sign-in otherwise."""
-    token_id = request.session.get("token_id") if "session" in request.scope else None
-    principal = principal_by_token_id(session, token_id) if token_id else None
+    principal = cookie_principal(request, session)
     if principal is None:
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise SignInRequired(path)
@@ -83,15 +86,21 @@ def _colors() -> dict[str, str]:
 def render(
     request: Request, template: str, user: Principal | None = None, *, status_code: int = 200, **context: Any
 ) -> HTMLResponse:
-    """Render ``pages/<template>`` with the layout's context (user, active page, version)."""
+    """Render ``pages/<template>`` with the layout's context (user, active page, version, the
+    browser's CSRF token) and its Content-Security-Policy, whose nonce the page's inline
+    scripts carry."""
     from worker.engine.version import package_version
 
     context.setdefault("colors", _colors())
+    nonce = secrets.token_urlsafe(18)
     html = _env().get_template(f"pages/{template}").render(
         request=request,
         user=user,
         version=package_version(),
         active=context.pop("active", ""),
+        csrf_token=csrf_token(request),
+        csp_nonce=nonce,
         **context,
     )
-    return HTMLResponse(html, status_code=status_code, headers={"Cache-Control": "no-store"})
+    headers = {"Cache-Control": "no-store", "Content-Security-Policy": page_policy(nonce)}
+    return HTMLResponse(html, status_code=status_code, headers=headers)

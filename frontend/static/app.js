@@ -11,6 +11,11 @@
 
   function percent(value) { return Math.round(100 * (value || 0)) + "%"; }
 
+  /* the page's CSRF token: every state-changing call made with the session cookie sends it */
+  var csrfMeta = document.querySelector("meta[name=csrf-token]");
+  var CSRF_TOKEN = csrfMeta ? csrfMeta.getAttribute("content") : "";
+  function headers() { return { Accept: "application/json", "X-CSRF-Token": CSRF_TOKEN }; }
+
   /* ---------------------------------------------------------------- live progress */
 
   function updateJob(el, job) {
@@ -143,6 +148,7 @@
       var xhr = new XMLHttpRequest();
       xhr.open(method, url);
       xhr.setRequestHeader("Accept", "application/json");
+      xhr.setRequestHeader("X-CSRF-Token", CSRF_TOKEN);
       if (contentType) { xhr.setRequestHeader("Content-Type", contentType); }
       var box = $(form, ".upload-progress");
       if (box && xhr.upload) {
@@ -347,7 +353,7 @@
       if (!window.confirm("Delete " + form.getAttribute("data-what") + "? This cannot be undone.")) { return; }
       var message = $(form, ".delete-error");
       busy(form, true);
-      fetch(form.getAttribute("data-delete"), { method: "DELETE", credentials: "same-origin", headers: { Accept: "application/json" } })
+      fetch(form.getAttribute("data-delete"), { method: "DELETE", credentials: "same-origin", headers: headers() })
         .then(function (response) {
           if (response.ok) { window.location.href = form.getAttribute("data-after"); return null; }
           return response.json().then(function (body) {
@@ -371,7 +377,7 @@
     cancelForm.addEventListener("submit", function (event) {
       event.preventDefault();
       if (!window.confirm("Cancel this assessment?")) { return; }
-      fetch(cancelForm.getAttribute("data-api"), { method: "POST", credentials: "same-origin" }).then(reload, reload);
+      fetch(cancelForm.getAttribute("data-api"), { method: "POST", credentials: "same-origin", headers: headers() }).then(reload, reload);
     });
   }
 })();

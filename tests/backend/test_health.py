@@ -23,5 +23,7 @@ def test_bearer_and_browser_session(anonymous_client, tokens, client) -> None:  
     signed = anonymous_client.post("/api/v1/auth/sign-in", json={"token": tokens["alice"]})
     assert signed.status_code == 200
     assert anonymous_client.get("/api/v1/auth/me").json()["name"] == "alice"  # the cookie
-    anonymous_client.post("/api/v1/auth/sign-out")
+    assert anonymous_client.post("/api/v1/auth/sign-out").status_code == 403  # no CSRF token
+    headers = {"X-CSRF-Token": signed.json()["csrf_token"]}
+    assert anonymous_client.post("/api/v1/auth/sign-out", headers=headers).status_code == 204
     assert anonymous_client.get("/api/v1/auth/me").status_code == 401

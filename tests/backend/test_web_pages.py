@@ -3,6 +3,7 @@ and the demo that ``brainmia serve --demo`` loads."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -15,11 +16,19 @@ from tests.backend.job_fixtures import FAST_OPTIONS, job_cohort, job_inputs, job
 PAGES = ("/", "/models", "/scan-sets", "/assessments/new", "/compare")
 
 
+def form_csrf(client: TestClient, path: str = "/sign-in") -> str:
+    """The CSRF token of the form on ``path`` (what a browser posts back)."""
+    found = re.search(r'name="csrf_token" value="([^"]+)"', client.get(path).text)
+    assert found, f"no CSRF token in the form of {path}"
+    return found.group(1)
+
+
 def browser(app: Any, token: str | None) -> TestClient:
     """A cookie-carrying client signed in through the sign-in form (None: signed out)."""
     client = TestClient(app)
     if token:
-        response = client.post("/sign-in", data={"token": token, "next": "/"}, follow_redirects=False)
+        response = client.post("/sign-in", data={"token": token, "next": "/", "csrf_token": form_csrf(client)},
+                               follow_redirects=False)
         assert response.status_code == 303 and response.headers["location"] == "/"
     return client
 
@@ -43,13 +52,16 @@ def test_signed_out_pages_send_to_sign_in_and_back(app: Any, path: str) -> None:
 
 def test_sign_in_form(app: Any, tokens: dict[str, str]) -> None:
     client = TestClient(app)
-    refused = client.post("/sign-in", data={"token": "bmia_nope"})
+    csrf = form_csrf(client)
+    refused = client.post("/sign-in", data={"token": "bmia_nope", "csrf_token": csrf})
     assert refused.status_code == 401 and "unknown or has been revoked" in refused.text
     assert client.get("/", follow_redirects=False).status_code == 303
-    signed = client.post("/sign-in", data={"token": tokens["alice"], "next": "//evil.example/x"}, follow_redirects=False)
+    signed = client.post("/sign-in", data={"token": tokens["alice"], "next": "//evil.example/x", "csrf_token": csrf},
+                         follow_redirects=False)
     assert signed.headers["location"] == "/"  # never redirected off-site
     assert "Signed in as" in client.get("/").text
-    assert client.post("/sign-out", follow_redirects=False).headers["location"] == "/sign-in"
+    out = client.post("/sign-out", data={"csrf_token": form_csrf(client, "/")}, follow_redirects=False)
+    assert out.headers["location"] == "/sign-in"
     assert client.get("/", follow_redirects=False).status_code == 303
 
 

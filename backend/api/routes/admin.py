@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from ... import audit
+from ...sessions import end_token_sessions
 from ...auth import create_token, hash_token
-from ...db.models import ApiToken, AuditEvent, Organisation
+from ...db.models import ApiToken, AuditEvent, Organisation, utcnow
 from ...jobs import as_utc
 from ..deps import AdminPrincipal, SessionDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse
@@ -98,6 +99,26 @@ def create_api_token(body: TokenCreate, session: SessionDep, principal: AdminPri
         id=row.id, name=row.name, org=own.name, is_admin=row.is_admin, prefix=row.prefix, token=token,
         created_at=as_utc(row.created_at),
     )
+
+
+@router.delete(
+    "/tokens/{token_id}",
+    status_code=204,
+    responses={401: ERROR_RESPONSES[401], 403: _403, 404: ERROR_RESPONSES[404]},
+    summary="Revoke an API token",
+)
+def revoke_api_token(
+    token_id: Annotated[str, Path(max_length=64)], session: SessionDep, principal: AdminPrincipal
+) -> None:
+    """Revoke a token of your organisation: it stops working at once, and so do the browser
+    sessions signed in with it."""
+    row = session.get(ApiToken, token_id)
+    if row is None or row.org_id != principal.org_id:
+        raise ApiError(404, "not_found", f"token '{token_id}' not found")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    ended = end_token_sessions(session, row.id)
+    audit.record(session, principal, "revoke-token", "token", row.id, name=row.name, sessions_ended=ended)
 
 
 @router.get(
