@@ -15,7 +15,7 @@ from .api.routes import auth, health
 from .db.migrate import upgrade_database
 from .db.session import make_engine, make_sessionmaker
 from .settings import Settings, get_settings
-from .storage import Storage
+from .storage import Storage, clean_at_start
 
 API_PREFIX = "/api/v1"
 
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None, *, start_jobs: bool = True) -> 
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.storage = Storage(settings.storage_dir)
+    clean_at_start(app.state.storage, settings)
 
     from .jobs import JobDispatcher
 

@@ -706,6 +706,9 @@ def worker_command(
         )
     from worker.celery_app import run_worker
 
+    from .storage import Storage, clean_at_start
+
+    clean_at_start(Storage(settings.storage_dir), settings)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     raise typer.Exit(run_worker(settings, concurrency=concurrency, queues=queue_list, hostname=hostname, loglevel=loglevel))
 

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
         max_volume_voxels: most voxels a scan's header may declare (all dimensions) and a
             model's input grid may hold; default 2^25 = 33.5 M, twice a 256^3 1 mm whole-head
             scan (see :mod:`worker.engine.volume_bounds`).
+        tmp_max_age_h: in distributed mode, partial uploads untouched for this many hours are
+            removed when a server or worker starts (embedded: all of them).
         session_secret: key signing browser session cookies (generated and kept in
             ``data_dir`` when not set).
         heartbeat_timeout_s: a running job whose worker has not reported for this long is
@@ -93,6 +95,7 @@ class Settings(BaseSettings):
 
     org_manifest_roots: dict[str, list[Path]] = Field(default_factory=dict)
     max_volume_voxels: int = Field(default=DEFAULT_MAX_VOXELS, ge=1)
+    tmp_max_age_h: float = Field(24.0, gt=0)
     @property
     def embedded(self) -> bool:
         """Whether this is the one-process mode (no external database or broker)."""

@@ -2,6 +2,8 @@
 
 Nothing half-written is ever visible under its final name: files are streamed to a temporary
 name in the same folder and renamed; result folders are filled under a temporary name and renamed.
+What a crash leaves in ``tmp/`` is removed when a server or worker starts
+(:func:`clean_at_start`).
 """
 
 from __future__ import annotations
@@ -10,9 +12,14 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 class UploadTooLarge(Exception):
@@ -60,6 +67,22 @@ class Storage:
         """A new private temporary folder inside the storage (same filesystem: renames are atomic)."""
         return Path(tempfile.mkdtemp(dir=self.root / "tmp"))
 
+    def clean_tmp(self, older_than_s: float | None = None) -> int:
+        """Remove leftovers of uploads and results in flight from ``tmp/``; returns how many.
+
+        Args:
+            older_than_s: remove only entries in which nothing was written for this long (the
+                newest modification time of the entry and everything inside it); None: all.
+        """
+        removed = 0
+        now = time.time()
+        for entry in list((self.root / "tmp").iterdir()):
+            if older_than_s is not None and now - _newest_mtime(entry) < older_than_s:
+                continue
+            self.remove([entry])
+            removed += not entry.exists()
+        return removed
+
     async def write_stream(self, chunks: AsyncIterator[bytes], dest: Path, limit: int) -> StoredFile:
         """Stream ``chunks`` to ``dest`` atomically, hashing, within ``limit`` bytes.
 
@@ -102,3 +125,29 @@ class Storage:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+
+
+def _newest_mtime(path: Path) -> float:
+    """The newest modification time of ``path`` and, for a folder, of everything inside it (links not followed)."""
+    try:
+        newest = path.lstat().st_mtime
+    except FileNotFoundError:
+        return time.time()  # gone meanwhile: someone is working there
+    if path.is_dir() and not path.is_symlink():
+        for folder, dirs, files in os.walk(path):
+            for name in dirs + files:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+                except FileNotFoundError:
+                    return time.time()
+    return newest
+
+
+def clean_at_start(storage: Storage, settings: Settings) -> int:
+    """Remove partial uploads a crash left in ``tmp/``, at the start of a server or worker.
+
+    Embedded, this process is the only one using the storage: everything goes. Distributed,
+    another API process or worker may be writing there right now: only entries untouched for
+    ``settings.tmp_max_age_h`` hours go.
+    """
+    return storage.clean_tmp(None if settings.embedded else settings.tmp_max_age_h * 3600)
