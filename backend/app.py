@@ -8,12 +8,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from starlette.middleware.sessions import SessionMiddleware
 
 from .api.errors import install_error_handlers
 from .api.routes import auth, health
 from .db.migrate import upgrade_database
 from .db.session import make_engine, make_sessionmaker
+from .http_security import install_http_security
 from .settings import Settings, get_settings
 from .storage import Storage, clean_at_start
 
@@ -82,7 +82,8 @@ def create_app(settings: Settings | None = None, *, start_jobs: bool = True) -> 
     from .jobs import JobDispatcher
 
     app.state.jobs = JobDispatcher(settings, app.state.sessionmaker, app.state.storage)
-    app.add_middleware(SessionMiddleware, secret_key=_session_secret(settings), same_site="strict", https_only=False)
+    app.state.session_secret = _session_secret(settings)
+    install_http_security(app, settings, app.state.session_secret)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(api_router())

@@ -673,7 +673,9 @@ def serve(
             )
     mode = "embedded" if settings.embedded else "distributed"
     stderr.print(f"BrainMIA ({mode} mode, data in {settings.data_dir}) on http://{host or settings.host}:{port or settings.port}", highlight=False)
-    uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_level=log_level)
+    # proxy headers are the app's to trust (Settings.trusted_proxies), not uvicorn's default of 127.0.0.1
+    uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_level=log_level,
+                proxy_headers=False)
 
 
 def ensure_admin_token(factory: Any) -> str | None:

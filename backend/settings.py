@@ -61,6 +61,13 @@ class Settings(BaseSettings):
             removed when a server or worker starts (embedded: all of them).
         session_secret: key signing browser session cookies (generated and kept in
             ``data_dir`` when not set).
+        session_lifetime_h: a browser session ends this many hours after sign-in.
+        session_cookie_secure: always mark the session cookie ``Secure`` (it is anyway when the
+            request came over https, directly or through a trusted proxy).
+        trusted_proxies: addresses (or networks) of reverse proxies whose ``X-Forwarded-Proto``
+            and ``X-Forwarded-For`` are believed; none by default.
+        trusted_origins: origins besides the server's own (``https://brainmia.example.org``,
+            e.g. behind a proxy that rewrites ``Host``) from which browsers may post.
         heartbeat_timeout_s: a running job whose worker has not reported for this long is
             considered dead and re-queued or failed.
         max_attempts: how many times a job is started before a dead worker fails it.
@@ -87,6 +94,10 @@ class Settings(BaseSettings):
     max_compression_ratio: float = 100.0
     manifest_roots: list[Path] = Field(default_factory=list)
     session_secret: str | None = None
+    session_lifetime_h: float = Field(12.0, gt=0)
+    session_cookie_secure: bool = False
+    trusted_proxies: list[str] = Field(default_factory=list)
+    trusted_origins: list[str] = Field(default_factory=list)
     heartbeat_timeout_s: float = 120.0
     max_attempts: int = 2
     chromium_path: str | None = Field(
