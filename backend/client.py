@@ -25,6 +25,8 @@ from typing import Any, BinaryIO
 
 import httpx
 
+from worker.engine.csv_safety import neutralise_row
+
 API = "/api/v1"
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 RESULT_FILES = ("report.json", "report.html", "features.csv")
@@ -365,7 +367,7 @@ def pack_manifest(manifest: Path, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     if rewritten:
         out = io.StringIO(newline="")
-        csv.writer(out, lineterminator="\n").writerows(rows)
+        csv.writer(out, lineterminator="\n").writerows(neutralise_row(row) for row in rows)
         manifest_bytes = out.getvalue().encode("utf-8")
     else:
         manifest_bytes = raw

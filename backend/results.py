@@ -19,12 +19,15 @@ def _load(result_dir: str, mtime_ns: int) -> tuple[dict[str, Any], Any]:
 
     folder = Path(result_dir)
     report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    from worker.engine.csv_safety import restore_frame
+
     features = pd.read_csv(folder / "features.csv") if (folder / "features.csv").is_file() else None
-    return report, features
+    return report, (restore_frame(features) if features is not None else None)
 
 
 def load_results(result_dir: str | Path) -> tuple[dict[str, Any], Any]:
-    """report.json as a dict and features.csv as a DataFrame (None when absent).
+    """report.json as a dict and features.csv as a DataFrame (None when absent), its cells as
+    they were before the CSV's formula guard (:func:`worker.engine.csv_safety.restore_frame`).
 
     Raises:
         FileNotFoundError: the folder has no report.json.

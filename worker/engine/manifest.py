@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker.engine.csv_safety import restore_cell
 from worker.engine.errors import ManifestError, RowError
 
 __all__ = [
@@ -170,7 +171,7 @@ def read_table(path: Path, errors: list[RowError]) -> CsvTable | None:
         for cells in reader:
             line = next_line
             next_line = reader.line_num + 1
-            cells = [c.strip() for c in cells]
+            cells = [restore_cell(c.strip()) for c in cells]  # undo the formula guard of BrainMIA's CSVs
             if not any(cells):
                 continue  # blank line
             if header is None:

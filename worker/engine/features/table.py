@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..csv_safety import neutralise_frame
 from ..errors import InputError
 
 BASE_COLUMNS = ("scan_id", "member", "age", "prediction", "error")
@@ -55,7 +56,11 @@ class FeatureTable:
         return self.layer_aliases.get(name, name)
 
     def save(self, path: Path) -> Path:
-        """Write the table as CSV (or parquet by suffix) and the arrays beside it as .npz."""
+        """Write the table as CSV (or parquet by suffix) and the arrays beside it as .npz.
+
+        In the CSV, text cells a spreadsheet would run as formulas get a ``'`` in front
+        (:mod:`worker.engine.csv_safety`); numbers are written as they are.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".parquet":
@@ -67,7 +72,7 @@ class FeatureTable:
                 ) from None
             self.table.to_parquet(path, index=False)
         else:
-            self.table.to_csv(path, index=False)
+            neutralise_frame(self.table).to_csv(path, index=False)
         if self.arrays:
             np.savez_compressed(path.with_suffix(".arrays.npz"), **self.arrays)
         return path

@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from worker.engine.csv_safety import neutralise_cell
 from worker.engine.errors import InputError
 from worker.engine.synth.spec import SITES, CohortSpec
 from worker.engine.synth.subject import synth_subject
@@ -43,12 +44,15 @@ class SubjectInfo:
 
 
 def write_manifest_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:
-    """Write a manifest CSV atomically (a partial file never carries the final name); returns ``path``."""
+    """Write a manifest CSV atomically (a partial file never carries the final name); returns ``path``.
+
+    Text cells a spreadsheet would run as formulas get a ``'`` in front (:mod:`worker.engine.csv_safety`).
+    """
     tmp = path.with_name(f".{path.name}.part")
     with tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        writer.writerow({c: neutralise_cell(c) for c in columns})
+        writer.writerows({k: neutralise_cell(v) for k, v in row.items()} for row in rows)
     os.replace(tmp, path)
     return path
 
