@@ -26,14 +26,13 @@ TOKENS = "/api/v1/admin/tokens"
 def meta_csrf(client: TestClient, path: str = "/") -> str:
     """The CSRF token a page hands its scripts (``<meta name="csrf-token">``)."""
     found = re.search(r'<meta name="csrf-token" content="([^"]+)">', client.get(path).text)
-    assert found, f"no CSRF token on {path}"
-    return found.group(1)
+    return found.group(1) if found else ""
 
 
 def form_csrf(client: TestClient) -> str:
+    """The sign-in form's CSRF token ("" when it has none: the post then decides)."""
     found = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/sign-in").text)
-    assert found
-    return found.group(1)
+    return found.group(1) if found else ""
 
 
 def signed_in(app: Any, token: str, **client_options: Any) -> TestClient:
