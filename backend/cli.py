@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -47,6 +47,20 @@ def _configure() -> None:
 
     with _errors_exit_2():
         set_volume_limits(get_settings().volume_limits)
+
+
+@contextmanager
+def _model_host(device: str) -> Iterator[Any]:
+    """A confined model host (the settings' limits): a model file given to the CLI runs only there."""
+    from worker.runner import model_host
+
+    from .settings import get_settings
+
+    host = model_host(get_settings(), device)
+    try:
+        yield host
+    finally:
+        host.close()
 
 
 def _fail(message: object) -> "typer.Exit":
@@ -259,9 +273,10 @@ def _assess_federated(
                                      _extraction(device, batch_size, layer), policy)
         _show_inputs(scans, None)
         stderr.print(f"rounds: {len(paths)} community models, {paths[0].name} ... {paths[-1].name}", highlight=False)
-        with progress_bar(not quiet) as bar:
+        with progress_bar(not quiet) as bar, _model_host(device) as host:
             result = run_federated_assessment(
-                paths, scans, options, overrides=_overrides(*overrides), cache=_cache(*cache), progress=bar
+                paths, scans, options, overrides=_overrides(*overrides), cache=_cache(*cache), progress=bar,
+                loader=host.load,
             )
         written = write_outputs(result, out)
     _print_federated(result.report)
@@ -302,7 +317,6 @@ def assess(
     from worker.engine.assessment import AssessmentOptions, run_assessment
     from worker.engine.errors import InputError
     from worker.engine.manifest import load_manifest
-    from worker.engine.models import load_model
     from worker.engine.predictions import load_predictions
     from worker.engine.verdict import Policy, load_policy
 
@@ -314,14 +328,15 @@ def assess(
             max_rounds=max_rounds, policy=policy, seed=seed, device=device, batch_size=batch_size, layer=layer,
             cache=(cache_dir, no_cache), quiet=quiet,
         )
-    with _errors_exit_2():
+    with _errors_exit_2(), ExitStack() as stack:
         device = _device(device)
         if (model is None) == (predictions is None):
             raise InputError("give exactly one of --model or --predictions")
         scans = load_manifest(manifest, check_files=model is not None)
         loaded = preds = None
         if model is not None:
-            loaded = load_model(model, _overrides(input_shape, voxel_size, normalize, arch, arch_options), device=device)
+            host = stack.enter_context(_model_host(device))
+            loaded = host.load(model, _overrides(input_shape, voxel_size, normalize, arch, arch_options))
         else:
             preds = load_predictions(predictions, scans)  # type: ignore[arg-type]
         options = AssessmentOptions(
@@ -370,12 +385,11 @@ def features(
     """Compute the per-scan feature table only."""
     from worker.engine.features import extract_features
     from worker.engine.manifest import load_manifest
-    from worker.engine.models import load_model
 
-    with _errors_exit_2():
-        device = _device(device)
+    with _errors_exit_2(), _model_host(_device(device)) as host:
+        device = host.device
         scans = load_manifest(manifest)
-        loaded = load_model(model, _overrides(input_shape, voxel_size, normalize, arch, arch_options), device=device)
+        loaded = host.load(model, _overrides(input_shape, voxel_size, normalize, arch, arch_options))
         _show_inputs(scans, loaded)
         with progress_bar(not quiet) as bar:
             table = extract_features(

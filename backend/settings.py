@@ -46,6 +46,13 @@ class Settings(BaseSettings):
         model_check_timeout_s: an uploaded model is run once in a child process limited to this
             many seconds (wall clock and CPU time) per model file...
         model_check_memory_mb: ...and to this much address space.
+        model_memory_mb: address-space limit of the confined process that runs a model during
+            an assessment (data-segment limit on a GPU).
+        model_call_timeout_s: wall-clock limit of one call into that process (loading the
+            model, one batch of scans): a model that takes longer is stopped and its job fails.
+        model_threads: torch threads of that process (0: one per core).
+        embedded_concurrency: jobs the embedded worker runs at once (one slow model does not
+            hold up every organisation).
         max_archive_bytes: largest accepted scan archive upload.
         max_extracted_bytes: largest total size of an archive's extracted files.
         max_archive_members: most files in one archive.
@@ -88,11 +95,18 @@ class Settings(BaseSettings):
     max_model_bytes: int = 2 * GiB
     model_check_timeout_s: float = 120.0
     model_check_memory_mb: int = 6144
+    model_memory_mb: int = Field(8192, ge=256)
+    model_call_timeout_s: float = Field(900.0, gt=0)
+    model_threads: int = Field(0, ge=0)
+    embedded_concurrency: int = Field(2, ge=1)
     max_archive_bytes: int = 50 * GiB
     max_extracted_bytes: int = 200 * GiB
     max_archive_members: int = 200_000
     max_compression_ratio: float = 100.0
     manifest_roots: list[Path] = Field(default_factory=list)
+    org_manifest_roots: dict[str, list[Path]] = Field(default_factory=dict)
+    max_volume_voxels: int = Field(default=DEFAULT_MAX_VOXELS, ge=1)
+    tmp_max_age_h: float = Field(24.0, gt=0)
     session_secret: str | None = None
     session_lifetime_h: float = Field(12.0, gt=0)
     session_cookie_secure: bool = False
@@ -104,13 +118,15 @@ class Settings(BaseSettings):
         default_factory=find_chromium, validation_alias=AliasChoices("BRAINMIA_CHROMIUM", "chromium_path")
     )
 
-    org_manifest_roots: dict[str, list[Path]] = Field(default_factory=dict)
-    max_volume_voxels: int = Field(default=DEFAULT_MAX_VOXELS, ge=1)
-    tmp_max_age_h: float = Field(24.0, gt=0)
     @property
     def embedded(self) -> bool:
         """Whether this is the one-process mode (no external database or broker)."""
         return not (self.database_url and self.broker_url)
+
+    @property
+    def volume_limits(self) -> VolumeLimits:
+        """The bounds on scan volumes and model input grids."""
+        return VolumeLimits(max_voxels=self.max_volume_voxels)
 
     @property
     def volume_cache_dir(self) -> Path:
@@ -121,11 +137,6 @@ class Settings(BaseSettings):
     def storage_dir(self) -> Path:
         """Uploads and results."""
         return self.data_dir / "storage"
-
-    @property
-    def volume_limits(self) -> VolumeLimits:
-        """The bounds on scan volumes and model input grids."""
-        return VolumeLimits(max_voxels=self.max_volume_voxels)
 
     @property
     def sqlalchemy_url(self) -> str:

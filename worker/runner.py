@@ -17,7 +17,6 @@ import os
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -238,6 +237,8 @@ class _Inputs:
         model: the loaded model of a centralised assessment.
         rounds: the round model files of a federated assessment, round 1 first.
         overrides: model metadata of the record, for the round models.
+        host: the confined model host (:class:`worker.engine.sandbox.ModelHost`) that runs the
+            model: the model never runs in this process.
     """
 
     manifest: Any
@@ -245,6 +246,7 @@ class _Inputs:
     model: Any = None
     rounds: list[Path] | None = None
     overrides: dict[str, Any] | None = None
+    host: Any = None
 
     def run(self, resources: Resources, job: JobContext) -> Any:
         """Run the assessment (centralised or federated) with the job's progress and stop check."""
@@ -253,7 +255,7 @@ class _Inputs:
             from worker.engine.federated import run_federated_assessment
 
             return run_federated_assessment(self.rounds, self.manifest, self.options, overrides=self.overrides,
-                                            **common)
+                                            loader=self.host.load, **common)
         from worker.engine.assessment import run_assessment
 
         return run_assessment(self.manifest, model=self.model, options=self.options, **common)
@@ -306,8 +308,19 @@ def _request(resources: Resources, assessment_id: str) -> dict[str, Any]:
     }
 
 
-def _load_inputs(resources: Resources, assessment_id: str, job: JobContext | None = None) -> _Inputs:
-    """The job's manifest, model (or round models) and engine options.
+def model_host(settings: Settings, device: str, should_stop: Callable[[], bool] | None = None) -> Any:
+    """A started confined host for the models of one job, with the settings' limits."""
+    from worker.engine.sandbox import HostLimits, ModelHost
+
+    limits = HostLimits(call_timeout_s=settings.model_call_timeout_s, memory_bytes=settings.model_memory_mb << 20,
+                        threads=settings.model_threads or (os.cpu_count() or 1),
+                        max_model_bytes=settings.max_model_bytes)
+    return ModelHost(limits, device=device, should_stop=should_stop).start()
+
+
+def _load_inputs(resources: Resources, assessment_id: str, job: JobContext) -> _Inputs:
+    """The job's manifest, model (or round models, loaded later) in a started model host, and
+    the engine options.
 
     A ``federated_rounds`` model on a manifest whose members carry a ``learner`` is a
     federated assessment; on a plain manifest its final round is assessed as one model.
@@ -315,7 +328,7 @@ def _load_inputs(resources: Resources, assessment_id: str, job: JobContext | Non
     from worker.engine.assessment import AssessmentOptions
     from worker.engine.features import ExtractionOptions, pick_device
     from worker.engine.manifest import load_manifest
-    from worker.engine.models import ModelMetadata, load_model
+    from worker.engine.models import ModelMetadata
     from worker.engine.verdict import Policy
 
     with resources.factory() as session:
@@ -351,11 +364,16 @@ def _load_inputs(resources: Resources, assessment_id: str, job: JobContext | Non
         if any(r.learner is not None for r in manifest.records):
             rounds = [_stored_path(resources.storage, p) for p in model_row.rounds]
             return _Inputs(manifest, _federated_options(options, extraction, policy), rounds=rounds,
-                           overrides=overrides or None)
-        if job is not None:
-            job.append_log(f"the scan set has no learner column: assessing the final round "
-                           f"({len(model_row.rounds)}) of the federation as one model")
-    model = load_model(_stored_path(resources.storage, model_row.path), overrides or None, device=device)
+                           overrides=overrides or None,
+                           host=model_host(settings, device, job.should_stop))
+        job.append_log(f"the scan set has no learner column: assessing the final round "
+                       f"({len(model_row.rounds)}) of the federation as one model")
+    host = model_host(settings, device, job.should_stop)
+    try:
+        model = host.load(_stored_path(resources.storage, model_row.path), overrides or None, check=False)
+    except BaseException:
+        host.close()
+        raise
     engine_options = AssessmentOptions(
         feature_sets=options.get("feature_sets") or None,
         classifiers=options.get("classifiers") or None,
@@ -365,7 +383,7 @@ def _load_inputs(resources: Resources, assessment_id: str, job: JobContext | Non
         extraction=extraction,
         policy=policy,
     )
-    return _Inputs(manifest, engine_options, model=model)
+    return _Inputs(manifest, engine_options, model=model, host=host)
 
 
 def run_job(
@@ -396,6 +414,7 @@ def run_job(
     from worker.engine.errors import InputError
     from worker.engine.features import ExtractionCancelled
     from worker.engine.federated import AttacksCancelled
+    from worker.engine.sandbox import HostStopped
 
     worker = worker or worker_name()
     shutdown = shutdown or threading.Event()
@@ -404,36 +423,51 @@ def run_job(
         return "skipped"
     job = JobContext(resources.factory, assessment_id, attempt, shutdown)
     tmp: Path | None = None
+    inputs: _Inputs | None = None
     try:
         with Heartbeat(job, heartbeat_interval(resources.settings)):
             try:
                 inputs = _load_inputs(resources, assessment_id, job)
                 if job.should_stop():
                     raise _Stopped()
-                result = inputs.run(resources, job)
+                try:
+                    result = inputs.run(resources, job)
+                finally:
+                    inputs.host.close()  # the model's process ends before anything is published
                 result.report.setdefault("provenance", {})["request"] = _request(resources, assessment_id)
                 job.progress("writing", 0.99, "writing report.json, report.html, features.csv")
                 tmp = resources.storage.temp_dir()
                 from frontend.export import write_outputs
 
                 write_outputs(result, tmp)
-            except (AttackCancelled, AttacksCancelled, ExtractionCancelled, _Stopped):
+            except (AttackCancelled, AttacksCancelled, ExtractionCancelled, HostStopped, _Stopped):
                 return _stopped(resources, job, requeue)
             except InputError as exc:
-                return _failed(job, str(exc))
+                return _failed(resources, job, str(exc))
             except Exception as exc:  # noqa: BLE001 - recorded in the row for the user
-                return _failed(job, f"{type(exc).__name__}: {exc}")
+                return _failed(resources, job, f"{type(exc).__name__}: {exc}")
             return _publish(resources, job, result, tmp)
     finally:
+        if inputs is not None and inputs.host is not None:
+            inputs.host.close()
         if tmp is not None and tmp.exists():
             resources.storage.remove([tmp])
 
 
-def _failed(job: JobContext, error: str) -> str:
-    logger.warning("assessment %s attempt %d failed: %s", job.id, job.attempt, error)
-    trace = traceback.format_exc()
+def public_text(resources: Resources, text: str) -> str:
+    """``text`` as users may see it: server folders (data, storage, this installation) removed."""
+    roots = {str(resources.storage.root), str(resources.settings.data_dir), str(Path(__file__).resolve().parents[1])}
+    for root in sorted(roots, key=len, reverse=True):
+        text = text.replace(root.rstrip("/") + "/", "").replace(root, "<server>")
+    return text
+
+
+def _failed(resources: Resources, job: JobContext, error: str) -> str:
+    # the traceback goes to the server's log; the job's log and error (shown to users) get the reason
+    logger.warning("assessment %s attempt %d failed: %s", job.id, job.attempt, error, exc_info=True)
+    error = public_text(resources, error)
     ok = job.append_log(
-        f"attempt {job.attempt} failed: {error}\n{trace}",
+        f"attempt {job.attempt} failed: {error}",
         state="failed",
         error=error,
         message=error.splitlines()[0][:500] if error else "failed",

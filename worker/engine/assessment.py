@@ -75,7 +75,7 @@ class AssessmentResult:
 
 def _manifest_provenance(manifest: Manifest) -> dict[str, Any]:
     return {
-        "path": str(manifest.path),
+        "path": manifest.path.name,  # no server path in a report
         "sha256": manifest.sha256,
         "n_scans": len(manifest.records),
         "n_members": manifest.n_members,
@@ -146,7 +146,7 @@ def run_assessment(
         assert predictions is not None
         features = features_from_predictions(manifest, predictions)
         model_provenance = {
-            "path": str(predictions_path) if predictions_path else None,
+            "path": Path(predictions_path).name if predictions_path else None,
             "sha256": _sha256_or_none(predictions_path),
             "format": "predictions",
             "architecture": None,

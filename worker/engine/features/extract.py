@@ -165,14 +165,14 @@ def extract_features(
     merged = {name: np.concatenate(parts) for name, parts in columns.items()}
     if not np.all(np.isfinite(merged["prediction"])):
         bad = [records[i].scan_id for i in np.flatnonzero(~np.isfinite(merged["prediction"]))[:5]]
-        raise InputError(f"{model.path}: the model predicts a non-finite age for scan(s) {', '.join(bad)}")
+        raise InputError(f"{model.path.name}: the model predicts a non-finite age for scan(s) {', '.join(bad)}")
     table = _base_table(records)
     scalars = {k: v.astype(np.float64) for k, v in merged.items() if v.ndim == 1}
     table = pd.concat([table, pd.DataFrame(scalars, index=table.index)], axis=1)
     attributes = _attribute_names(manifest)
     table = _with_attributes(table, records, attributes)
     arrays = {k: v for k, v in merged.items() if v.ndim == 2}
-    return FeatureTable(table=table, arrays=arrays, layer_aliases=aliases, attributes=attributes)
+    return FeatureTable(table=table, arrays=arrays, layer_aliases=dict(computer.aliases), attributes=attributes)
 
 
 def features_from_predictions(manifest: Manifest, predictions: dict[str, float]) -> FeatureTable:

@@ -19,7 +19,7 @@ from .attack import run_federated_attacks
 from .draws import federation_labels
 from .options import FederatedAttackOptions
 from .report import federated_report
-from .rounds import ModelRef, round_features
+from .rounds import ModelLoader, ModelRef, round_features
 
 __all__ = ["FederatedAssessmentResult", "run_federated_assessment"]
 
@@ -45,23 +45,24 @@ class FederatedAssessmentResult:
         return bool(self.report["verdict"]["passed"])
 
 
-def _models_provenance(models: Sequence[ModelRef], overrides: dict[str, Any] | None) -> dict[str, Any]:
+def _models_provenance(models: Sequence[ModelRef], overrides: dict[str, Any] | None,
+                       loader: ModelLoader = load_model) -> dict[str, Any]:
     rounds = []
     for r, ref in enumerate(models, start=1):
         if isinstance(ref, LoadedModel):
-            rounds.append({"round": r, "path": str(ref.path), "sha256": ref.sha256, "format": ref.format})
+            rounds.append({"round": r, "path": ref.path.name, "sha256": ref.sha256, "format": ref.format})
         else:
             path = Path(ref)
-            rounds.append({"round": r, "path": str(path), "sha256": file_sha256(path), "format": detect_format(path)})
+            rounds.append({"round": r, "path": path.name, "sha256": file_sha256(path), "format": detect_format(path)})
     last = models[-1]
-    final = last if isinstance(last, LoadedModel) else load_model(Path(last), overrides, check=False)
+    final = last if isinstance(last, LoadedModel) else loader(Path(last), overrides, check=False)
     return {**final.provenance(), "rounds": rounds}
 
 
 def _manifest_provenance(manifest: Manifest) -> dict[str, Any]:
     learners = sorted({r.learner for r in manifest.records if r.learner is not None})
     return {
-        "path": str(manifest.path),
+        "path": manifest.path.name,
         "sha256": manifest.sha256,
         "n_scans": len(manifest.records),
         "n_members": manifest.n_members,
@@ -79,6 +80,7 @@ def run_federated_assessment(
     cache: VolumeCache | None = None,
     progress: Callable[[str, float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    loader: ModelLoader = load_model,
 ) -> FederatedAssessmentResult:
     """Assess the membership leakage of a federation from its round models.
 
@@ -92,6 +94,8 @@ def run_federated_assessment(
         cache: conformed-volume cache.
         progress: called with (stage, fraction 0-1, message).
         should_stop: polled between batches and attacks; True cancels.
+        loader: loads a round's model file (default in this process; an untrusted federation is
+            loaded by :meth:`worker.engine.sandbox.ModelHost.load`, in the confined host).
 
     Returns:
         the report (report.json with a ``federated`` section; ``attacks`` holds the
@@ -112,7 +116,7 @@ def run_federated_assessment(
             progress(stage, min(max(fraction, 0.0), 1.0), message)
 
     tables = round_features(
-        models, manifest, options, overrides=overrides, cache=cache, should_stop=should_stop,
+        models, manifest, options, overrides=overrides, cache=cache, should_stop=should_stop, loader=loader,
         progress=lambda stage, f, msg: tell(stage, _FEATURES_SHARE * f, msg),
     )
     result = run_federated_attacks(
@@ -123,7 +127,7 @@ def run_federated_assessment(
     exposure = exposure_section(result.features, result.exposure, result.verdict.get("strongest_attack"))
     report = federated_report(
         provenance=provenance(
-            model=_models_provenance(models, overrides),
+            model=_models_provenance(models, overrides, loader),
             manifest=_manifest_provenance(manifest),
             settings={**options.settings(), "policy": result.verdict.get("policy"), "federated": True},
             started=started,

@@ -21,6 +21,7 @@ from .trajectory import get_trajectory_set, is_trajectory_set
 __all__ = ["ModelRef", "round_features"]
 
 ModelRef = LoadedModel | Path | str
+ModelLoader = Callable[..., Any]  # (path, overrides, *, device=..., check=...) -> a loaded model
 """A round's model: loaded, or a path loaded when its turn comes."""
 
 ProgressFn = Callable[[str, float, str], None]
@@ -84,6 +85,7 @@ def round_features(
     memory_budget: int = 2 << 30,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    loader: ModelLoader = load_model,
 ) -> dict[int, FeatureTable]:
     """Per-scan features of every scan under each used round's model.
 
@@ -121,7 +123,7 @@ def round_features(
     for i, r in enumerate(used):
         final = r == n_rounds
         ref = models[r - 1]
-        model = ref if isinstance(ref, LoadedModel) else load_model(Path(ref), overrides, device=device)
+        model = ref if isinstance(ref, LoadedModel) else loader(Path(ref), overrides, device=device)
         opts = replace(ext, white_box=wb_final if final else wb_rounds,
                        layers=tuple(final_layers if final else round_layers), device=device)
 
