@@ -136,6 +136,7 @@ def test_revoking_the_token_ends_its_sessions(app: Any, tokens: dict[str, str], 
     assert alice.get("/", follow_redirects=False).status_code == 303
     assert other.get("/api/v1/auth/me").status_code == 200
     assert admin_client.delete(f"{TOKENS}/{token_id(app, 'mallory')}").status_code == 404  # another organisation
+    assert admin_client.delete(f"{TOKENS}/a%00b").status_code == 422
     assert TestClient(app, headers={"Authorization": f"Bearer {tokens['alice']}"}).get("/api/v1/auth/me").status_code == 401
 
 
@@ -174,16 +175,30 @@ def test_cookie_flags_default(app: Any, tokens: dict[str, str]) -> None:
     assert "secure" not in _sign_in_cookie(app, tokens["alice"], **{"X-Forwarded-Proto": "https"})
 
 
+def _app_and_admin(tmp_path: Any, **settings: Any) -> tuple[Any, str]:
+    """An app (no job machinery) with ``settings`` and an administrator token."""
+    from backend.auth import create_token
+
+    app = create_app(Settings(data_dir=tmp_path / "data", session_secret="s", **settings), start_jobs=False)
+    with session_scope(app.state.sessionmaker) as db:
+        return app, create_token(db, "admin", admin=True)
+
+
 @pytest.mark.parametrize("extra", [{"trusted_proxies": ["testclient"]}, {"session_cookie_secure": True}])
 def test_cookie_secure_behind_a_trusted_proxy_or_when_configured(tmp_path: Any, extra: dict[str, Any]) -> None:
-    settings = Settings(data_dir=tmp_path / "data", session_secret="s", session_lifetime_h=2, **extra)
-    app = create_app(settings, start_jobs=False)
-    with session_scope(app.state.sessionmaker) as db:
-        from backend.auth import create_token
-
-        token = create_token(db, "alice")
+    app, token = _app_and_admin(tmp_path, session_lifetime_h=2, **extra)
     cookie = _sign_in_cookie(app, token, **{"X-Forwarded-Proto": "https"})
     assert "secure" in cookie and "max-age=7200" in cookie
+
+
+def test_trusted_origins_may_post_others_may_not(tmp_path: Any) -> None:
+    app, token = _app_and_admin(tmp_path, trusted_origins=["https://brainmia.example.org"])
+    browser = signed_in(app, token)
+    mine = {"X-CSRF-Token": meta_csrf(browser)}
+    ok = browser.post(TOKENS, json={"name": "a"}, headers=mine | {"Origin": "https://brainmia.example.org"})
+    assert ok.status_code == 201, ok.text
+    assert_csrf_refused(browser.post(TOKENS, json={"name": "b"}, headers=mine | {"Origin": "https://evil.example.org"}))
+    assert_csrf_refused(browser.post(TOKENS, json={"name": "c"}, headers=mine | {"Origin": "http://brainmia.example.org"}))
 
 
 # ---------------------------------------------------------------- headers
@@ -213,3 +228,5 @@ def test_api_and_files_send_the_strict_policy(app: Any, client: TestClient) -> N
         assert _policy(response)["default-src"] == "default-src 'none'"
         assert response.headers["x-frame-options"] == "DENY"
         assert response.headers["x-content-type-options"] == "nosniff"
+    docs = _policy(client.get("/docs"))  # Swagger UI from its CDN, still not framable
+    assert "https://cdn.jsdelivr.net" in docs["script-src"] and docs["frame-ancestors"] == "frame-ancestors 'none'"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -17,7 +17,7 @@ from ...jobs import as_utc
 from ..deps import AdminPrincipal, SessionDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse
 from ..pagination import Offset, page
-from ..types import Text
+from ..types import Id, Text
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -108,7 +108,7 @@ def create_api_token(body: TokenCreate, session: SessionDep, principal: AdminPri
     summary="Revoke an API token",
 )
 def revoke_api_token(
-    token_id: Annotated[str, Path(max_length=64)], session: SessionDep, principal: AdminPrincipal
+    token_id: Id, session: SessionDep, principal: AdminPrincipal
 ) -> None:
     """Revoke a token of your organisation: it stops working at once, and so do the browser
     sessions signed in with it."""
