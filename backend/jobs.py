@@ -100,7 +100,7 @@ class JobDispatcher:
     def _start_worker(self) -> None:
         from worker.embedded import EmbeddedWorker
 
-        self._worker = EmbeddedWorker(self.celery)
+        self._worker = EmbeddedWorker(self.celery, self.settings.embedded_concurrency)
         self._worker.start()
 
     def stop(self) -> None:

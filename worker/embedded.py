@@ -1,5 +1,10 @@
-"""The embedded worker: a real Celery worker (solo pool) consuming the in-memory transport in a
-daemon thread of the ``brainmia serve`` process."""
+"""The embedded worker: a real Celery worker consuming the in-memory transport in a daemon thread
+of the ``brainmia serve`` process, running ``embedded_concurrency`` jobs at once (thread pool).
+
+No model runs in this process: each job's model runs in its own confined host process
+(:mod:`worker.engine.sandbox`), so a model that loops or allocates costs its own job only, and
+other organisations' jobs go on beside it.
+"""
 
 from __future__ import annotations
 
@@ -30,14 +35,16 @@ class _ThreadWorkController(WorkController):
 
 
 class EmbeddedWorker:
-    """One Celery worker thread (concurrency 1) for the one-process mode.
+    """One Celery worker thread for the one-process mode.
 
     Args:
         app: the Celery app (from :func:`worker.celery_app.create_celery`).
+        concurrency: jobs run at once (1: the solo pool).
     """
 
-    def __init__(self, app: Celery):
+    def __init__(self, app: Celery, concurrency: int = 1):
         self.app = app
+        self.concurrency = concurrency
         self.controller: _ThreadWorkController | None = None
         self.thread: threading.Thread | None = None
 
@@ -53,8 +60,8 @@ class EmbeddedWorker:
         self.controller = _ThreadWorkController(
             app=self.app,
             hostname=f"embedded@{socket.gethostname()}",
-            concurrency=1,
-            pool="solo",
+            concurrency=self.concurrency,
+            pool="solo" if self.concurrency == 1 else "threads",
             queues=[default_queue(self.app.brainmia_settings)],
             loglevel=logging.WARNING,
             ready_callback=None,

@@ -173,7 +173,7 @@ class ModelHost:
         for raw in self._proc.stderr:
             lines += 1
             if lines <= 200:
-                logger.info("model host %d: %s", self._proc.pid, raw.decode(errors="replace").rstrip()[:500])
+                logger.warning("model host %d: %s", self._proc.pid, raw.decode(errors="replace").rstrip()[:500])
 
     def kill(self) -> None:
         """Kill the host's process group now (idempotent)."""
