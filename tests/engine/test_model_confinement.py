@@ -167,3 +167,52 @@ def test_features_computed_in_the_host_equal_those_computed_in_process(tmp_path:
     assert set(got) == set(expected)
     for key, value in expected.items():
         np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_an_exported_program_loads_and_runs_in_the_host(tmp_path: Path) -> None:
+    from worker.engine.models import BrainAge3D
+
+    torch.manual_seed(0)
+    module = BrainAge3D(channels=TINY_CHANNELS, mean_age=60.0).eval()
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(module, (torch.zeros(1, 1, *TINY_SHAPE),)), str(path))
+    write_sidecar(path, ModelMetadata(input_shape=TINY_SHAPE, voxel_size=(TINY_VOXEL,) * 3))
+    with ModelHost() as host:
+        hosted = host.load(path)
+        assert hosted.format == "export"
+        got = hosted.compute(torch.zeros(2, 1, *TINY_SHAPE), torch.tensor([50.0, 70.0]), False, [])
+    with torch.no_grad():
+        expected = module(torch.zeros(2, 1, *TINY_SHAPE)).reshape(-1).numpy()
+    assert got["prediction"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_stopped_call_kills_the_host_at_once(tmp_path: Path) -> None:
+    import time
+
+    from worker.engine.sandbox import HostStopped
+
+    class _Endless(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.output = torch.nn.Linear(1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.output(x.mean().reshape(1, 1)).reshape(-1)
+            i = 0
+            while torch.is_grad_enabled() and i >= 0:
+                i = i + 1
+            return out
+
+    stop = {"now": False}
+    host = ModelHost(should_stop=lambda: stop["now"]).start()
+    hosted = host.load(_scripted(_Endless(), tmp_path / "endless.pt"))
+    pid = host._proc.pid  # type: ignore[union-attr]
+    import threading
+
+    threading.Timer(1.0, lambda: stop.update(now=True)).start()
+    asked = time.monotonic()
+    with pytest.raises(HostStopped):
+        hosted.compute(torch.ones(1, 1, *TINY_SHAPE), torch.ones(1), True, ["output"])
+    assert time.monotonic() - asked < 1.0 + 2.0
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    host.close()
