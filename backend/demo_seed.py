@@ -74,7 +74,8 @@ def seed_demo(
         progress: called with (stage, fraction, message) while the demo is prepared.
     """
     from worker.engine.manifest import load_manifest
-    from worker.engine.models import file_sha256, load_model, sidecar_path
+    from worker.engine.models import file_sha256, sidecar_path
+    from worker.engine.sandbox.check import check_model_file
 
     with session_scope(factory) as session:
         org = get_or_create_org(session, DEFAULT_ORG)
@@ -84,7 +85,7 @@ def seed_demo(
             if job is not None:
                 return SeededDemo(found.id, job.scan_set_id, job.id, created=False)
     model_file, manifest_path = _prepare(Path(settings.data_dir) / "demo", settings, options, progress)
-    loaded = load_model(model_file, device="cpu")
+    loaded = check_model_file(model_file)  # as an upload: no model runs in the API process
     manifest = load_manifest(manifest_path, confine=True)
 
     model_id, scan_set_id, assessment_id = new_id(), new_id(), new_id()

@@ -8,6 +8,7 @@ process and blocked every organisation. Each test fails on the server as it was.
 
 from __future__ import annotations
 
+import json
 import site
 import sysconfig
 import time
@@ -101,7 +102,7 @@ def test_a_model_reading_the_session_secret_or_writing_a_pth_file_is_refused_and
         for name, (target, size) in attempts.items():
             model = _scripted(_FromFile(target, size), tmp_path / f"{name}.pt")
             response = http.post("/api/v1/models", files={"file": (model.name, model.read_bytes())},
-                                 data={"metadata": __import__("json").dumps(META)})
+                                 data={"metadata": json.dumps(META)})
             assert response.status_code == 422, response.text
             answers[name] = response.text
     for text in answers.values():
@@ -171,3 +172,22 @@ def test_an_endless_model_is_cancelled_within_seconds_while_another_organisation
         time.sleep(0.2)
     assert alpha.assessment(stuck)["state"] == "cancelled"
     assert time.monotonic() - asked < 10
+
+
+def test_the_command_line_refuses_a_file_reading_model_and_creates_nothing(
+        small_cohort: Path, tmp_path: Path) -> None:  # noqa: F811
+    import subprocess
+
+    from tests.integration.conftest import base_env, cli_argv
+    from worker.engine.models import ModelMetadata, write_sidecar
+
+    marker = tmp_path / "created-by-model"
+    model = _scripted(_FromFile(str(marker), 64), tmp_path / "evil.pt")
+    write_sidecar(model, ModelMetadata.model_validate(META))
+    for command in (["features", "--out", str(tmp_path / "f.csv")], ["assess", "--out", str(tmp_path / "out")]):
+        done = subprocess.run(cli_argv(*command, "--model", str(model), "--manifest", str(small_cohort), "-q"),
+                              env=base_env() | {"BRAINMIA_DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "aten::from_file" in done.stderr
+    assert not marker.exists()
