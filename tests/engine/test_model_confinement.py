@@ -19,7 +19,7 @@ import torch
 from tests.conftest import REPO, TINY_CHANNELS, require, TINY_SHAPE, TINY_VOXEL, save_tiny_model
 from worker.engine.errors import ModelError
 from worker.engine.models import ModelMetadata, write_sidecar
-from worker.engine.sandbox import ModelHost, landlock_abi
+from worker.engine.sandbox import HostLimits, ModelHost, landlock_abi
 from worker.engine.sandbox.check import check_model_file
 from worker.engine.sandbox.opcheck import refused_operators, torchscript_operators
 
@@ -216,3 +216,11 @@ def test_a_stopped_call_kills_the_host_at_once(tmp_path: Path) -> None:
     assert time.monotonic() - asked < 1.0 + 2.0
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     host.close()
+
+
+def test_the_host_refuses_to_start_when_the_data_folder_would_be_readable() -> None:
+    import sys as _sys
+
+    inside = str(Path(_sys.prefix) / "brainmia-data")
+    with pytest.raises(ModelError, match="private folder"):
+        ModelHost(HostLimits(private=(inside,))).start()

@@ -151,7 +151,8 @@ def test_an_endless_model_is_cancelled_within_seconds_while_another_organisation
         make_server: object, small_archive: Path, tmp_path: Path) -> None:  # noqa: F811
     server = make_server()  # type: ignore[operator]
     alpha = BrainMIAClient(server.url, server.token("alpha"))
-    beta = BrainMIAClient(server.url, server.token("beta"))
+    beta_token = server.token("beta")
+    beta = BrainMIAClient(server.url, beta_token)
     from worker.engine.models import BrainAge3D
 
     endless = _upload(alpha, _scripted(_EndlessLater(), tmp_path / "endless.pt"), small_archive)
@@ -166,6 +167,10 @@ def test_an_endless_model_is_cancelled_within_seconds_while_another_organisation
     done = beta.wait(other, poll_interval=0.3, timeout=240)  # while the endless one still runs
     assert done["state"] == "succeeded"
     assert alpha.assessment(stuck)["state"] == "running"
+    with server.client(beta_token) as http:  # what users are shown holds no server path
+        for what in ("report.json", "features.csv", ""):
+            text = http.get(f"/api/v1/assessments/{other}/{what}".rstrip("/")).text
+            assert str(server.root) not in text and "Traceback" not in text, what
     asked = time.monotonic()
     alpha.cancel(stuck)
     while alpha.assessment(stuck)["state"] == "running" and time.monotonic() - asked < 30:

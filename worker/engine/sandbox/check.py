@@ -38,7 +38,8 @@ class CheckedModel:
 
 
 def check_model_file(
-    path: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S, memory_bytes: int = DEFAULT_MEMORY_BYTES
+    path: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S, memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    private: tuple[str, ...] = (),
 ) -> CheckedModel:
     """Load ``path`` (with its sidecar) in a confined host and run it once on the CPU.
 
@@ -46,17 +47,19 @@ def check_model_file(
         path: the model file.
         timeout_s: wall-clock limit (and CPU-time limit) of loading and running it.
         memory_bytes: address-space limit of the host.
+        private: folders that must stay out of the host's reach (the data folder).
 
     Raises:
         ModelError: the file is refused, cannot be loaded, does not behave as a brain-age
             model, or exceeds a limit (the reason says which).
         InputError: its metadata is invalid.
     """
-    return check_model_files([path], timeout_s=timeout_s, memory_bytes=memory_bytes)[0]
+    return check_model_files([path], timeout_s=timeout_s, memory_bytes=memory_bytes, private=private)[0]
 
 
 def check_model_files(
-    paths: list[Path], *, timeout_s: float = DEFAULT_TIMEOUT_S, memory_bytes: int = DEFAULT_MEMORY_BYTES
+    paths: list[Path], *, timeout_s: float = DEFAULT_TIMEOUT_S, memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    private: tuple[str, ...] = (),
 ) -> list[CheckedModel]:
     """:func:`check_model_file` for several files (e.g. a federation's rounds) in one host.
 
@@ -67,7 +70,7 @@ def check_model_files(
     if not paths:
         return []
     limits = HostLimits(call_timeout_s=timeout_s, memory_bytes=memory_bytes,
-                        cpu_s=int(timeout_s * len(paths)) + 30)
+                        cpu_s=int(timeout_s * len(paths)) + 30, private=private)
     checked = []
     with ModelHost(limits, device="cpu") as host:
         for path in paths:

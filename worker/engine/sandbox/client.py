@@ -54,6 +54,8 @@ class HostLimits:
         cpu_s: total CPU-time limit of the host (None: none; the wall clock still applies).
         threads: torch threads in the host.
         max_model_bytes: largest model file handed to the host.
+        private: folders the host must not be able to read (the data folder): the host refuses
+            to start if its confinement would leave one readable.
     """
 
     call_timeout_s: float = 600.0
@@ -61,6 +63,7 @@ class HostLimits:
     cpu_s: int | None = None
     threads: int = 1
     max_model_bytes: int = 4 << 30
+    private: tuple[str, ...] = ()
 
 
 @dataclass
@@ -144,7 +147,7 @@ class ModelHost:
         to_host_r, to_host_w = os.pipe()
         from_host_r, from_host_w = os.pipe()
         config = {"device": self.device, "memory_bytes": self.limits.memory_bytes, "cpu_s": self.limits.cpu_s,
-                  "threads": self.limits.threads}
+                  "threads": self.limits.threads, "private": list(self.limits.private)}
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRAINMIA_")}  # no secrets inherited
         env.update(OMP_NUM_THREADS=str(self.limits.threads), MKL_NUM_THREADS=str(self.limits.threads))
         if not self.device.startswith("cuda"):

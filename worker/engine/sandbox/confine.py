@@ -67,11 +67,14 @@ class Confinement:
         cpu_s: CPU-time limit in seconds (None: no limit; the supervisor's wall clock still applies).
         memory_bytes: address-space limit (data-segment limit on a GPU host).
         cuda: allow the NVIDIA device files (a GPU host).
+        private: folders that must stay out of reach (the data folder): confinement is refused
+            if one lies inside a folder the host must read.
     """
 
     cpu_s: int | None = None
     memory_bytes: int = 6 << 30
     cuda: bool = False
+    private: tuple[str, ...] = ()
 
 
 def landlock_abi() -> int:
@@ -112,9 +115,16 @@ def _limit(confinement: Confinement) -> None:
 def _landlock(confinement: Confinement) -> None:
     from landlock import FSAccess, Ruleset
 
+    readable = readable_paths()
+    for secret in confinement.private:
+        secret_path = Path(secret).resolve()
+        for path in readable:
+            if secret_path == Path(path).resolve() or Path(path).resolve() in secret_path.parents:
+                raise SandboxUnavailable(f"the private folder {secret} lies inside {path}, which the model host "
+                                         "must read: move the data folder out of the Python installation")
     ruleset = Ruleset(restrict_rules=FSAccess.all())
     read = FSAccess.READ_FILE | FSAccess.EXECUTE
-    for path in readable_paths():
+    for path in readable:
         ruleset.allow(path, rules=read | FSAccess.READ_DIR if os.path.isdir(path) else read)
     devices = [d for d in WRITE_DEVICES if os.path.exists(d)]
     ruleset.allow(*devices, rules=FSAccess.READ_FILE | FSAccess.WRITE_FILE)
@@ -167,6 +177,6 @@ def confine(confinement: Confinement) -> None:
         import pyseccomp  # noqa: F401
     except (ImportError, OSError) as exc:
         raise SandboxUnavailable(f"libseccomp is not available ({exc}): install libseccomp2") from None
-    _limit(confinement)
     _landlock(confinement)
+    _limit(confinement)
     _seccomp()

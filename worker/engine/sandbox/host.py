@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
         torch.cuda.init()
     _warm_up(device)
     confinement = Confinement(cpu_s=config.get("cpu_s"), memory_bytes=int(config["memory_bytes"]),
-                              cuda=device.startswith("cuda"))
+                              cuda=device.startswith("cuda"), private=tuple(config.get("private") or ()))
     try:
         confine(confinement)
     except SandboxUnavailable as exc:
