@@ -118,3 +118,15 @@ def test_model_input_grid_is_bounded_like_a_scan(tmp_path: Path) -> None:
         ModelMetadata(input_shape=(2000, 2000, 2000))
     with pytest.raises(InputError, match="input_shape.*more than the limit"):
         resolve_metadata(None, {"input_shape": (800, 800, 800)})
+
+
+def test_a_few_huge_voxels_resampled_to_a_fine_grid_are_refused_before_resampling(tmp_path: Path) -> None:
+    """8^3 voxels of 200 mm at 2 mm would be 800^3 voxels (2 GB) before the crop."""
+    from worker.engine.volumes import ConformSpec, load_conformed
+
+    path = tmp_path / "coarse.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.diag([200.0, 200.0, 200.0, 1.0])), path)
+    with pytest.raises(ScanError, match="resampled to .* 800x800x800 has 512000000 voxels") as info:
+        load_conformed(path, ConformSpec())
+    assert "coarse.nii.gz" in str(info.value)
+    assert _peak_while(lambda: load_conformed(path, ConformSpec())) < 4 * MiB

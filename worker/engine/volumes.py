@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from worker.engine.errors import InputError, ScanError
 from worker.engine.normalize import get_normalization
-from worker.engine.volume_bounds import VolumeLimits, check_header
+from worker.engine.volume_bounds import VolumeLimits, check_grid, check_header
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -228,7 +228,8 @@ def conform(img: nib.spatialimages.SpatialImage, spec: ConformSpec, *, source: P
 
     Raises:
         ScanError: naming ``source``, when the image is not 3D, its data are not
-            finite or its affine has a zero voxel size.
+            finite, its affine has a zero voxel size, or resampling it would give more
+            voxels than a scan may have.
     """
     data = np.asarray(img.get_fdata(dtype=np.float32))
     if data.ndim > 3 and all(s == 1 for s in data.shape[3:]):
@@ -246,6 +247,10 @@ def conform(img: nib.spatialimages.SpatialImage, spec: ConformSpec, *, source: P
     factors = current / np.asarray(spec.voxel_size, dtype=np.float64)
     if not np.allclose(factors, 1.0, rtol=1e-4, atol=0):
         out_shape = tuple(max(1, int(round(n * f))) for n, f in zip(data.shape, factors))
+        try:  # a few huge voxels resampled to a fine grid: bounded like a scan
+            check_grid(out_shape)
+        except ValueError as exc:
+            raise ScanError(source, f"resampled to {spec.voxel_size} mm voxels, the {exc}") from None
         # zoom's grid_mode maps voxel edges to edges: exact scale = out_shape / in_shape
         data = ndimage.zoom(
             np.ascontiguousarray(data),
