@@ -343,3 +343,15 @@ def test_a_partial_upload_left_by_a_crash_is_removed_at_the_next_start(make_serv
     assert any(tmp.iterdir()), "the crash should have left the partial upload"
     server.start()
     assert list(tmp.iterdir()) == [], list(tmp.rglob("*"))
+
+
+def test_a_model_declaring_a_huge_input_grid_is_refused_at_upload(
+    server: Server, org_tokens: dict[str, str], tiny_model: Path
+) -> None:
+    metadata = json.loads(Path(f"{tiny_model}.json").read_text()) | {"input_shape": [800, 800, 800]}
+    with server.client(org_tokens["beta"]) as api:
+        response = api.post(f"{API}/models", files={"file": ("model.pt", tiny_model.read_bytes())},
+                            data={"metadata": json.dumps(metadata)})
+        assert response.status_code == 422, response.text
+        assert "input_shape" in response.text and "more than the limit" in response.text, response.text
+        assert api.get(f"{API}/models").json()["total"] == 0
