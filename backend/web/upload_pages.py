@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
+from sqlalchemy.orm import Session
 
 from ..api.deps import SessionDep, SettingsDep
+from ..db.models import Organisation
+from ..server_manifests import manifest_roots_for
 from . import queries
 from .render import PageUser, render
 
@@ -31,10 +34,15 @@ def models_page(request: Request, session: SessionDep, user: PageUser) -> HTMLRe
     )
 
 
+def _org_name(session: Session, org_id: str) -> str:
+    org = session.get(Organisation, org_id)
+    return org.name if org is not None else ""
+
+
 @router.get("/scan-sets", response_class=HTMLResponse)
 def scan_sets_page(request: Request, session: SessionDep, settings: SettingsDep, user: PageUser) -> HTMLResponse:
     """The organisation's scan sets and the archive / server-manifest forms."""
     return render(
         request, "scan_sets.html.j2", user, active="scan-sets", scan_sets=queries.org_scan_sets(session, user),
-        manifest_roots=[str(r) for r in settings.manifest_roots],
+        manifest_roots=[str(r) for r in manifest_roots_for(settings, _org_name(session, user.org_id))],
     )

@@ -141,3 +141,13 @@ def test_serve_demo_registers_the_demo_once(app: Any) -> None:
     body = wait_done(admin, seeded.assessment_id)
     assert body["state"] == "succeeded", body
     assert browser(app, token).get(f"/assessments/{seeded.assessment_id}").status_code == 200
+
+
+def test_the_scan_set_page_shows_each_organisation_only_its_own_manifest_folders(
+        app: Any, settings: Any, tokens: dict[str, str], tmp_path: Any) -> None:
+    acme, globex = tmp_path / "acme-scans", tmp_path / "globex-scans"
+    settings.org_manifest_roots = {"acme": [acme], "globex": [globex]}
+    alice, mallory = browser(app, tokens["alice"]), browser(app, tokens["mallory"])
+    mine, theirs = alice.get("/scan-sets").text, mallory.get("/scan-sets").text
+    assert str(acme.resolve()) in mine and str(globex.resolve()) not in mine
+    assert str(globex.resolve()) in theirs and str(acme.resolve()) not in theirs
