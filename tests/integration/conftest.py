@@ -86,6 +86,19 @@ def _pg_bindir() -> Path | None:
     return Path(candidates[-1]).parent if candidates else None
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a server that forks workers is measured whole)."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        for task in Path(f"/proc/{pids[i]}/task").glob("*"):
+            try:
+                pids += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        i += 1
+    return pids
+
+
 def proc_status_kb(pid: int, field: str) -> int:
     """A ``kB`` field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``...)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

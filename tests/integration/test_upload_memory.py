@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from backend.client import BrainMIAClient
-from tests.integration.conftest import Stack, proc_status_kb
+from tests.integration.conftest import Stack, proc_status_kb, process_tree
 
 MiB = 1 << 20
 JUNK_BYTES = 1 << 30
@@ -62,19 +62,6 @@ def _big_archive(cohort_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (a server that forks workers is measured whole)."""
-    pids, i = [pid], 0
-    while i < len(pids):
-        for task in Path(f"/proc/{pids[i]}/task").glob("*"):
-            try:
-                pids += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
-        i += 1
-    return pids
-
-
 def _reset_high_water_mark(pid: int) -> bool:
     try:
         Path(f"/proc/{pid}/clear_refs").write_text("5")
@@ -93,10 +80,10 @@ def test_a_1gib_upload_streams_through_the_api_in_flat_memory(make_stack, small_
     assert archive.stat().st_size > JUNK_BYTES
 
     def memory_kb(field: str) -> int:
-        return sum(proc_status_kb(p, field) for p in _process_tree(stack.api.pid))
+        return sum(proc_status_kb(p, field) for p in process_tree(stack.api.pid))
 
     rss_before_kb, anon_before_kb = memory_kb("VmRSS"), memory_kb("RssAnon")
-    hwm_reset = all(_reset_high_water_mark(p) for p in _process_tree(stack.api.pid))
+    hwm_reset = all(_reset_high_water_mark(p) for p in process_tree(stack.api.pid))
 
     peak = {"VmRSS": 0, "RssAnon": 0}
     stop = threading.Event()

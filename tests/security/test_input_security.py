@@ -27,7 +27,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.integration.conftest import base_env, cli_argv, proc_status_kb, wait_for
+from tests.integration.conftest import base_env, cli_argv, proc_status_kb, process_tree, wait_for
 from tests.security.conftest import Server
 
 API = "/api/v1"
@@ -69,19 +69,6 @@ def tar_gz(folder: Path, dest: Path) -> Path:
     return dest
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its descendants."""
-    pids, i = [pid], 0
-    while i < len(pids):
-        for task in Path(f"/proc/{pids[i]}/task").glob("*"):
-            try:
-                pids += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
-        i += 1
-    return pids
-
-
 @contextmanager
 def peak_growth_mb(pid: int) -> Iterator[dict[str, float]]:
     """Measure how far the resident memory of ``pid`` (and its children) rises above its level at entry.
@@ -90,7 +77,7 @@ def peak_growth_mb(pid: int) -> Iterator[dict[str, float]]:
     """
     def rss_kb(field: str = "VmRSS") -> int:
         total = 0
-        for p in _tree(pid):
+        for p in process_tree(pid):
             try:
                 total += proc_status_kb(p, field)
             except (OSError, KeyError):

@@ -55,19 +55,19 @@ def _text_columns(frame: Any) -> list[Any]:
     return [c for c in frame.columns if getattr(frame[c].dtype, "kind", "O") in "OSU"]
 
 
-def neutralise_frame(frame: Any) -> Any:
-    """A copy of a DataFrame with its column names and text cells neutralised (numbers untouched)."""
+def _map_frame(frame: Any, fn: Any) -> Any:
     out = frame.copy()
     for column in _text_columns(out):
-        out[column] = out[column].map(neutralise_cell)
-    out.columns = [neutralise_cell(c) for c in out.columns]
+        out[column] = out[column].map(fn)
+    out.columns = [fn(c) for c in out.columns]
     return out
+
+
+def neutralise_frame(frame: Any) -> Any:
+    """A copy of a DataFrame with its column names and text cells neutralised (numbers untouched)."""
+    return _map_frame(frame, neutralise_cell)
 
 
 def restore_frame(frame: Any) -> Any:
     """The inverse of :func:`neutralise_frame`, for a DataFrame read back from such a CSV."""
-    out = frame.copy()
-    for column in _text_columns(out):
-        out[column] = out[column].map(restore_cell)
-    out.columns = [restore_cell(c) for c in out.columns]
-    return out
+    return _map_frame(frame, restore_cell)
