@@ -251,3 +251,28 @@ def test_a_server_manifest_changed_since_registration_fails_the_job(app, client,
     body = submit(client, {**job_inputs, "scan_set_id": scan_set_id})
     done = wait_for(client, body["id"], ("succeeded", "failed"), timeout=60)
     assert done["state"] == "failed" and "changed since it was registered" in done["error"], done
+
+
+def test_a_stored_model_that_reads_files_is_refused_when_its_assessment_runs(  # type: ignore[no-untyped-def]
+        app, client, job_inputs, tmp_path) -> None:
+    """A model registered before its operators were checked (or put in storage some other way)
+    is checked again by the host that runs it: the job fails naming the operator, nothing is created."""
+    import torch
+
+    marker = tmp_path / "created-during-assessment"
+
+    class _FromFile(torch.nn.Module):
+        def __init__(self, target: str) -> None:
+            super().__init__()
+            self.target = target
+            self.output = torch.nn.Linear(1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            leak = torch.from_file(self.target, shared=True, size=8, dtype=torch.uint8)
+            return self.output(x.mean().reshape(1, 1)).reshape(-1) + leak.float().sum()
+
+    stored = app.state.storage.model_dir(job_inputs["model_id"]) / "model.pt"
+    torch.jit.save(torch.jit.script(_FromFile(str(marker))), str(stored))
+    done = wait_for(client, submit(client, job_inputs)["id"], ("succeeded", "failed"))
+    assert done["state"] == "failed" and "aten::from_file" in done["error"], done
+    assert not marker.exists()
