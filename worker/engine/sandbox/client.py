@@ -249,8 +249,10 @@ class ModelHost:
                 raise ModelError(name, f"{what} took longer than {timeout:g} s; the model was stopped")
         if "answer" in result:
             return result["answer"]
-        code = self._proc.wait(timeout=10) if self._proc.poll() is None and isinstance(
-            result.get("error"), EOFError) else self._proc.poll()
+        try:  # the channel closed: the host has ended, or is about to
+            code = self._proc.wait(timeout=5) if isinstance(result.get("error"), EOFError) else self._proc.poll()
+        except subprocess.TimeoutExpired:
+            code = None
         self.kill()
         if code is not None and code < 0:
             why = {signal.SIGXCPU: "its CPU-time limit", signal.SIGKILL: "a limit or a crash",

@@ -122,20 +122,26 @@ def _landlock(confinement: Confinement) -> None:
             if secret_path == Path(path).resolve() or Path(path).resolve() in secret_path.parents:
                 raise SandboxUnavailable(f"the private folder {secret} lies inside {path}, which the model host "
                                          "must read: move the data folder out of the Python installation")
-    ruleset = Ruleset(restrict_rules=FSAccess.all())
-    read = FSAccess.READ_FILE | FSAccess.EXECUTE
+    handled = FSAccess.all()  # every right this kernel's Landlock knows
+    ruleset = Ruleset(restrict_rules=handled)
+
+    def allow(path: str, rules: FSAccess) -> None:
+        if not os.path.isdir(path):  # directory rights cannot be granted on a file
+            rules &= FSAccess.all_file()
+        ruleset.allow(path, rules=rules & handled)
+
     for path in readable:
-        ruleset.allow(path, rules=read | FSAccess.READ_DIR if os.path.isdir(path) else read)
-    devices = [d for d in WRITE_DEVICES if os.path.exists(d)]
-    ruleset.allow(*devices, rules=FSAccess.READ_FILE | FSAccess.WRITE_FILE)
+        allow(path, FSAccess.READ_FILE | FSAccess.EXECUTE | FSAccess.READ_DIR)
+    for path in WRITE_DEVICES:
+        if os.path.exists(path):
+            allow(path, FSAccess.READ_FILE | FSAccess.WRITE_FILE)
     if confinement.cuda:
-        dev_rules = FSAccess.READ_FILE | FSAccess.WRITE_FILE | FSAccess.IOCTL_DEV
         for pattern in CUDA_DEVICES:
             for path in glob.glob(pattern):
-                ruleset.allow(path, rules=dev_rules | FSAccess.READ_DIR if os.path.isdir(path) else dev_rules)
+                allow(path, FSAccess.READ_FILE | FSAccess.WRITE_FILE | FSAccess.IOCTL_DEV | FSAccess.READ_DIR)
         for path in CUDA_READ:
             if os.path.exists(path):
-                ruleset.allow(path, rules=FSAccess.READ_FILE | FSAccess.READ_DIR)
+                allow(path, FSAccess.READ_FILE | FSAccess.READ_DIR)
     ruleset.apply()
 
 
