@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -59,3 +61,34 @@ def save_tiny_model(model: torch.nn.Module, path: Path) -> Path:
         ),
     )
     return path
+
+
+# -- headless Chromium, one instance for every test that needs one (browser and security tests) --
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """The Chromium the product prints PDFs with (``BRAINMIA_CHROMIUM`` or PATH)."""
+    from backend.settings import Settings
+
+    path = Settings().chromium_path
+    require(bool(path) and Path(str(path)).exists(), "no chromium (Debian: apt-get install chromium; scripts/setup.sh installs it)")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path: str) -> Iterator[Any]:
+    """Headless Chromium (Playwright's sync API, Debian's binary: no ``playwright install``)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(False, "playwright is not installed (pip install -e '.[test]')")
+        raise
+    from frontend.pdf import CHROMIUM_FLAGS
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=chromium_path, args=list(CHROMIUM_FLAGS))
+        try:
+            yield instance
+        finally:
+            instance.close()

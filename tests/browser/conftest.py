@@ -90,32 +90,6 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         sock.close()
 
 
-@pytest.fixture(scope="session")
-def chromium_path() -> str:
-    """The Chromium the product prints PDFs with (``BRAINMIA_CHROMIUM`` or PATH)."""
-    path = Settings().chromium_path
-    require(bool(path) and Path(str(path)).exists(), "no chromium (Debian: apt-get install chromium; scripts/setup.sh installs it)")
-    return str(path)
-
-
-@pytest.fixture(scope="session")
-def browser(chromium_path: str) -> Iterator[Any]:
-    """Headless Chromium (Playwright's sync API, Debian's binary: no ``playwright install``)."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require(False, "playwright is not installed (pip install -e '.[test]')")
-        raise
-    from frontend.pdf import CHROMIUM_FLAGS
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=chromium_path, args=list(CHROMIUM_FLAGS))
-        try:
-            yield instance
-        finally:
-            instance.close()
-
-
 def _artifact_name(request: pytest.FixtureRequest, suffix: str = "") -> str:
     return re.sub(r"[^\w.-]+", "_", request.node.name).strip("_")[:150] + suffix
 

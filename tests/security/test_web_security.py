@@ -119,23 +119,10 @@ def attacker_site() -> Iterator[tuple[str, dict[str, str]]]:
         httpd.shutdown()
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    path = Settings().chromium_path
-    require(bool(path) and Path(str(path)).exists(), "no chromium (scripts/setup.sh installs it)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require(False, "playwright is not installed")
-        raise
-    from frontend.pdf import CHROMIUM_FLAGS
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(path), args=list(CHROMIUM_FLAGS))
-        try:
-            yield browser
-        finally:
-            browser.close()
+@pytest.fixture()
+def chromium(browser: Any) -> Any:
+    """The session's headless Chromium (``tests/conftest.py``): Playwright's sync API runs one at a time."""
+    return browser
 
 
 ATTACK_PAGE = """<!DOCTYPE html><title>cute cats</title>
