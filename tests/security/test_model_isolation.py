@@ -12,6 +12,7 @@ import json
 import site
 import sysconfig
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -83,6 +84,12 @@ def _scripted(module: torch.nn.Module, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def server(make_server: Callable[..., Server]) -> Server:
+    """One server for the module, whose model host may use 2 GB (the hungry model wants 3)."""
+    return make_server(model_memory_mb=2048)
+
+
+@pytest.fixture(scope="module")
 def victim(server: Server) -> dict[str, str]:
     """What an attacker wants: the session secret's bytes, and site-packages to write into."""
     secret = server.data_dir / "session_secret"
@@ -125,8 +132,7 @@ def _rss_mb(pid: int) -> float:
 
 
 def test_a_model_allocating_during_the_assessment_does_not_grow_the_server(
-        make_server: object, small_archive: Path, tmp_path: Path) -> None:  # noqa: F811
-    server = make_server(model_memory_mb=2048)  # type: ignore[operator]
+        server: Server, small_archive: Path, tmp_path: Path) -> None:  # noqa: F811
     token = server.token("alpha")
     client = BrainMIAClient(server.url, token)
     model_id, scan_set_id = _upload(client, _scripted(_HungryLater(3), tmp_path / "hungry.pt"), small_archive)
@@ -148,8 +154,7 @@ def test_a_model_allocating_during_the_assessment_does_not_grow_the_server(
 
 
 def test_an_endless_model_is_cancelled_within_seconds_while_another_organisation_s_job_runs(
-        make_server: object, small_archive: Path, tmp_path: Path) -> None:  # noqa: F811
-    server = make_server()  # type: ignore[operator]
+        server: Server, small_archive: Path, tmp_path: Path) -> None:  # noqa: F811
     alpha = BrainMIAClient(server.url, server.token("alpha"))
     beta_token = server.token("beta")
     beta = BrainMIAClient(server.url, beta_token)

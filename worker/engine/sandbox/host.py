@@ -26,21 +26,16 @@ from typing import Any
 
 
 def _warm_up(device: str) -> None:
-    """Run the extraction path once on a built-in model, so nothing is loaded lazily once confined."""
+    """Run a small network once, so that what torch initialises on first use (thread pools, CPU
+    feature detection, CUDA) is set up before the confinement. Lazy imports need no warm-up: the
+    host may read the Python packages."""
     import torch
 
-    from ..features.batch import BatchComputer
     from ..models.architectures import BrainAge3D
 
     model = BrainAge3D(channels=(2, 2)).eval().to(device)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    x = torch.zeros((2, 1, 16, 16, 16))
-    computer = BatchComputer(model, device)
-    computer.compute(x, torch.zeros(2), True, list(computer.aliases.values()))
-    scripted = torch.jit.script(model)
     with torch.no_grad():
-        scripted(x.to(device))
+        model(torch.zeros((1, 1, 16, 16, 16), device=device))
 
 
 def _answer_error(exc: BaseException) -> dict[str, Any]:
