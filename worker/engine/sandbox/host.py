@@ -26,16 +26,22 @@ from typing import Any
 
 
 def _warm_up(device: str) -> None:
-    """Run a small network once, so that what torch initialises on first use (thread pools, CPU
-    feature detection, CUDA) is set up before the confinement. Lazy imports need no warm-up: the
-    host may read the Python packages."""
+    """Run the extraction path once on a small built-in model before the confinement: what torch
+    sets up on first use (thread pools, CPU detection, CUDA, torch.func's probe of a temporary
+    folder, which the host cannot write once confined) is then in place."""
+    import tempfile
+
     import torch
 
+    from ..features.batch import BatchComputer
     from ..models.architectures import BrainAge3D
 
+    tempfile.gettempdir()  # cached: later callers get the name without probing the folder
     model = BrainAge3D(channels=(2, 2)).eval().to(device)
-    with torch.no_grad():
-        model(torch.zeros((1, 1, 16, 16, 16), device=device))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    computer = BatchComputer(model, device)
+    computer.compute(torch.zeros((2, 1, 16, 16, 16)), torch.zeros(2), True, list(computer.aliases.values()))
 
 
 def _answer_error(exc: BaseException) -> dict[str, Any]:
