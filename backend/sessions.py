@@ -69,6 +69,7 @@ def sign_in(request: Request, db: Session, principal: Principal) -> None:
     """Give the browser a new session of ``principal`` (a new id: never one chosen before sign-in)."""
     sign_out(request, db)
     request.session[SESSION_ID] = start_session(db, principal, request.app.state.settings.session_lifetime_h)
+    db.commit()  # usable by the browser's next request, which may come before the request's own commit
 
 
 def sign_out(request: Request, db: Session) -> None:
@@ -79,4 +80,5 @@ def sign_out(request: Request, db: Session) -> None:
     sid = cookie.get(SESSION_ID)
     if isinstance(sid, str):
         end_session(db, sid)
+        db.commit()  # ended before the answer is sent: the request's own commit comes after it
     cookie.clear()

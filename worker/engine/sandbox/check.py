@@ -70,7 +70,8 @@ def check_model_files(
     if not paths:
         return []
     limits = HostLimits(call_timeout_s=timeout_s, memory_bytes=memory_bytes,
-                        cpu_s=int(timeout_s * len(paths)) + 30, private=private)
+                        cpu_s=int(timeout_s * len(paths)) + 30, private=private,
+                        white_box=False)
     checked = []
     with ModelHost(limits, device="cpu") as host:
         for path in paths:

@@ -56,6 +56,8 @@ class HostLimits:
         max_model_bytes: largest model file handed to the host.
         private: folders the host must not be able to read (the data folder): the host refuses
             to start if its confinement would leave one readable.
+        white_box: the host will compute gradients (False: it only loads and checks models, and
+            starts about 2 s sooner; a gradient request is then refused).
     """
 
     call_timeout_s: float = 600.0
@@ -64,6 +66,7 @@ class HostLimits:
     threads: int = 1
     max_model_bytes: int = 4 << 30
     private: tuple[str, ...] = ()
+    white_box: bool = True
 
 
 @dataclass
@@ -104,6 +107,8 @@ class HostedModel:
         """The feature values of one batch, computed in the host."""
         if self.generation != self.host.generation:
             raise ModelError(self.path.name, "this model is no longer loaded in its host")
+        if white_box and not self.host.limits.white_box:
+            raise ModelError(self.path.name, "this model host was started for checks only (no gradients)")
         n = int(x.shape[0])
         _, values = self.host.call(
             {"op": "features", "white_box": bool(white_box), "layers": list(layers)},
@@ -147,7 +152,8 @@ class ModelHost:
         to_host_r, to_host_w = os.pipe()
         from_host_r, from_host_w = os.pipe()
         config = {"device": self.device, "memory_bytes": self.limits.memory_bytes, "cpu_s": self.limits.cpu_s,
-                  "threads": self.limits.threads, "private": list(self.limits.private)}
+                  "threads": self.limits.threads, "private": list(self.limits.private),
+                  "white_box": self.limits.white_box}
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRAINMIA_")}  # no secrets inherited
         env.update(OMP_NUM_THREADS=str(self.limits.threads), MKL_NUM_THREADS=str(self.limits.threads))
         if not self.device.startswith("cuda"):

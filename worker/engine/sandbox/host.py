@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _warm_up(device: str) -> None:
+def _warm_up(device: str, white_box: bool = True) -> None:
     """Run the extraction path once on a small built-in model before the confinement: what torch
     sets up on first use (thread pools, CPU detection, CUDA, torch.func's probe of a temporary
     folder, which the host cannot write once confined) is then in place."""
@@ -41,7 +41,7 @@ def _warm_up(device: str) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     computer = BatchComputer(model, device)
-    computer.compute(torch.zeros((2, 1, 16, 16, 16)), torch.zeros(2), True, list(computer.aliases.values()))
+    computer.compute(torch.zeros((2, 1, 16, 16, 16)), torch.zeros(2), white_box, list(computer.aliases.values()))
 
 
 def _answer_error(exc: BaseException) -> dict[str, Any]:
@@ -119,7 +119,8 @@ def main(argv: list[str]) -> int:
     device = str(config.get("device") or "cpu")
     if device.startswith("cuda"):
         torch.cuda.init()
-    _warm_up(device)
+    white_box = bool(config.get("white_box", True))
+    _warm_up(device, white_box)
     confinement = Confinement(cpu_s=config.get("cpu_s"), memory_bytes=int(config["memory_bytes"]),
                               cuda=device.startswith("cuda"), private=tuple(config.get("private") or ()))
     try:
