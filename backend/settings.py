@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     )
 
     @property
+    def private_dirs(self) -> tuple[str, ...]:
+        """Folders no model host may be able to read (the data folder and the volume cache)."""
+        return (str(self.data_dir), str(self.volume_cache_dir))
+
+    @property
     def embedded(self) -> bool:
         """Whether this is the one-process mode (no external database or broker)."""
         return not (self.database_url and self.broker_url)

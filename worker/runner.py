@@ -315,7 +315,7 @@ def model_host(settings: Settings, device: str, should_stop: Callable[[], bool] 
     limits = HostLimits(call_timeout_s=settings.model_call_timeout_s, memory_bytes=settings.model_memory_mb << 20,
                         threads=settings.model_threads or (os.cpu_count() or 1),
                         max_model_bytes=settings.max_model_bytes,
-                        private=tuple(str(p) for p in (settings.data_dir, settings.volume_cache_dir)))
+                        private=settings.private_dirs)
     return ModelHost(limits, device=device, should_stop=should_stop).start()
 
 

@@ -214,7 +214,7 @@ def _load_and_check(path: Path, name: str, settings: Settings) -> Any:
 
 def _sandbox_limits(settings: Settings) -> dict[str, Any]:
     return {"timeout_s": settings.model_check_timeout_s, "memory_bytes": settings.model_check_memory_mb << 20,
-            "private": (str(settings.data_dir), str(settings.volume_cache_dir))}
+            "private": settings.private_dirs}
 
 
 @dataclass
