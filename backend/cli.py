@@ -52,7 +52,7 @@ def _configure() -> None:
 @contextmanager
 def _model_host(device: str) -> Iterator[Any]:
     """A confined model host (the settings' limits): a model file given to the CLI runs only there."""
-    from worker.runner import model_host
+    from .services.model_hosts import model_host
 
     from .settings import get_settings
 

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from backend.db.models import Assessment, ModelRecord, ScanSet, utcnow
 from backend.settings import Settings
+from backend.services.model_hosts import model_host
 from backend.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -306,17 +307,6 @@ def _request(resources: Resources, assessment_id: str) -> dict[str, Any]:
         "organisation": org.name if org is not None else None,
         "requested_at": created.isoformat() if created is not None else None,
     }
-
-
-def model_host(settings: Settings, device: str, should_stop: Callable[[], bool] | None = None) -> Any:
-    """A started confined host for the models of one job, with the settings' limits."""
-    from worker.engine.sandbox import HostLimits, ModelHost
-
-    limits = HostLimits(call_timeout_s=settings.model_call_timeout_s, memory_bytes=settings.model_memory_mb << 20,
-                        threads=settings.model_threads or (os.cpu_count() or 1),
-                        max_model_bytes=settings.max_model_bytes,
-                        private=settings.private_dirs)
-    return ModelHost(limits, device=device, should_stop=should_stop).start()
 
 
 def _load_inputs(resources: Resources, assessment_id: str, job: JobContext) -> _Inputs:

@@ -17,7 +17,7 @@ from ...jobs import as_utc
 from ..deps import AdminPrincipal, SessionDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse
 from ..pagination import Offset, page
-from ..types import Id, Text
+from ...fields import Id, Text
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 

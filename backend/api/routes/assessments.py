@@ -22,7 +22,7 @@ from ...results import load_results
 from ..deps import CurrentPrincipal, SessionDep, SettingsDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse, not_found
 from ..pagination import Limit, Offset, equal_to, page
-from ..types import Id, Text, no_nul
+from ...fields import Id, Text, no_nul
 
 router = APIRouter(tags=["assessments"])
 

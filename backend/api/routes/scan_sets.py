@@ -44,7 +44,7 @@ from ...uploads import MAX_FIELD_BYTES, receive_multipart, too_large
 from ..deps import CurrentPrincipal, SessionDep, SettingsDep, StorageDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse, from_input_error, not_found
 from ..pagination import Limit, Offset, page
-from ..types import Text
+from ...fields import Text
 from .models import as_utc
 
 router = APIRouter(prefix="/scan-sets", tags=["scan sets"])

@@ -1,4 +1,4 @@
-"""Validated request field types shared by the routes."""
+"""Validated request field types shared by the API schemas and the services."""
 
 from __future__ import annotations
 

@@ -1,0 +1,235 @@
+"""The one mapping of assessment options: what a user asks for -> the job row -> the engine.
+
+The API's request body, ``brainmia submit``, ``brainmia assess``, the demo seed and the job
+runner all go through :class:`AssessmentOptionsIn`: it is the request's ``options`` field,
+the JSON stored in the job row, and (with :func:`engine_options`) the engine's
+``AssessmentOptions`` / ``FederatedAttackOptions``. Policy files are read by one loader,
+:func:`policy_from_file`, for every entry point.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from worker.engine.errors import InputError
+from worker.engine.feature_names import parse_feature_set
+from worker.engine.policy import Policy, load_policy
+
+from ..fields import Text, no_nul
+
+DEFAULT_REPEATS = 5
+"""Repeated attacker-training / test splits of a centralised assessment."""
+
+
+class OptionError(InputError):
+    """An option the engine cannot run, with the request field it came from.
+
+    Attributes:
+        field: dotted path of the field (``options.policy.auc_high``).
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class PolicyOptions(BaseModel):
+    """Verdict policy fields (omitted ones keep their defaults); see the README's Policy."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"auc_high": 0.65, "fail_at": "high"}]})
+
+    name: Annotated[str, Field(max_length=200), AfterValidator(no_nul)] | None = None
+    auc_medium: float | None = None
+    auc_high: float | None = None
+    tpr_at_1pct_fpr_medium: float | None = None
+    tpr_at_1pct_fpr_high: float | None = None
+    fail_at: Literal["low", "medium", "high"] | None = None
+    fail_on_error: bool | None = None
+
+
+assert set(PolicyOptions.model_fields) == {f.name for f in fields(Policy)}, "PolicyOptions must mirror Policy"
+
+
+class FederatedOptionsIn(BaseModel):
+    """Options of a federated assessment (a model uploaded with ``kind=federated_rounds``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"max_rounds": 40}]})
+
+    max_rounds: int | None = Field(
+        None, ge=2, le=10_000,
+        description="Rounds whose features are computed, evenly spaced, the final one included (default 20).",
+    )
+    trajectory_sets: list[Annotated[Text, Field(max_length=100)]] | None = Field(
+        None, max_length=16, description="Feature sets spanning the rounds (default: loss-trajectory, grad-norm-trajectory).",
+        examples=[["loss-trajectory"]],
+    )
+
+
+class AssessmentOptionsIn(BaseModel):
+    """What to run; omitted fields take the engine's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feature_sets: list[Annotated[Text, Field(max_length=500)]] | None = Field(
+        None,
+        max_length=64, description="Feature sets to attack with (default: every one of the paper's the model supports).",
+        examples=[["error", "grad-norm", "grad:output"]],
+    )
+    classifiers: list[Annotated[Text, Field(max_length=64)]] | None = Field(
+        None,
+        max_length=16, description="Attack classifiers: threshold, logistic, mlp, gbt (default: threshold, logistic, mlp).",
+        examples=[["threshold", "logistic"]],
+    )
+    repeats: int = Field(DEFAULT_REPEATS, ge=1, le=50, description="Repeated attacker-training / test splits.")
+    train_size: int | None = Field(None, ge=1, le=10**9, description="Members (= non-members) per attacker-training split.")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    device: str | None = Field(None, description="cpu, cuda, cuda:1... (default: the worker's; CUDA when present).")
+    batch_size: int | None = Field(None, ge=1, le=1024, description="Scans per vectorised pass (default: the worker's).")
+    policy: PolicyOptions | None = None
+    federated: FederatedOptionsIn | None = Field(
+        None, description="For a federation's rounds on a scan set with learners; ignored otherwise."
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", value):
+            raise ValueError("must be cpu, cuda, cuda:<index> or mps")
+        return value
+
+    def engine_policy(self) -> Policy:
+        """The verdict policy these options ask for (the default policy when none)."""
+        return Policy.from_dict(self.policy.model_dump(exclude_none=True)) if self.policy else Policy()
+
+
+def policy_from_file(path: str | Path) -> PolicyOptions:
+    """A policy file (JSON or TOML; fields at the top level or under a ``policy`` table) as
+    request options: the one loader of ``assess --policy``, ``submit --policy`` and the API.
+
+    Raises:
+        InputError: unreadable file, syntax error, unknown or invalid field (named).
+    """
+    return PolicyOptions(**load_policy(path).to_dict())
+
+
+def _check_names(options: AssessmentOptionsIn) -> None:
+    from worker.engine.attacks import get_attack
+
+    for name in options.classifiers or []:
+        try:
+            get_attack(name)
+        except InputError as exc:
+            raise OptionError("options.classifiers", str(exc)) from None
+    for name in options.feature_sets or []:
+        try:
+            parse_feature_set(name)
+        except InputError as exc:
+            raise OptionError("options.feature_sets", str(exc)) from None
+    if options.federated and options.federated.trajectory_sets:
+        from worker.engine.federated import TRAJECTORY_SETS
+
+        unknown = sorted(set(options.federated.trajectory_sets) - set(TRAJECTORY_SETS))
+        if unknown:
+            raise OptionError("options.federated.trajectory_sets",
+                              f"unknown: {', '.join(unknown)}; available: {', '.join(sorted(TRAJECTORY_SETS))}")
+
+
+def check_options(options: AssessmentOptionsIn, *, n_members: int | None = None,
+                  n_nonmembers: int | None = None) -> dict[str, Any]:
+    """Engine-level checks of ``options`` for a scan set of that many members / non-members.
+
+    Returns:
+        the options as stored in the job row (JSON).
+
+    Raises:
+        OptionError: an option the engine cannot run, naming its field.
+    """
+    _check_names(options)
+    if options.train_size is not None and n_members is not None and n_nonmembers is not None:
+        smaller = min(n_members, n_nonmembers)
+        if options.train_size > smaller - 1:
+            raise OptionError(
+                "options.train_size",
+                f"must be at most {smaller - 1}: the scan set's smaller group has {smaller} scans "
+                "and at least one of each must remain for testing",
+            )
+    try:
+        options.engine_policy()
+    except InputError as exc:
+        match = re.search(r"field '([^']+)'", str(exc))
+        raise OptionError(f"options.policy.{match.group(1)}" if match else "options.policy", str(exc)) from None
+    return stored_options(options)
+
+
+def stored_options(options: AssessmentOptionsIn) -> dict[str, Any]:
+    """The options as the job row keeps them (policy and federated without unset fields)."""
+    stored = options.model_dump(exclude={"policy", "federated"})
+    stored["policy"] = options.policy.model_dump(exclude_none=True) if options.policy else None
+    stored["federated"] = options.federated.model_dump(exclude_none=True) if options.federated else None
+    return stored
+
+
+def read_stored(stored: Mapping[str, Any] | None) -> AssessmentOptionsIn:
+    """A job row's options as :class:`AssessmentOptionsIn`.
+
+    Raises:
+        InputError: the stored options are not valid (named field).
+    """
+    try:
+        return AssessmentOptionsIn.model_validate(dict(stored or {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InputError(f"the job's options are not valid: options.{where}: {first['msg']}") from None
+
+
+def engine_options(options: AssessmentOptionsIn, *, extraction: Any, federated: bool = False) -> Any:
+    """The engine's options for ``options``.
+
+    Args:
+        options: the request / stored options.
+        extraction: the engine's ``ExtractionOptions`` (device, batch size, layers), which
+            depend on where the job runs.
+        federated: a federated assessment (``FederatedAttackOptions``) instead of a
+            centralised one (``AssessmentOptions``).
+
+    Raises:
+        InputError: ``train_size`` for a federated assessment; an invalid policy.
+    """
+    policy = options.engine_policy()
+    if federated:
+        from worker.engine.federated.options import FederatedAttackOptions
+
+        if options.train_size is not None:
+            raise InputError("train_size does not apply to a federated assessment: each attacker trains on its "
+                             "own scans and as many unseen scans")
+        given: dict[str, Any] = {}
+        if options.feature_sets:
+            given["feature_sets"] = tuple(options.feature_sets)
+        if options.classifiers:
+            given["classifiers"] = tuple(options.classifiers)
+        if options.federated and options.federated.max_rounds:
+            given["max_rounds"] = options.federated.max_rounds
+        if options.federated and options.federated.trajectory_sets:
+            given["trajectory_sets"] = tuple(options.federated.trajectory_sets)
+        return FederatedAttackOptions(**given, repeats=options.repeats, seed=options.seed,
+                                      extraction=extraction, policy=policy)
+    from worker.engine.assessment import AssessmentOptions
+
+    return AssessmentOptions(
+        feature_sets=tuple(options.feature_sets) if options.feature_sets else None,
+        classifiers=tuple(options.classifiers) if options.classifiers else None,
+        repeats=options.repeats,
+        train_size=options.train_size,
+        seed=options.seed,
+        extraction=extraction,
+        policy=policy,
+    )
