@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from frontend.chromium import CHROMIUM_NAMES, find_chromium  # noqa: F401 - importable from here too
 from worker.engine.volume_bounds import DEFAULT_MAX_VOXELS, VolumeLimits
 
 GiB = 1 << 30
@@ -16,15 +16,6 @@ GiB = 1 << 30
 
 def _default_data_dir() -> Path:
     return Path.home() / ".brainmia"
-
-
-#: Browser executables looked up on PATH, in order, when ``BRAINMIA_CHROMIUM`` is not set.
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
-
-
-def find_chromium() -> str | None:
-    """The first of :data:`CHROMIUM_NAMES` found on PATH, or None."""
-    return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
 
 
 class Settings(BaseSettings):

@@ -14,7 +14,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from backend.settings import CHROMIUM_NAMES, find_chromium
+from .chromium import CHROMIUM_NAMES, find_chromium
 
 #: The flags every headless Chromium of BrainMIA runs with.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking")
