@@ -6,6 +6,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
@@ -14,6 +15,7 @@ from .api.routes import auth, health
 from .db.migrate import upgrade_database
 from .db.session import make_engine, make_sessionmaker
 from .http_security import install_http_security
+from .jobs import JobDispatcher
 from .settings import Settings, get_settings
 from .storage import Storage, clean_at_start
 
@@ -79,9 +81,8 @@ def create_app(settings: Settings | None = None, *, start_jobs: bool = True) -> 
     app.state.storage = Storage(settings.storage_dir)
     clean_at_start(app.state.storage, settings)
 
-    from .jobs import JobDispatcher
-
-    app.state.jobs = JobDispatcher(settings, app.state.sessionmaker, app.state.storage)
+    app.state.jobs = JobDispatcher(settings, app.state.sessionmaker, app.state.storage,
+                                   embedded_worker=_embedded_worker if settings.embedded else None)
     app.state.session_secret = _session_secret(settings)
     install_http_security(app, settings, app.state.session_secret)
     install_error_handlers(app)
@@ -91,6 +92,13 @@ def create_app(settings: Settings | None = None, *, start_jobs: bool = True) -> 
 
     install_web(app)
     return app
+
+
+def _embedded_worker(celery: Any, concurrency: int) -> Any:
+    """The embedded mode's worker thread (this factory is the composition root that picks it)."""
+    from worker.embedded import EmbeddedWorker
+
+    return EmbeddedWorker(celery, concurrency)
 
 
 def _version() -> str:

@@ -27,8 +27,9 @@ import httpx
 
 from worker.engine.csv_safety import neutralise_row
 
+from .services.job_states import FINAL_STATES
+
 API = "/api/v1"
-FINAL_STATES = ("succeeded", "failed", "cancelled")
 RESULT_FILES = ("report.json", "report.html", "features.csv")
 TOKEN_ENV = "BRAINMIA_TOKEN"
 TRANSIENT_STATUSES = (0, 502, 503, 504)

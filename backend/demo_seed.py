@@ -20,6 +20,8 @@ from . import audit
 from .auth import DEFAULT_ORG, get_or_create_org
 from .db.models import Assessment, ModelRecord, ScanSet, new_id
 from .db.session import session_scope
+from .services.job_states import new_job
+from .services.options import AssessmentOptionsIn, stored_options
 from .settings import Settings
 from .storage import Storage
 
@@ -108,9 +110,9 @@ def seed_demo(
             attribute_names=list(manifest.attribute_names),
         ))
         session.flush()
-        session.add(Assessment(
+        session.add(new_job(
             id=assessment_id, org_id=org.id, model_id=model_id, scan_set_id=scan_set_id,
-            options={"repeats": 5, "seed": 0}, state="queued", stage="queued", message="waiting for a worker",
+            options=stored_options(AssessmentOptionsIn()),
         ))
         audit.record(session, None, "run", "assessment", assessment_id, model_id=model_id, scan_set_id=scan_set_id,
                      demo=True)

@@ -89,8 +89,8 @@ def create_celery(settings: Settings) -> Celery:
     app.brainmia_settings = settings  # type: ignore[attr-defined]
     app.brainmia_shutdown = threading.Event()  # type: ignore[attr-defined]
     app.brainmia_resources = None  # type: ignore[attr-defined]  # set by the embedded dispatcher
-    import worker.tasks  # noqa: F401  (registers the task on this app: shared_task)
-
+    # the task module (``include``) is imported by the worker that runs jobs, not here: the API
+    # process only sends messages by TASK_NAME
     return app
 
 

@@ -17,6 +17,7 @@ from celery import Celery
 from celery.worker import WorkController
 from celery.worker import state as worker_state
 
+from . import tasks as _tasks  # noqa: F401  (registers the job task on the apps this worker runs)
 from .celery_app import default_queue
 
 logger = logging.getLogger(__name__)

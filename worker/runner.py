@@ -1,10 +1,9 @@
 """The job runner: one assessment row in, the engine run, the results and the row's state out.
 
-The row in the ``assessments`` table is the record of a job. A run first *claims* it with one
-conditional UPDATE (``state='queued' AND attempts=attempt-1``), so a duplicate or stale
-message is a no-op. Every later write is conditional on still owning the job (``state=
-'running' AND attempts=attempt``): a worker whose job was re-queued by the reaper, cancelled
-and deleted, or claimed by another attempt notices at its next write and stops.
+Every change of the job's state is a transition of :mod:`backend.services.job_states` (claim,
+succeed, fail, cancelled, hand back), each conditional on this attempt still owning the job:
+a worker whose job was re-queued by the reaper, cancelled and deleted, or claimed by another
+attempt notices at its next write and stops.
 
 This module imports no FastAPI; the engine is imported inside the functions so that a
 prefork parent never initialises torch before forking.
@@ -18,17 +17,18 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend.db.models import Assessment, ModelRecord, ScanSet, utcnow
-from backend.settings import Settings
+from backend.db.models import ApiToken, Assessment, ModelRecord, Organisation, ScanSet, utcnow
+from backend.services import options as job_options
+from backend.services.job_states import Attempt, claim
 from backend.services.model_hosts import model_host
+from backend.services.resources import Resources
+from backend.settings import Settings
 from backend.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -37,30 +37,6 @@ PROGRESS_MIN_INTERVAL_S = 0.5
 CANCEL_POLL_INTERVAL_S = 1.0
 
 Requeue = Callable[[str, int], None]
-
-
-@dataclass
-class Resources:
-    """What a worker needs to run jobs, built once per process (or given by the embedded app).
-
-    Attributes:
-        settings: the BrainMIA settings.
-        factory: database session factory.
-        storage: uploads and results.
-    """
-
-    settings: Settings
-    factory: sessionmaker[Session]
-    storage: Storage
-    cache: Any = field(default=None)
-
-    def volume_cache(self) -> Any:
-        """The conformed-volume cache of ``settings`` (made on first use)."""
-        if self.cache is None:
-            from worker.engine.cache import VolumeCache
-
-            self.cache = VolumeCache(self.settings.volume_cache_dir)
-        return self.cache
 
 
 def heartbeat_interval(settings: Settings) -> float:
@@ -73,17 +49,12 @@ def worker_name(hostname: str | None = None) -> str:
     return f"{hostname or socket.gethostname()}:{os.getpid()}"
 
 
-def log_line(text: str, at: datetime | None = None) -> str:
-    """One line for the job's log: ``<UTC time> <text>``."""
-    return f"{(at or utcnow()).strftime('%Y-%m-%d %H:%M:%SZ')} {text.rstrip()}\n"
-
-
 class _Stopped(Exception):
     """Internal: the job must stop (lost, cancelled or shutting down)."""
 
 
-class JobContext:
-    """Writes of one attempt of one job, each conditional on still owning it.
+class JobContext(Attempt):
+    """One running attempt of one job: throttled progress, the heartbeat and the stop check.
 
     Args:
         factory: session factory.
@@ -93,39 +64,14 @@ class JobContext:
     """
 
     def __init__(self, factory: sessionmaker[Session], assessment_id: str, attempt: int, shutdown: threading.Event):
-        self.factory = factory
-        self.id = assessment_id
-        self.attempt = attempt
+        super().__init__(factory, assessment_id, attempt)
         self.shutdown = shutdown
-        self.lost = False
         self._lock = threading.Lock()
         self._last_write = 0.0
         self._last_stage: str | None = None
         self._last_fraction = 0.0
         self._last_cancel_check = 0.0
         self._cancel = False
-
-    def _owned(self) -> Any:
-        return (
-            (Assessment.id == self.id)
-            & (Assessment.state == "running")
-            & (Assessment.attempts == self.attempt)
-        )
-
-    def write(self, **values: Any) -> bool:
-        """Update the row if this attempt still owns it; False (and ``lost``) otherwise."""
-        if self.lost:
-            return False
-        with self.factory() as session, session.begin():
-            result = session.execute(update(Assessment).where(self._owned()).values(**values))
-        if result.rowcount == 0:
-            self.lost = True
-            logger.warning("assessment %s attempt %d: no longer owned by this worker", self.id, self.attempt)
-        return not self.lost
-
-    def append_log(self, text: str, **values: Any) -> bool:
-        """Append a line to the job's log (and write ``values``) if still owned."""
-        return self.write(log=Assessment.log + log_line(text), **values)
 
     def heartbeat(self) -> bool:
         """Touch ``heartbeat_at``."""
@@ -136,32 +82,20 @@ class JobContext:
         """The engine's progress callback: at most ~2 writes/s, always on a stage change."""
         now = time.monotonic()
         with self._lock:
-            if (
-                stage == self._last_stage
-                and fraction < 1.0
-                and now - self._last_write < PROGRESS_MIN_INTERVAL_S
-            ):
+            if stage == self._last_stage and fraction < 1.0 and now - self._last_write < PROGRESS_MIN_INTERVAL_S:
                 return
             self._last_stage, self._last_write = stage, now
             # never backwards within an attempt: writing the results (0.99) follows the engine's 1.0
             self._last_fraction = max(self._last_fraction, min(max(fraction, 0.0), 1.0))
-            self.write(
-                progress=float(self._last_fraction),
-                stage=stage[:32],
-                message=message,
-                heartbeat_at=utcnow(),
-            )
+            self.write(progress=float(self._last_fraction), stage=stage[:32], message=message, heartbeat_at=utcnow())
 
     def cancel_requested(self, fresh: bool = False) -> bool:
         """Whether a cancel was asked for (read at most once a second unless ``fresh``)."""
         now = time.monotonic()
         if fresh or now - self._last_cancel_check >= CANCEL_POLL_INTERVAL_S:
             self._last_cancel_check = now
-            with self.factory() as session:
-                value = session.scalar(select(Assessment.cancel_requested).where(self._owned()))
-            if value is None:
-                self.lost = True
-            else:
+            value = self.cancel_flag()
+            if value is not None:
                 self._cancel = bool(value)
         return self._cancel
 
@@ -194,33 +128,6 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-def claim(factory: sessionmaker[Session], assessment_id: str, attempt: int, worker: str) -> bool:
-    """Take a queued job for ``attempt`` (one conditional UPDATE); False: someone else's or stale."""
-    now = utcnow()
-    with factory() as session, session.begin():
-        result = session.execute(
-            update(Assessment)
-            .where(
-                Assessment.id == assessment_id,
-                Assessment.state == "queued",
-                Assessment.attempts == attempt - 1,
-            )
-            .values(
-                state="running",
-                attempts=attempt,
-                worker=worker[:200],
-                started_at=now,
-                heartbeat_at=now,
-                progress=0.0,
-                stage="starting",
-                message="loading the model and the manifest",
-                error=None,
-                log=Assessment.log + log_line(f"attempt {attempt} started on worker {worker}", now),
-            )
-        )
-    return result.rowcount == 1
 
 
 def _stored_path(storage: Storage, path: str) -> Path:
@@ -262,40 +169,8 @@ class _Inputs:
         return run_assessment(self.manifest, model=self.model, options=self.options, **common)
 
 
-def _federated_options(options: dict[str, Any], extraction: Any, policy: Any) -> Any:
-    """The stored job options as the federated engine's options.
-
-    Raises:
-        InputError: ``train_size``, which a federated assessment does not take.
-    """
-    from worker.engine.errors import InputError
-    from worker.engine.federated import FederatedAttackOptions
-
-    if options.get("train_size") is not None:
-        raise InputError("train_size does not apply to a federated assessment: each attacker trains on its own "
-                         "scans and as many unseen scans")
-    given: dict[str, Any] = {}
-    for key in ("feature_sets", "classifiers"):
-        if options.get(key):
-            given[key] = tuple(options[key])
-    federated = options.get("federated") or {}
-    if federated.get("max_rounds"):
-        given["max_rounds"] = int(federated["max_rounds"])
-    if federated.get("trajectory_sets"):
-        given["trajectory_sets"] = tuple(federated["trajectory_sets"])
-    return FederatedAttackOptions(
-        **given,
-        repeats=int(options.get("repeats") or FederatedAttackOptions.repeats),
-        seed=int(options.get("seed") or 0),
-        extraction=extraction,
-        policy=policy,
-    )
-
-
 def _request(resources: Resources, assessment_id: str) -> dict[str, Any]:
     """Who asked for the assessment and when, for the report's provenance."""
-    from backend.db.models import ApiToken, Organisation
-
     with resources.factory() as session:
         row = session.get(Assessment, assessment_id)
         token = session.get(ApiToken, row.created_by) if row is not None and row.created_by else None
@@ -309,18 +184,9 @@ def _request(resources: Resources, assessment_id: str) -> dict[str, Any]:
     }
 
 
-def _load_inputs(resources: Resources, assessment_id: str, job: JobContext) -> _Inputs:
-    """The job's manifest, model (or round models, loaded later) in a started model host, and
-    the engine options.
-
-    A ``federated_rounds`` model on a manifest whose members carry a ``learner`` is a
-    federated assessment; on a plain manifest its final round is assessed as one model.
-    """
-    from worker.engine.assessment import AssessmentOptions
-    from worker.engine.features import ExtractionOptions, pick_device
-    from worker.engine.manifest import load_manifest
-    from worker.engine.models import ModelMetadata
-    from worker.engine.verdict import Policy
+def _job_rows(resources: Resources, assessment_id: str) -> tuple[Assessment, ModelRecord, ScanSet]:
+    """The job's row, model record and scan set (loaded, detached from their session)."""
+    from worker.engine.errors import InputError
 
     with resources.factory() as session:
         row = session.get(Assessment, assessment_id)
@@ -328,53 +194,61 @@ def _load_inputs(resources: Resources, assessment_id: str, job: JobContext) -> _
             raise _Stopped()
         model_row = session.get(ModelRecord, row.model_id)
         scan_set = session.get(ScanSet, row.scan_set_id)
-        options = dict(row.options or {})
     if model_row is None or scan_set is None:
-        from worker.engine.errors import InputError
-
         raise InputError("the model or the scan set of this assessment was deleted")
-    settings = resources.settings
-    device = pick_device(options.get("device") or settings.device)
+    return row, model_row, scan_set
+
+
+def _manifest(resources: Resources, scan_set: ScanSet) -> Any:
+    """The scan set's manifest, confined to its folder and unchanged since registration."""
+    from worker.engine.errors import InputError
+    from worker.engine.manifest import load_manifest
+
     manifest_path = _stored_path(resources.storage, scan_set.manifest_path)
     # confined as at registration: no scan outside the scan set's folder, whatever the file says now
     manifest = load_manifest(manifest_path, base_dir=_stored_path(resources.storage, scan_set.root), confine=True)
     if manifest.sha256 != scan_set.manifest_sha256:
-        from worker.engine.errors import InputError
-
         raise InputError(
             f"the manifest of scan set '{scan_set.name}' changed since it was registered (SHA-256 "
             f"{scan_set.manifest_sha256[:12]}... then, {manifest.sha256[:12]}... now): register it again"
         )
+    return manifest
+
+
+def _load_inputs(resources: Resources, assessment_id: str, job: JobContext) -> _Inputs:
+    """The job's manifest, model (or round models, loaded later) in a started model host, and
+    the engine options (:func:`backend.services.options.engine_options`).
+
+    A ``federated_rounds`` model on a manifest whose members carry a ``learner`` is a
+    federated assessment; on a plain manifest its final round is assessed as one model.
+    """
+    from worker.engine.features import ExtractionOptions, pick_device
+    from worker.engine.models import ModelMetadata
+
+    row, model_row, scan_set = _job_rows(resources, assessment_id)
+    options = job_options.read_stored(row.options)
+    settings = resources.settings
+    manifest = _manifest(resources, scan_set)
+    device = pick_device(options.device or settings.device)
     known = set(ModelMetadata.model_fields)
-    overrides = {k: v for k, v in (model_row.model_metadata or {}).items() if k in known}
-    policy = Policy(**options["policy"]) if options.get("policy") else Policy()
-    extraction = ExtractionOptions(
-        white_box=True, batch_size=int(options.get("batch_size") or settings.batch_size), device=device
-    )
+    overrides = {k: v for k, v in (model_row.model_metadata or {}).items() if k in known} or None
+    extraction = ExtractionOptions(white_box=True, batch_size=options.batch_size or settings.batch_size, device=device)
     if model_row.kind == "federated_rounds" and model_row.rounds:
         if any(r.learner is not None for r in manifest.records):
+            engine = job_options.engine_options(options, extraction=extraction, federated=True)
             rounds = [_stored_path(resources.storage, p) for p in model_row.rounds]
-            return _Inputs(manifest, _federated_options(options, extraction, policy), rounds=rounds,
-                           overrides=overrides or None,
+            return _Inputs(manifest, engine, rounds=rounds, overrides=overrides,
                            host=model_host(settings, device, job.should_stop))
         job.append_log(f"the scan set has no learner column: assessing the final round "
                        f"({len(model_row.rounds)}) of the federation as one model")
+    engine = job_options.engine_options(options, extraction=extraction)
     host = model_host(settings, device, job.should_stop)
     try:
-        model = host.load(_stored_path(resources.storage, model_row.path), overrides or None, check=False)
+        model = host.load(_stored_path(resources.storage, model_row.path), overrides, check=False)
     except BaseException:
         host.close()
         raise
-    engine_options = AssessmentOptions(
-        feature_sets=options.get("feature_sets") or None,
-        classifiers=options.get("classifiers") or None,
-        repeats=int(options.get("repeats") or 5),
-        train_size=options.get("train_size"),
-        seed=int(options.get("seed") or 0),
-        extraction=extraction,
-        policy=policy,
-    )
-    return _Inputs(manifest, engine_options, model=model, host=host)
+    return _Inputs(manifest, engine, model=model, host=host)
 
 
 def run_job(
@@ -428,11 +302,11 @@ def run_job(
                 result.report.setdefault("provenance", {})["request"] = _request(resources, assessment_id)
                 job.progress("writing", 0.99, "writing report.json, report.html, features.csv")
                 tmp = resources.storage.temp_dir()
-                from frontend.export import write_outputs
+                from frontend.export import write_outputs  # torch: not before a prefork worker forks
 
                 write_outputs(result, tmp)
             except (AttackCancelled, AttacksCancelled, ExtractionCancelled, HostStopped, _Stopped):
-                return _stopped(resources, job, requeue)
+                return _stopped(job, requeue)
             except InputError as exc:
                 return _failed(resources, job, str(exc))
             except Exception as exc:  # noqa: BLE001 - recorded in the row for the user
@@ -456,38 +330,17 @@ def public_text(resources: Resources, text: str) -> str:
 def _failed(resources: Resources, job: JobContext, error: str) -> str:
     # the traceback goes to the server's log; the job's log and error (shown to users) get the reason
     logger.warning("assessment %s attempt %d failed: %s", job.id, job.attempt, error, exc_info=True)
-    error = public_text(resources, error)
-    ok = job.append_log(
-        f"attempt {job.attempt} failed: {error}",
-        state="failed",
-        error=error,
-        message=error.splitlines()[0][:500] if error else "failed",
-        finished_at=utcnow(),
-    )
-    return "failed" if ok else "lost"
+    return "failed" if job.fail(public_text(resources, error)) else "lost"
 
 
-def _stopped(resources: Resources, job: JobContext, requeue: Requeue | None) -> str:
+def _stopped(job: JobContext, requeue: Requeue | None) -> str:
     if job.lost:
         return "lost"
     if job.cancel_requested(fresh=True):
-        ok = job.append_log(
-            "cancelled at the user's request", state="cancelled", message="cancelled", finished_at=utcnow()
-        )
-        return "cancelled" if ok else "lost"
+        return "cancelled" if job.cancelled() else "lost"
     if job.lost:
         return "lost"
-    # the worker is shutting down: hand the job back, not counting this attempt
-    ok = job.append_log(
-        f"the worker shut down during attempt {job.attempt}; re-queued",
-        state="queued",
-        attempts=job.attempt - 1,
-        stage="queued",
-        progress=0.0,
-        message="re-queued: the worker shut down",
-        worker=None,
-    )
-    if not ok:
+    if not job.hand_back():  # the worker is shutting down: the job goes back, this attempt not counted
         return "lost"
     if requeue is not None:
         try:
@@ -497,28 +350,14 @@ def _stopped(resources: Resources, job: JobContext, requeue: Requeue | None) -> 
     return "requeued"
 
 
-def _publish(resources: Resources, job: JobContext, result: Any, tmp: Path | None) -> str:
-    assert tmp is not None
+def _publish(resources: Resources, job: JobContext, result: Any, tmp: Path) -> str:
     if not job.heartbeat():
         return "lost"
     dest = resources.storage.publish_dir(tmp, resources.storage.result_dir(job.id))
     verdict = result.report.get("verdict", {})
-    ok = job.append_log(
-        f"attempt {job.attempt} succeeded: verdict {verdict.get('level')}",
-        state="succeeded",
-        progress=1.0,
-        stage="done",
-        message=str(verdict.get("summary") or "done")[:2000],
-        verdict_level=verdict.get("level"),
-        passed=bool(result.passed),
-        result_dir=str(dest),
-        finished_at=utcnow(),
-        heartbeat_at=utcnow(),
-    )
-    if ok:
+    if job.succeed(level=verdict.get("level"), summary=str(verdict.get("summary") or "done"),
+                   passed=bool(result.passed), result_dir=str(dest)):
         return "succeeded"
-    with resources.factory() as session:
-        exists = session.get(Assessment, job.id) is not None
-    if not exists:  # deleted while it ran: leave nothing behind
+    if not job.exists():  # deleted while it ran: leave nothing behind
         resources.storage.remove([dest])
     return "lost"

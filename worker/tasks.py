@@ -7,26 +7,14 @@ from typing import Any
 
 from celery import shared_task
 
+from backend.services.resources import Resources
 from backend.settings import Settings
 
 from .celery_app import TASK_NAME
-from .runner import Resources, run_job, worker_name
+from .runner import run_job, worker_name
 
 _lock = threading.Lock()
-
-
 _cache: dict[tuple[str, str], Resources] = {}
-
-
-def _build(settings: Settings) -> Resources:
-    from backend.db.session import make_engine, make_sessionmaker
-    from backend.storage import Storage
-
-    return Resources(
-        settings=settings,
-        factory=make_sessionmaker(make_engine(settings.sqlalchemy_url)),
-        storage=Storage(settings.storage_dir),
-    )
 
 
 def resources_for(app: Any) -> Resources:
@@ -38,7 +26,7 @@ def resources_for(app: Any) -> Resources:
     key = (settings.sqlalchemy_url, str(settings.storage_dir))
     with _lock:
         if key not in _cache:
-            _cache[key] = _build(settings)
+            _cache[key] = Resources.from_settings(settings)
         return _cache[key]
 
 

@@ -9,13 +9,16 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINAL_STATES = ("succeeded", "failed", "cancelled")
-
-
 def utcnow() -> datetime:
     """Timezone-aware now (UTC)."""
     return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A timezone-aware UTC datetime (SQLite returns naive UTC values)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def new_id() -> str:
@@ -115,7 +118,7 @@ class Assessment(Base):
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
     scan_set_id: Mapped[str] = mapped_column(ForeignKey("scan_sets.id"), index=True)
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # backend.services.job_states.JobState
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     stage: Mapped[str] = mapped_column(String(32), default="queued")
     message: Mapped[str] = mapped_column(Text, default="")

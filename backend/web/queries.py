@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from ..auth import Principal
 from ..db.models import ApiToken, Assessment, ModelRecord, ScanSet
-from ..jobs import as_utc
+from ..db.models import as_utc
 
 #: Sort keys of the overview: label and ORDER BY clauses.
 SORTS: dict[str, tuple[str, list[Any]]] = {

@@ -13,7 +13,7 @@ from ... import audit
 from ...sessions import end_token_sessions
 from ...auth import create_token, hash_token
 from ...db.models import ApiToken, AuditEvent, Organisation, utcnow
-from ...jobs import as_utc
+from ...db.models import as_utc
 from ..deps import AdminPrincipal, SessionDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse
 from ..pagination import Offset, page

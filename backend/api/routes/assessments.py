@@ -16,8 +16,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from ... import audit
 from ...auth import Principal
-from ...db.models import JOB_STATES, Assessment, ModelRecord, ScanSet
-from ...jobs import JobDispatcher, as_utc
+from ...db.models import Assessment, ModelRecord, ScanSet, as_utc
+from ...jobs import JobDispatcher
+from ...services.job_states import JobState as _JobState
 from ...results import load_results
 from ..deps import CurrentPrincipal, SessionDep, SettingsDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse, not_found
@@ -27,7 +28,7 @@ from ...fields import Id, Text, no_nul
 router = APIRouter(tags=["assessments"])
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-assert set(JobState.__args__) == set(JOB_STATES)  # type: ignore[attr-defined]
+assert set(JobState.__args__) == set(_JobState)  # type: ignore[attr-defined]
 
 
 def get_jobs(request: Request) -> JobDispatcher:
