@@ -12,8 +12,7 @@ from ..api.deps import SessionDep
 from ..db.models import ModelRecord, ScanSet
 from . import queries
 from .options import assessment_form
-from .render import PageUser, render
-from .router import PageNotFound
+from .render import PageNotFound, PageUser, render
 
 router = APIRouter()
 PAGE_SIZE = 25

@@ -8,8 +8,7 @@ from fastapi.responses import HTMLResponse
 from .. import audit
 from ..api.deps import SessionDep
 from . import queries
-from .render import PageUser, render
-from .router import PageNotFound
+from .render import PageNotFound, PageUser, render
 
 router = APIRouter()
 

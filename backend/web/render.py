@@ -31,6 +31,10 @@ class PageForbidden(Exception):
     """The signed-in user may not see this page (e.g. the audit log without admin rights)."""
 
 
+class PageNotFound(Exception):
+    """A page's object does not exist or belongs to another organisation."""
+
+
 def sign_in_url(next_url: str | None = None) -> str:
     """The sign-in page, returning to ``next_url`` afterwards."""
     return "/sign-in" + (f"?next={quote(next_url, safe='/')}" if next_url and next_url != "/" else "")

@@ -9,15 +9,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-
-from .render import PageForbidden, SignInRequired, render, sign_in_url
+from . import admin_pages, assessment_pages, auth_pages, compare_pages, upload_pages
+from .render import PageForbidden, PageNotFound, SignInRequired, render, sign_in_url
 
 PLOTLY_JS = "/static/vendor/plotly.min.js"
 STATIC_DIR = Path(frontend.__file__).parent / "static"  # the package alone: its modules load plotly
-
-
-class PageNotFound(Exception):
-    """A page's object does not exist or belongs to another organisation."""
 
 
 def _plotly_js_path() -> Path:
@@ -30,8 +26,6 @@ def _plotly_js_path() -> Path:
 
 def install_web(app: FastAPI) -> None:
     """Add the dashboard's pages, ``/static`` (with plotly.js from the plotly package) and handlers."""
-    from . import admin_pages, assessment_pages, auth_pages, compare_pages, upload_pages
-
     plotly_path = _plotly_js_path()
 
     @app.get(PLOTLY_JS, include_in_schema=False)
