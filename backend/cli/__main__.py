@@ -1,0 +1,5 @@
+"""``python -m backend.cli``: the ``brainmia`` command."""
+
+from . import main
+
+main()

@@ -1,0 +1,214 @@
+"""``brainmia assess`` (centralised and ``--federated``) and ``brainmia features``: the
+assessment of a model without a server."""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from ..progress import progress_bar, stderr
+from .common import (
+    EXIT_FAIL,
+    EXIT_PASS,
+    ArchKwOpt,
+    ArchOpt,
+    BatchOpt,
+    CacheOpt,
+    DeviceOpt,
+    LayersOpt,
+    ManifestOpt,
+    ModelFlags,
+    ModelOpt,
+    NoCacheOpt,
+    NormOpt,
+    QuietOpt,
+    RunFlags,
+    ShapeOpt,
+    VoxelOpt,
+    confined_model_host,
+    errors_exit_2,
+    pick_device,
+    requested_options,
+    show_inputs,
+)
+from .summary import print_federated, print_summary
+
+if TYPE_CHECKING:
+    from ..services.options import AssessmentOptionsIn
+
+
+@dataclass(frozen=True)
+class AssessInputs:
+    """What the centralised and the federated assessment share.
+
+    Attributes:
+        manifest: the manifest CSV.
+        out: the output folder.
+        options: the requested options (the one mapping to the engine's).
+        model: overrides of the model sidecars.
+        run: device, batch size, layers, cache and progress display.
+    """
+
+    manifest: Path
+    out: Path
+    options: AssessmentOptionsIn
+    model: ModelFlags
+    run: RunFlags
+
+
+def assess(
+    manifest: ManifestOpt,
+    out: Annotated[Path, typer.Option("--out", help="Output folder for report.json, report.html, features.csv.")],
+    rounds: Annotated[Optional[list[Path]], typer.Argument(help="With --federated: the community model of every round: a folder of round_<n>.<ext> files, an archive (.zip/.tar.gz) of them, or the model files in round order.", show_default=False)] = None,
+    federated: Annotated[bool, typer.Option("--federated", help="Assess a federation: every learner attacks the others with every round's model (ROUNDS); the manifest's learner column names the learner of each member scan.")] = False,
+    max_rounds: Annotated[Optional[int], typer.Option("--max-rounds", min=1, help="With --federated: rounds whose features are computed, evenly spaced, always the final one (default 20).")] = None,
+    trajectory_set: Annotated[Optional[list[str]], typer.Option("--trajectory-set", help="With --federated: feature set spanning rounds (repeatable): loss-trajectory, grad-norm-trajectory (default both).")] = None,
+    model: ModelOpt = None,
+    predictions: Annotated[Optional[Path], typer.Option("--predictions", help="CSV scan_id,prediction in place of --model: black-box feature sets only.")] = None,
+    input_shape: ShapeOpt = None,
+    voxel_size: VoxelOpt = None,
+    normalize: NormOpt = None,
+    arch: ArchOpt = None,
+    arch_options: ArchKwOpt = None,
+    feature_set: Annotated[Optional[list[str]], typer.Option("--feature-set", help="Feature set to attack with (repeatable; default: all of the paper's).")] = None,
+    classifier: Annotated[Optional[list[str]], typer.Option("--classifier", help="Attack classifier (repeatable): threshold, logistic, mlp, gbt.")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Repeated attack splits.")] = 5,
+    train_size: Annotated[Optional[int], typer.Option("--train-size", min=1, help="Members (= non-members) in each attacker-training split.")] = None,
+    policy: Annotated[Optional[Path], typer.Option("--policy", help="Policy file (JSON or TOML) overriding the default thresholds.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = 8,
+    layer: LayersOpt = None,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run the full assessment: exit 0 when the verdict passes the policy, 1 when it fails, 2 on bad input or error."""
+    from worker.engine.errors import InputError
+
+    model_flags = ModelFlags(input_shape, voxel_size, normalize, arch, arch_options)
+    run = RunFlags(device, batch_size, layer, cache_dir, no_cache, quiet)
+    asked = {"feature_sets": feature_set, "classifiers": classifier, "repeats": repeats, "seed": seed}
+    if federated or rounds or max_rounds is not None or trajectory_set:
+        with errors_exit_2():
+            if not federated:
+                raise InputError("ROUNDS, --max-rounds and --trajectory-set go with --federated")
+            for flag, value in (("--model", model), ("--predictions", predictions), ("--train-size", train_size)):
+                if value is not None:
+                    raise InputError(f"{flag} does not go with --federated (the models are the ROUNDS; "
+                                     "each attacker trains on its own scans)")
+            options = requested_options(**asked, policy=policy,
+                                        federated={"max_rounds": max_rounds, "trajectory_sets": trajectory_set})
+        passed = _assess_federated(AssessInputs(manifest, out, options, model_flags, run), rounds or [])
+    else:
+        with errors_exit_2():
+            if (model is None) == (predictions is None):
+                raise InputError("give exactly one of --model or --predictions")
+            options = requested_options(**asked, train_size=train_size, policy=policy)
+        passed = _assess_centralised(AssessInputs(manifest, out, options, model_flags, run), model, predictions)
+    raise typer.Exit(EXIT_PASS if passed else EXIT_FAIL)
+
+
+def _assess_centralised(inputs: AssessInputs, model: Path | None, predictions: Path | None) -> bool:
+    """``brainmia assess --model M`` or ``--predictions CSV``; True when the verdict passes."""
+    from frontend.export import write_outputs
+    from worker.engine.assessment import run_assessment
+    from worker.engine.manifest import load_manifest
+    from worker.engine.predictions import load_predictions
+
+    from ..services.options import engine_options
+
+    with errors_exit_2(), ExitStack() as stack:
+        device = pick_device(inputs.run.device)
+        scans = load_manifest(inputs.manifest, check_files=model is not None)
+        loaded = preds = None
+        if model is not None:
+            host = stack.enter_context(confined_model_host(device))
+            loaded = host.load(model, inputs.model.overrides())
+        else:
+            preds = load_predictions(predictions, scans)  # type: ignore[arg-type]
+        options = engine_options(inputs.options, extraction=inputs.run.extraction(device, white_box=loaded is not None))
+        show_inputs(scans, loaded)
+        with progress_bar(not inputs.run.quiet) as bar:
+            result = run_assessment(
+                scans,
+                model=loaded,
+                predictions=preds,
+                predictions_path=predictions,
+                options=options,
+                cache=inputs.run.cache(),
+                progress=bar,
+            )
+        paths = write_outputs(result, inputs.out)
+    print_summary(result.report, paths)
+    return bool(result.passed)
+
+
+def _assess_federated(inputs: AssessInputs, rounds: list[Path]) -> bool:
+    """``brainmia assess --federated ROUNDS``: every learner attacks the others; True when the verdict passes."""
+    from frontend.export import write_outputs
+    from worker.engine.federated import resolve_rounds, run_federated_assessment
+    from worker.engine.manifest import load_manifest
+
+    from ..services.options import engine_options
+    from .common import archive_extractor
+
+    with errors_exit_2(), tempfile.TemporaryDirectory(prefix="brainmia-rounds-") as tmp:
+        device = pick_device(inputs.run.device)
+        paths = resolve_rounds(rounds, extract=archive_extractor(), workdir=Path(tmp) / "rounds")
+        scans = load_manifest(inputs.manifest)
+        options = engine_options(inputs.options, extraction=inputs.run.extraction(device), federated=True)
+        show_inputs(scans, None)
+        stderr.print(f"rounds: {len(paths)} community models, {paths[0].name} ... {paths[-1].name}", highlight=False)
+        with progress_bar(not inputs.run.quiet) as bar, confined_model_host(device) as host:
+            result = run_federated_assessment(
+                paths, scans, options, overrides=inputs.model.overrides(), cache=inputs.run.cache(), progress=bar,
+                loader=host.load,
+            )
+        written = write_outputs(result, inputs.out)
+    print_federated(result.report)
+    print_summary(result.report, written)
+    return bool(result.passed)
+
+
+def features(
+    model: Annotated[Path, typer.Option("--model", help="Model file.")],
+    manifest: ManifestOpt,
+    out: Annotated[Path, typer.Option("--out", help="Feature table to write (.csv or .parquet); gradient arrays go beside it as .arrays.npz.")],
+    input_shape: ShapeOpt = None,
+    voxel_size: VoxelOpt = None,
+    normalize: NormOpt = None,
+    arch: ArchOpt = None,
+    arch_options: ArchKwOpt = None,
+    black_box: Annotated[bool, typer.Option("--black-box", help="Predictions only, no gradients.")] = False,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = 8,
+    layer: LayersOpt = None,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compute the per-scan feature table only."""
+    from worker.engine.features import extract_features
+    from worker.engine.manifest import load_manifest
+
+    run = RunFlags(device, batch_size, layer, cache_dir, no_cache, quiet)
+    with errors_exit_2(), confined_model_host(pick_device(device)) as host:
+        scans = load_manifest(manifest)
+        loaded = host.load(model, ModelFlags(input_shape, voxel_size, normalize, arch, arch_options).overrides())
+        show_inputs(scans, loaded)
+        with progress_bar(not quiet) as bar:
+            table = extract_features(
+                loaded,
+                scans,
+                run.extraction(host.device, white_box=not black_box),
+                cache=run.cache(),
+                progress=bar.counter("features", len(scans.records)),
+            )
+        path = table.save(out)
+    typer.echo(f"features: {path} ({len(table.table)} scans, {len(table.table.columns)} columns)")
