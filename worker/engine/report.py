@@ -10,11 +10,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .errors import BrainMIAError, InputError
 from .features.table import FeatureTable
+from .report_model import Report
 from .version import package_version
 
 SCHEMA_VERSION = "1.0"
 TOP_EXPOSED = 50
+
+
+class ReportSchemaError(BrainMIAError):
+    """The engine assembled a report that does not match :class:`~worker.engine.report_model.Report`."""
 
 
 def exposure_section(ft: FeatureTable, exposure: dict[str, list[dict]], attack: str | None) -> dict[str, Any]:
@@ -88,8 +94,25 @@ def build_report(
     )
 
 
+def validate(report: dict[str, Any]) -> Report:
+    """Check ``report`` against the typed model of report.json (:class:`~worker.engine.report_model.Report`).
+
+    Raises:
+        ReportSchemaError: the document does not match its schema (an engine bug), naming the field.
+    """
+    try:
+        return Report.from_dict(report, source=f"report.json (schema {SCHEMA_VERSION}) as the engine assembled it")
+    except InputError as exc:
+        raise ReportSchemaError(str(exc)) from None
+
+
 def write_json(report: dict[str, Any], path: Path) -> Path:
-    """Write ``report`` atomically as indented JSON."""
+    """Validate ``report`` (:func:`validate`), then write it atomically as indented JSON.
+
+    Raises:
+        ReportSchemaError: nothing is written when the document does not match its schema.
+    """
+    validate(report)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")

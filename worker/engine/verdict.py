@@ -4,8 +4,9 @@ Levels. Each completed attack gets a level from the lower bounds (``ci_low``) of
 and of its TPR at 1% FPR: high when either reaches its high threshold, medium when either
 reaches its medium threshold, else low. The verdict's level is the highest attack level
 (so a weak-AUC attack that still singles out members at low FPR counts); the *strongest
-attack* is the completed attack with the highest AUC lower bound, and is what the summary
-quotes.
+attack* is the first of :func:`~worker.engine.report_ranking.ranked_attacks` (highest AUC
+lower bound; ties by the TPR lower bound, the mean AUC, the name), the one definition the
+report page, the figures and the command line use too, and is what the summary quotes.
 
 Errors. An attack that could not run is a finding (severity ``medium``) and makes the
 assessment *incomplete* (``"incomplete": true``). The level stays what the completed attacks
@@ -22,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .policy import DEFAULT_POLICY, LEVELS, Policy, load_policy
+from .report_ranking import is_completed, strongest_attack
 
 __all__ = ["DEFAULT_POLICY", "LEVELS", "Policy", "attack_level", "evaluate", "load_policy", "metric_level"]
 
@@ -52,8 +54,6 @@ def _metric(attack: dict, name: str, key: str = "ci_low") -> float | None:
     return None if value is None else float(value)
 
 
-def _is_ok(attack: dict) -> bool:
-    return attack.get("status") == "ok" and bool(attack.get("metrics"))
 
 
 def _label(attack: dict) -> str:
@@ -128,11 +128,12 @@ def _finding(severity: str, attack: dict | None, metric: str | None, value: floa
     }
 
 
-def _strongest(attacks: Sequence[dict], metric: str = "auc") -> dict | None:
-    scored = [a for a in attacks if _metric(a, metric) is not None]
+def _best_tpr(attacks: Sequence[dict]) -> dict | None:
+    """The attack with the highest TPR@1%FPR lower bound (ties: the mean), or None."""
+    scored = [a for a in attacks if _metric(a, TPR_METRIC) is not None]
     if not scored:
         return None
-    return max(scored, key=lambda a: (_metric(a, metric), _metric(a, metric, "mean") or 0.0))
+    return max(scored, key=lambda a: (_metric(a, TPR_METRIC), _metric(a, TPR_METRIC, "mean") or 0.0))
 
 
 def _severity(level: str) -> str:
@@ -155,8 +156,8 @@ def evaluate(
         sentence), ``findings`` (most severe first), ``levels_by_threat_model`` and
         ``policy``.
     """
-    ok = [a for a in attacks if _is_ok(a)]
-    failed = [a for a in attacks if not _is_ok(a)]
+    ok = [a for a in attacks if is_completed(a)]
+    failed = [a for a in attacks if not is_completed(a)]
     findings: list[dict[str, Any]] = []
 
     levels = {a["name"]: attack_level(a, policy) for a in ok}
@@ -166,11 +167,11 @@ def evaluate(
                 key=_rank, default=None)
         for tm in ("black-box", "white-box")
     }
-    strongest = _strongest(ok)
+    strongest = strongest_attack(ok)
     black_box_leaks = by_threat["black-box"] is not None and _rank(by_threat["black-box"]) >= 1
     recommendation = _RECOMMEND_BLACK_BOX if black_box_leaks else _RECOMMEND_WHITE_BOX
 
-    if strongest is not None:
+    if strongest is not None and _metric(strongest, "auc") is not None:
         lo = _metric(strongest, "auc")
         words, threshold = _comparison("auc", lo, policy)
         sev = _severity(metric_level(lo, policy.auc_medium, policy.auc_high))
@@ -181,7 +182,7 @@ def evaluate(
             recommendation if sev != "info" else
             "No action needed for this attack; re-assess after retraining or adding data.",
         ))
-    best_tpr = _strongest(ok, TPR_METRIC)
+    best_tpr = _best_tpr(ok)
     if best_tpr is not None:
         lo = _metric(best_tpr, TPR_METRIC)
         words, threshold = _comparison(TPR_METRIC, lo, policy)
