@@ -14,7 +14,13 @@ TOP_ATTACKS = 3
 
 
 def print_summary(report: dict[str, Any], paths: dict[str, Path]) -> None:
-    """The verdict and the attacks of highest accuracy on stderr, then the written files on stdout."""
+    """The verdict and the strongest attacks on stderr, then the written files on stdout.
+
+    The attacks are ranked by the verdict's rule (``ranked_attacks``): the first, marked, is the
+    report's ``verdict.strongest_attack``.
+    """
+    from worker.engine.report_model import ranked_attacks
+
     verdict = report["verdict"]
     colour = {"low": "green", "medium": "yellow", "high": "red"}.get(verdict["level"], "white")
     stderr.print(
@@ -22,13 +28,13 @@ def print_summary(report: dict[str, Any], paths: dict[str, Path]) -> None:
         f"({'passes' if verdict['passed'] else 'fails'} the policy) - {verdict.get('summary', '')}",
         highlight=False,
     )
-    ok = [a for a in report["attacks"] if a["status"] == "ok"]
-    best = sorted(ok, key=lambda a: -(a["metrics"]["accuracy"]["mean"] or 0))[:TOP_ATTACKS]
-    for attack in best:
-        acc, auc = attack["metrics"]["accuracy"], attack["metrics"]["auc"]
+    for rank, attack in enumerate(ranked_attacks(report)[:TOP_ATTACKS]):
+        acc, auc = attack["metrics"].get("accuracy") or {}, attack["metrics"].get("auc") or {}
         stderr.print(
-            f"  {attack['name']:55s} accuracy {100 * acc['mean']:5.1f}%  AUC {auc['mean']:.3f} "
-            f"[{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]",
+            f"  {attack['name']:55s} accuracy {_number(acc.get('mean'), '5.1f', 100)}%  "
+            f"AUC {_number(auc.get('mean'), '.3f')} "
+            f"[{_number(auc.get('ci_low'), '.3f')}, {_number(auc.get('ci_high'), '.3f')}]"
+            f"{'  (strongest)' if rank == 0 else ''}",
             highlight=False,
         )
     errored = [a["name"] for a in report["attacks"] if a["status"] != "ok"]
@@ -36,6 +42,11 @@ def print_summary(report: dict[str, Any], paths: dict[str, Path]) -> None:
         stderr.print(f"  [red]attacks that failed:[/] {', '.join(errored)}", highlight=False)
     for name, path in paths.items():
         typer.echo(f"{name}: {path}")
+
+
+def _number(value: float | None, spec: str, scale: float = 1.0) -> str:
+    """``value`` (times ``scale``) formatted by ``spec``; ``n/a`` when there is none."""
+    return "n/a" if value is None else format(scale * value, spec)
 
 
 def print_federated(report: dict[str, Any]) -> None:
