@@ -10,7 +10,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from worker.engine.errors import InputError, ManifestError
+from worker.engine.errors import InputError
+
+from ..services.errors import ApiError, field_error, from_input_error, not_found
+
+__all__ = ["ERROR_RESPONSES", "ApiError", "ErrorResponse", "field_error", "from_input_error",
+           "install_error_handlers", "not_found"]
 
 
 class ErrorDetail(BaseModel):
@@ -33,30 +38,6 @@ class ErrorResponse(BaseModel):
     """The body of every error response."""
 
     error: ErrorBody
-
-
-class ApiError(Exception):
-    """An error with an HTTP status, a stable code and optional row/field details."""
-
-    def __init__(self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None):
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details or []
-        super().__init__(message)
-
-
-def not_found(kind: str, object_id: str) -> ApiError:
-    """404 for an id that does not exist or belongs to another organisation."""
-    return ApiError(404, "not_found", f"{kind} '{object_id}' not found")
-
-
-def from_input_error(exc: InputError) -> ApiError:
-    """422 for bad user input, with row details for manifests."""
-    if isinstance(exc, ManifestError):
-        details = [{"line": e.line, "field": e.column, "reason": e.reason} for e in exc.errors]
-        return ApiError(422, "invalid_manifest", f"{len(exc.errors)} bad row(s) in the manifest", details)
-    return ApiError(422, "invalid_input", str(exc))
 
 
 def _body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
