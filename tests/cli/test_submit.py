@@ -1,5 +1,6 @@
-"""``brainmia submit`` against a live server: an embedded-mode app served by uvicorn in a thread on a
-free port, driven by the command as a pipeline would run it (a subprocess: real exit codes, stderr).
+"""``brainmia submit`` against a live server (the ``server`` fixture: an embedded-mode app served by
+uvicorn in a thread on a free port), driven by the command as a pipeline would run it (a subprocess:
+real exit codes, stderr).
 """
 
 from __future__ import annotations
@@ -7,54 +8,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from backend.app import create_app
-from backend.auth import create_token
-from backend.db.session import session_scope
-from backend.settings import Settings
-from tests.conftest import REPO, TINY_CHANNELS, TINY_SHAPE, TINY_VOXEL, save_tiny_model
+from tests.cli.live_server import free_port, run_submit
+from tests.conftest import TINY_CHANNELS, TINY_SHAPE, TINY_VOXEL, save_tiny_model
 from worker.engine.manifest import load_manifest
 from worker.engine.models import BrainAge3D
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """``(url, admin token)`` of an embedded BrainMIA (SQLite, worker thread) serving on a free port."""
-    import uvicorn
-
-    root = tmp_path_factory.mktemp("submit_server")
-    app = create_app(Settings(data_dir=root / "data", cache_dir=root / "cache", session_secret="test", device="cpu"))
-    port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=uv.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
-        time.sleep(0.05)
-    with session_scope(app.state.sessionmaker) as session:
-        token = create_token(session, "pipeline", "acme", admin=True)
-    try:
-        yield f"http://127.0.0.1:{port}", token
-    finally:
-        uv.should_exit = True
-        thread.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -72,28 +34,11 @@ def leaky_model(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return save_tiny_model(model, tmp_path_factory.mktemp("leaky") / "model.pt")
 
 
-@pytest.fixture(scope="module")
-def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained tiny model (for the tests that never get to a verdict)."""
-    torch.manual_seed(0)
-    return save_tiny_model(BrainAge3D(channels=TINY_CHANNELS), tmp_path_factory.mktemp("plain") / "model.pt")
-
-
-def _submit(*args: str, token: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRAINMIA_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    if token is not None:
-        env["BRAINMIA_TOKEN"] = token
-    return subprocess.run(
-        [sys.executable, "-m", "backend.cli", "submit", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
 def test_leaky_model_fails_the_policy_exit_1(leaky_model: Path, server: tuple[str, str], tiny_cohort: Path,
                                              tmp_path: Path) -> None:
     url, token = server
     out = tmp_path / "report"
-    done = _submit(
+    done = run_submit(
         "--server", url, "--model", str(leaky_model), "--manifest", str(tiny_cohort), "--out", str(out),
         "--classifier", "threshold", "--classifier", "logistic", "--repeats", "3", "--poll-interval", "0.2", "-q",
         token=token,  # from BRAINMIA_TOKEN
@@ -128,7 +73,7 @@ def test_bad_manifest_exit_2_with_line_numbers(server: tuple[str, str], plain_mo
             (tmp_path / row["path"]).parent.mkdir(parents=True, exist_ok=True)
             os.symlink(source, tmp_path / row["path"])
 
-    done = _submit("--server", url, "--token", token, "--model", str(plain_model), "--manifest", str(bad),
+    done = run_submit("--server", url, "--token", token, "--model", str(plain_model), "--manifest", str(bad),
                    "--out", str(tmp_path / "out"), "-q")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "line 3" in done.stderr and "age" in done.stderr, done.stderr
@@ -138,7 +83,7 @@ def test_bad_manifest_exit_2_with_line_numbers(server: tuple[str, str], plain_mo
 
 def test_bad_token_exit_2(server: tuple[str, str], plain_model: Path, tiny_cohort: Path, tmp_path: Path) -> None:
     url, _ = server
-    done = _submit("--server", url, "--token", "bmia_not-a-token", "--model", str(plain_model), "--manifest", str(tiny_cohort),
+    done = run_submit("--server", url, "--token", "bmia_not-a-token", "--model", str(plain_model), "--manifest", str(tiny_cohort),
                    "--out", str(tmp_path / "out"), "-q")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "401" in done.stderr and "token" in done.stderr.lower(), done.stderr
@@ -147,14 +92,14 @@ def test_bad_token_exit_2(server: tuple[str, str], plain_model: Path, tiny_cohor
 def test_bad_input_exit_2_before_any_upload(server: tuple[str, str], plain_model: Path, tiny_cohort: Path,
                                             tmp_path: Path) -> None:
     url, token = server
-    no_token = _submit("--server", url, "--model", str(plain_model), "--manifest", str(tiny_cohort))
+    no_token = run_submit("--server", url, "--model", str(plain_model), "--manifest", str(tiny_cohort))
     assert no_token.returncode == 2 and "token" in no_token.stderr
-    both = _submit("--server", url, "--model", str(plain_model), "--manifest", str(tiny_cohort), "--archive", str(tiny_cohort),
+    both = run_submit("--server", url, "--model", str(plain_model), "--manifest", str(tiny_cohort), "--archive", str(tiny_cohort),
                    token=token)
     assert both.returncode == 2 and "exactly one" in both.stderr
-    metadata = _submit("--server", url, "--model", str(plain_model), "--manifest", str(tiny_cohort), "--metadata", "{oops",
+    metadata = run_submit("--server", url, "--model", str(plain_model), "--manifest", str(tiny_cohort), "--metadata", "{oops",
                        token=token)
     assert metadata.returncode == 2 and "metadata" in metadata.stderr
-    unreachable = _submit("--server", f"http://127.0.0.1:{_free_port()}", "--model", str(plain_model), "--manifest",
+    unreachable = run_submit("--server", f"http://127.0.0.1:{free_port()}", "--model", str(plain_model), "--manifest",
                           str(tiny_cohort), token=token)
     assert unreachable.returncode == 2 and "failed" in unreachable.stderr
