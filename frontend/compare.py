@@ -74,12 +74,12 @@ def _attack_rows(report_a: dict, report_b: dict) -> list[dict[str, Any]]:
 
 
 def _side(report: dict, label: str) -> dict[str, Any]:
-    v = report.get("verdict") or {}
+    v = D.part(report, "verdict")
     level = str(v.get("level") or "").lower()
     strongest = D.strongest_attack(report)
-    u = report.get("utility") or {}
+    u = D.part(report, "utility")
     mae_m, mae_n = finite(u.get("mae_members")), finite(u.get("mae_nonmembers"))
-    prov = report.get("provenance") or {}
+    prov = D.part(report, "provenance")
     return {
         "label": label,
         "level": level if level in LEVEL_TEXT else "unknown",
@@ -93,8 +93,8 @@ def _side(report: dict, label: str) -> dict[str, Any]:
         "mae_members": mae_m,
         "mae_nonmembers": mae_n,
         "gap": (mae_n - mae_m) if mae_m is not None and mae_n is not None else None,
-        "model_sha256": str((prov.get("model") or {}).get("sha256") or "n/a"),
-        "manifest_sha256": str((prov.get("manifest") or {}).get("sha256") or "n/a"),
+        "model_sha256": str(D.part(prov, "model").get("sha256") or "n/a"),
+        "manifest_sha256": str(D.part(prov, "manifest").get("sha256") or "n/a"),
         "created_at": str(prov.get("created_at") or "n/a"),
         "version": str(prov.get("package_version") or "n/a"),
     }
@@ -137,10 +137,15 @@ def _figure(build: Any) -> dict[str, Any]:
 
 
 def build_comparison(
-    report_a: dict, report_b: dict, features_a: pd.DataFrame | None, features_b: pd.DataFrame | None,
-    label_a: str = "A", label_b: str = "B",
+    report_a: D.ReportLike, report_b: D.ReportLike, features_a: pd.DataFrame | None,
+    features_b: pd.DataFrame | None, label_a: str = "A", label_b: str = "B",
 ) -> dict[str, Any]:
-    """The compare page's context: both verdicts, headline changes, per-attack changes, figures."""
+    """The compare page's context: both verdicts, headline changes, per-attack changes, figures.
+
+    The reports are dicts (report.json) or typed :class:`~worker.engine.report_model.Report`;
+    each side's strongest attack is the verdict's (:func:`worker.engine.report_model.strongest_attack`).
+    """
+    report_a, report_b = D.as_dict(report_a), D.as_dict(report_b)
     a, b = _side(report_a, label_a), _side(report_b, label_b)
     rows = _attack_rows(report_a, report_b)
     return {

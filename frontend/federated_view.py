@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from worker.engine.report_model import strongest_attack
+
+from .figures import _data as D
 from .figures._style import finite
 
 __all__ = ["UNSEEN_LABEL", "build_federated_context", "federated_figures", "fmt_metric", "learner_label", "metric_parts"]
@@ -63,26 +66,22 @@ def _metrics_row(metrics: Mapping[str, Any] | None) -> dict[str, str]:
     }
 
 
-def _attack_by_name(section: Mapping[str, Any], name: str | None) -> dict[str, Any] | None:
-    for group in ("final_round", "trajectory"):
-        for attack in (section.get(group) or {}).get("attacks") or []:
-            if isinstance(attack, dict) and attack.get("name") == name:
-                return attack
-    return None
-
-
 def _group_best(section: Mapping[str, Any], group: str) -> dict[str, Any] | None:
-    """The strongest attack of ``final_round`` or ``trajectory``, pre-formatted (None if none ran)."""
-    info = section.get(group) or {}
-    attack = _attack_by_name(section, info.get("strongest"))
-    if attack is None or attack.get("status") != "ok":
+    """The strongest attack of ``final_round`` or ``trajectory``, pre-formatted (None if none ran).
+
+    Ranked on their federation-wide ``overall`` metrics by the verdict's rule
+    (:func:`worker.engine.report_model.strongest_attack`).
+    """
+    members = [a for a in D.part(section, group).get("attacks") or [] if isinstance(a, dict)]
+    best = strongest_attack([{**a, "metrics": a.get("overall") or {}} for a in members])
+    if best is None:
         return None
-    return {"attack": str(attack.get("name")), **_metrics_row(attack.get("overall"))}
+    return {"attack": str(best.get("name")), **_metrics_row(best["metrics"])}
 
 
 def _matrix_rows(section: Mapping[str, Any], learners: Sequence[str]) -> list[dict[str, Any]]:
     """The attacker x victim accuracy as table rows (the heatmap's text alternative)."""
-    grid = (section.get("matrix") or {}).get("accuracy") or []
+    grid = D.part(section, "matrix").get("accuracy") or []
     rows = []
     for i, attacker in enumerate(learners):
         cells = []
@@ -118,8 +117,9 @@ def _last_round(section: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"round": int(last.get("round") or 0), "attack": str(last.get("attack") or ""), **_metrics_row(last)}
 
 
-def build_federated_context(report: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The template's view of the ``federated`` section, or None for a centralised report.
+def build_federated_context(report: D.ReportLike) -> dict[str, Any] | None:
+    """The template's view of the ``federated`` section (of a report dict or a typed ``Report``),
+    or None for a centralised report.
 
     Returns:
         ``learners``, ``n_learners``, ``n_rounds``, ``rounds_used`` (text), ``attack`` (the
@@ -130,7 +130,7 @@ def build_federated_context(report: Mapping[str, Any]) -> dict[str, Any] | None:
         ``matrix_rows`` (accuracy per cell as text, "–" on the diagonal) and ``learner_rows``
         (scans and ages per learner, the unseen scans last).
     """
-    section = report.get("federated") if isinstance(report, Mapping) else None
+    section = D.as_dict(report).get("federated")
     if not isinstance(section, dict):
         return None
     learners = [str(x) for x in section.get("learners") or []]

@@ -245,14 +245,14 @@ def _accuracy_table(report: dict) -> dict:
     for a in D.attacks(report):
         by_key.setdefault((str(a.get("feature_set")), str(a.get("classifier"))), a)
     strongest = D.strongest_attack(report)
-    arch = ((report.get("provenance") or {}).get("model") or {}).get("architecture")
+    arch = D.part(report, "provenance", "model").get("architecture")
     paper_col = "2D-slice-mean" if arch == "brain_age_slice_mean" else "3D-CNN"
     paper = PAPER_ACCURACY[paper_col]
     rows = []
     for fs in feature_sets:
         threat = next(
             (D.threat_model(a) for a in D.attacks(report) if str(a.get("feature_set")) == fs),
-            "black-box",
+            D.feature_set_threat_model(fs),
         )
         cells = []
         for clf in classifiers:
@@ -310,7 +310,7 @@ def _metrics_rows(report: dict) -> list[dict]:
 
 
 def _verdict(report: dict) -> dict:
-    v = report.get("verdict") or {}
+    v = D.part(report, "verdict")
     level = str(v.get("level") or "").lower()
     if level not in LEVEL_TEXT:
         level = "unknown"
@@ -341,8 +341,8 @@ def _verdict(report: dict) -> dict:
             "detail": "; ".join(detail),
         })
     findings.sort(key=lambda f: SEVERITY_ORDER[f["severity"]])
-    policy = v.get("policy") or {}
-    by_threat = v.get("levels_by_threat_model") or {}
+    policy = D.part(v, "policy")
+    by_threat = D.part(v, "levels_by_threat_model")
     threat_levels = [
         {"threat": tm, "label": label, "level": str(by_threat[tm]).lower(),
          "level_text": LEVEL_TEXT.get(str(by_threat[tm]).lower(), str(by_threat[tm]))}
@@ -389,7 +389,7 @@ def _glance(report: dict) -> list[dict]:
             "value": _pct(tpr),
             "note": "training scans identified while wrongly accusing only 1 in 100 others",
         })
-    u = report.get("utility") or {}
+    u = D.part(report, "utility")
     if finite(u.get("mae_members")) is not None and finite(u.get("mae_nonmembers")) is not None:
         cards.append({
             "label": "Model error, training vs unseen scans",
@@ -400,10 +400,9 @@ def _glance(report: dict) -> list[dict]:
 
 
 def _provenance(report: dict) -> dict:
-    p = report.get("provenance") or {}
-    model = p.get("model") or {}
-    manifest = p.get("manifest") or {}
-    meta = model.get("metadata") or {}
+    p = D.part(report, "provenance")
+    model, manifest = D.part(p, "model"), D.part(p, "manifest")
+    meta = D.part(model, "metadata")
     model_rows = [
         ("File", model.get("path")),
         ("Format", model.get("format")),
@@ -417,7 +416,7 @@ def _provenance(report: dict) -> dict:
         ("Members (training scans)", manifest.get("n_members")),
         ("Non-members (unseen scans)", manifest.get("n_nonmembers")),
     ]
-    request = p.get("request") or {}
+    request = D.part(p, "request")
     run_rows = ([
         ("Assessment", request.get("assessment_id")),
         ("Requested by", request.get("requested_by")
@@ -430,9 +429,7 @@ def _provenance(report: dict) -> dict:
         ("Duration", _duration(p.get("duration_s"))),
         ("Host", p.get("host")),
     ] + ([("Python", p.get("python"))] if p.get("python") else [])
-    settings = p.get("settings") or {}
-    settings_rows = [(str(k), _setting_value(v)) for k, v in settings.items()] \
-        if isinstance(settings, dict) else []
+    settings_rows = [(str(k), _setting_value(v)) for k, v in D.settings(report).items()]
 
     def clean(rows):
         return [(k, "n/a" if v is None or v == "" else str(v)) for k, v in rows]
@@ -498,8 +495,9 @@ def _grad_layers(fig: _FigureMaker, features: pd.DataFrame | None, best: str | N
     return layers
 
 
-def build_context(report: dict, features: pd.DataFrame | None = None) -> dict:
-    """The template's view of a report: pre-formatted strings, no raw metric access."""
+def build_context(report: D.ReportLike, features: pd.DataFrame | None = None) -> dict:
+    """The template's view of a report (a dict or a typed ``Report``): pre-formatted strings, no raw metric access."""
+    report = D.as_dict(report)
     white_box = _is_white_box(report, features)
     if not D.grad_norm_columns(features) and not white_box:
         grad_message = "Not available (black-box assessment): gradients need the model's internals."
@@ -510,7 +508,7 @@ def build_context(report: dict, features: pd.DataFrame | None = None) -> dict:
     fig = _FigureMaker(report, features, grad_message)
     strongest = D.strongest_attack(report)
     best_auc = D.metric(strongest, "auc") if strongest else None
-    u = report.get("utility") or {}
+    u = D.part(report, "utility")
     best_layer = _most_separable_layer(features)
 
     figures = {
@@ -541,14 +539,14 @@ def build_context(report: dict, features: pd.DataFrame | None = None) -> dict:
     grad_layers = _grad_layers(fig, features, best_layer)
     figures["grad_norm_best"] = next((layer["block"] for layer in grad_layers if layer["selected"]), None)
     prov = _provenance(report)
-    model_path = str(((report.get("provenance") or {}).get("model") or {}).get("path") or "")
+    model_path = str(D.part(report, "provenance", "model").get("path") or "")
     model_name = model_path.replace("\\", "/").rsplit("/", 1)[-1] if model_path else ""
-    exposure_attack = (report.get("exposure") or {}).get("attack")
+    exposure_attack = D.part(report, "exposure").get("attack")
     schema = str(report.get("schema_version") or "")
     return {
         "title": "BrainMIA membership-inference report" + (f": {model_name}" if model_name else ""),
         "model_name": model_name,
-        "created_at": str((report.get("provenance") or {}).get("created_at") or ""),
+        "created_at": str(D.part(report, "provenance").get("created_at") or ""),
         "schema_warning": bool(schema) and not schema.startswith("1."),
         "schema_version": schema,
         "verdict": _verdict(report),
@@ -576,11 +574,12 @@ def build_context(report: dict, features: pd.DataFrame | None = None) -> dict:
     }
 
 
-def render_report_html(report: dict, features: pd.DataFrame | None = None) -> str:
+def render_report_html(report: D.ReportLike, features: pd.DataFrame | None = None) -> str:
     """Render the whole report as one self-contained HTML document (opens offline).
 
     Args:
-        report: the report dict (report.json contract, schema 1.x).
+        report: the report dict (report.json contract, schema 1.x) or a typed
+            :class:`~worker.engine.report_model.Report`.
         features: the per-scan feature table (scan_id, member, age, prediction, error,
             grad_norm:<path>..., attributes), or None; sections that need it then say that
             the data is not available.
@@ -605,7 +604,7 @@ def plotly_config() -> Markup:
     }))
 
 
-def write_report_html(report: dict, features: pd.DataFrame | None, path: str | Path) -> Path:
+def write_report_html(report: D.ReportLike, features: pd.DataFrame | None, path: str | Path) -> Path:
     """Render and write the report to ``path`` (UTF-8); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

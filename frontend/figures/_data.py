@@ -1,19 +1,33 @@
 """Read-only helpers over the report dict and the per-scan feature table.
 
 Everything here tolerates missing keys and null metric values: a report is rendered even when
-parts of it are absent or an attack failed.
+parts of it are absent or an attack failed. What decides anything (which attacks completed,
+their ranking and the strongest, an attack's threat model) is the engine's one definition in
+:mod:`worker.engine.report_model`, so the page, the figures and the verdict agree.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
-from worker.engine.attacks.feature_sets import DEFAULT_FEATURE_SETS
+from worker.engine.feature_names import DEFAULT_FEATURE_SETS
+from worker.engine.report_model import (
+    Report,
+    attack_threat_model,
+    feature_set_threat_model,
+    is_completed,
+    ranked_attacks,
+)
+from worker.engine.report_model import strongest_attack as _strongest_attack
 
 from ._style import FigureUnavailable, finite
+
+ReportLike = Mapping[str, Any] | Report
+"""What the entry points take: a report dict (as loaded from report.json) or a typed report."""
 
 #: Feature sets in the order of the paper's table (DESIGN.md); others follow.
 FEATURE_SET_ORDER = DEFAULT_FEATURE_SETS
@@ -43,16 +57,33 @@ def _dedupe(items: Iterable[str]) -> list[str]:
     return list(seen)
 
 
+def as_dict(report: ReportLike | None) -> dict:
+    """The report as a dict: a typed :class:`Report` is dumped, a dict is returned as it is."""
+    if isinstance(report, Report):
+        return report.to_dict()
+    return report if isinstance(report, dict) else dict(report) if isinstance(report, Mapping) else {}
+
+
+def part(report: Mapping[str, Any], *keys: str) -> dict:
+    """A (nested) section of the report, e.g. ``part(report, "provenance", "model")``; ``{}`` when absent."""
+    value: Any = report
+    for key in keys:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value if isinstance(value, dict) else {}
+
+
 def attacks(report: dict) -> list[dict]:
     """All attack entries (ok and errored)."""
     return [a for a in (report.get("attacks") or []) if isinstance(a, dict)]
 
 
 def is_ok(attack: dict) -> bool:
-    return attack.get("status", "ok") == "ok"
+    """Whether the attack completed (the engine's rule: ``status`` ok, with metrics)."""
+    return is_completed(attack)
 
 
 def ok_attacks(report: dict) -> list[dict]:
+    """The completed attacks, in report order."""
     return [a for a in attacks(report) if is_ok(a)]
 
 
@@ -63,25 +94,28 @@ def attack_name(attack: dict) -> str:
     return f"{attack.get('feature_set', '?')}/{attack.get('classifier', '?')}"
 
 
+def settings(report: dict) -> dict:
+    """The assessment's settings (``provenance.settings``), ``{}`` when absent."""
+    return part(report, "provenance", "settings")
+
+
 def feature_set_order(report: dict) -> list[str]:
     """Feature sets present in the report: canonical order first, then the others in the
     order of the settings, then in order of appearance."""
-    settings = (report.get("provenance") or {}).get("settings") or {}
     present = _dedupe(
         [str(a.get("feature_set")) for a in attacks(report) if a.get("feature_set")]
     )
-    others = [f for f in _dedupe(list(settings.get("feature_sets") or []) + present)
+    others = [f for f in _dedupe(list(settings(report).get("feature_sets") or []) + present)
               if f not in FEATURE_SET_ORDER and f in present]
     return [f for f in FEATURE_SET_ORDER if f in present] + others
 
 
 def classifier_order(report: dict) -> list[str]:
     """Classifiers present in the report, in the order of the settings, then appearance."""
-    settings = (report.get("provenance") or {}).get("settings") or {}
     present = _dedupe(
         [str(a.get("classifier")) for a in attacks(report) if a.get("classifier")]
     )
-    return [c for c in _dedupe(list(settings.get("classifiers") or []) + present) if c in present]
+    return [c for c in _dedupe(list(settings(report).get("classifiers") or []) + present) if c in present]
 
 
 def metric(attack: dict, name: str, field: str = "mean") -> float | None:
@@ -93,53 +127,38 @@ def metric(attack: dict, name: str, field: str = "mean") -> float | None:
 
 
 def threat_model(attack: dict) -> str:
-    """``black-box`` or ``white-box``; inferred from the feature set when absent."""
-    tm = str(attack.get("threat_model") or "").lower()
-    if tm in ("black-box", "white-box"):
-        return tm
-    fs = str(attack.get("feature_set") or "")
-    return "white-box" if fs == "activation" or "grad" in fs else "black-box"
+    """``black-box`` or ``white-box``: the attack's own, else its feature set's (the engine's rule)."""
+    return attack_threat_model(attack)
 
 
-def strength(attack: dict) -> tuple[float, float]:
-    """Sort key: AUC, then accuracy (missing values rank last)."""
-    auc = metric(attack, "auc")
-    acc = metric(attack, "accuracy")
-    return (auc if auc is not None else -1.0, acc if acc is not None else -1.0)
+def ranked(report: dict) -> list[dict]:
+    """The completed attacks, strongest first (:func:`worker.engine.report_model.ranked_attacks`)."""
+    return ranked_attacks(report)
 
 
 def strongest_attack(report: dict) -> dict | None:
-    """The verdict's strongest attack when it is an ok attack, else the one with best AUC."""
-    ok = ok_attacks(report)
-    if not ok:
-        return None
-    named = (report.get("verdict") or {}).get("strongest_attack")
-    for a in ok:
-        if named and attack_name(a) == named:
-            return a
-    return max(ok, key=strength)
+    """The strongest completed attack (the verdict's: :func:`worker.engine.report_model.strongest_attack`)."""
+    return _strongest_attack(report)
 
 
 def select_attacks(report: dict, which: Any = "strongest", require: str | None = None) -> list[dict]:
     """Resolve an attack selection: ``"strongest"``, ``"all"``, one name or a list of names.
 
     ``require`` keeps only attacks where that key holds data (e.g. ``"by_age_bin"``); with
-    "strongest", the strongest attack that has the data is used.
+    "strongest", the strongest attack that has the data is used. ``"all"`` lists them
+    strongest first.
     """
-    ok = ok_attacks(report)
+    order = ranked(report)
     if require:
-        ok = [a for a in ok if a.get(require)]
-    if not ok:
+        order = [a for a in order if a.get(require)]
+    if not order:
         return []
     if which in (None, "strongest"):
-        strongest = strongest_attack(report)
-        if strongest is not None and strongest in ok:
-            return [strongest]
-        return [max(ok, key=strength)]
+        return order[:1]
     if which == "all":
-        return sorted(ok, key=strength, reverse=True)
+        return order
     names = [which] if isinstance(which, str) else list(which)
-    by_name = {attack_name(a): a for a in ok}
+    by_name = {attack_name(a): a for a in order}
     missing = [n for n in names if n not in by_name]
     if missing:
         raise FigureUnavailable(f"no such attack with data: {', '.join(map(str, missing))}")

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import pandas as pd
 import plotly.graph_objects as go
 
+from ._data import ReportLike, as_dict
 from ._style import FigureUnavailable, placeholder_figure
 
 FigureBuilder = Callable[..., go.Figure]
@@ -64,7 +65,7 @@ def register_figure(
 
 def build_figure(
     name: str,
-    report: dict,
+    report: ReportLike,
     features: pd.DataFrame | None = None,
     *,
     on_unavailable: str = "raise",
@@ -74,7 +75,7 @@ def build_figure(
 
     Args:
         name: a key of :data:`FIGURES`.
-        report: the report dict (report.json).
+        report: the report dict (report.json) or a typed :class:`~worker.engine.report_model.Report`.
         features: the per-scan feature table, or None.
         on_unavailable: ``"raise"`` re-raises :class:`FigureUnavailable` when the data is
             missing; ``"placeholder"`` returns a figure showing the reason instead.
@@ -98,7 +99,7 @@ def build_figure(
         raise ValueError("on_unavailable must be 'raise' or 'placeholder'")
     kwargs = _coerce_options(name, builder, kwargs)
     try:
-        return builder(report, features, **kwargs)
+        return builder(as_dict(report), features, **kwargs)
     except FigureUnavailable as exc:
         if on_unavailable == "placeholder":
             return placeholder_figure(str(exc), title=FIGURE_INFO[name].title)

@@ -142,7 +142,7 @@ def roc_curves(
     show: str | int = "best",
     mark_low_fpr: bool | None = None,
 ) -> go.Figure:
-    """Mean ROC curve of every successful attack, legend sorted by AUC.
+    """Mean ROC curve of every successful attack, legend strongest first (the verdict's ranking).
 
     Args:
         log: log-log axes from 1e-3, to read the low false-positive region.
@@ -154,14 +154,13 @@ def roc_curves(
     if mark_low_fpr is None:
         mark_low_fpr = bool(log)
     colors, classifiers = _styles(report)
-    candidates = [
+    candidates = [  # strongest first (the verdict's ranking)
         a
-        for a in D.ok_attacks(report)
+        for a in D.ranked(report)
         if isinstance(a.get("roc"), dict) and a["roc"].get("fpr") and a["roc"].get("tpr")
     ]
     if not candidates:
         raise FigureUnavailable("no ROC curve available (no successful attack)")
-    candidates.sort(key=D.strength, reverse=True)
     # Within a feature set, the best classifier is drawn solid, the next ones dashed, dotted...
     rank_in_set: dict[int, int] = {}
     seen_sets: dict[str, int] = {}

@@ -17,17 +17,19 @@ def _by_name(report: dict, metric: str) -> dict[str, dict]:
 
 
 def comparison_accuracy(
-    report_a: dict, report_b: dict, label_a: str = "A", label_b: str = "B", metric: str = "accuracy"
+    report_a: D.ReportLike, report_b: D.ReportLike, label_a: str = "A", label_b: str = "B",
+    metric: str = "accuracy",
 ) -> go.Figure:
     """Each attack's accuracy (or AUC) in both reports, with 95% CI whiskers, attacks as rows.
 
     Args:
-        report_a, report_b: the two report dicts (report.json).
+        report_a, report_b: the two reports (dicts as in report.json, or typed ``Report``).
         label_a, label_b: legend names of the two assessments.
         metric: ``accuracy``, ``balanced_accuracy`` or ``auc``.
     """
     if metric not in ("accuracy", "balanced_accuracy", "auc"):
         raise ValueError("metric must be 'accuracy', 'balanced_accuracy' or 'auc'")
+    report_a, report_b = D.as_dict(report_a), D.as_dict(report_b)
     a_rows, b_rows = _by_name(report_a, metric), _by_name(report_b, metric)
     order = [n for n in _attack_order(report_a, report_b) if n in a_rows or n in b_rows]
     if not order:

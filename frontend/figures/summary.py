@@ -35,7 +35,7 @@ from ._style import (
 def utility(report: dict, features: pd.DataFrame | None = None) -> go.Figure:
     """MAE on members vs non-members (bars, years), with a standard error when the per-scan
     table is available."""
-    u = report.get("utility") or {}
+    u = D.part(report, "utility")
     mae_m, mae_n = finite(u.get("mae_members")), finite(u.get("mae_nonmembers"))
     if mae_m is None and mae_n is None:
         raise FigureUnavailable("no utility figures in this report")
@@ -96,13 +96,13 @@ def utility(report: dict, features: pd.DataFrame | None = None) -> go.Figure:
     return fig
 
 
-def top_exposed(report: dict, n: int = 20, members_only: bool = True) -> list[dict]:
+def top_exposed(report: D.ReportLike, n: int = 20, members_only: bool = True) -> list[dict]:
     """The ``n`` scans with the highest attack score (members only by default), best first.
 
     Only ``scan_id``, ``member``, ``score`` and ``n_tested`` are kept (IDs only, nothing else
     about the subject).
     """
-    scans = [s for s in ((report.get("exposure") or {}).get("scans") or []) if isinstance(s, dict)]
+    scans = [s for s in D.part(D.as_dict(report), "exposure").get("scans") or [] if isinstance(s, dict)]
     if members_only:
         scans = [s for s in scans if str(s.get("member")).lower() in ("1", "true", "1.0")]
     scans = [s for s in scans if finite(s.get("score")) is not None]
@@ -135,7 +135,7 @@ def exposure(
     rows = top_exposed(report, top_n, members_only)
     if not rows:
         raise FigureUnavailable("no per-scan exposure scores in this report")
-    attack = (report.get("exposure") or {}).get("attack")
+    attack = D.part(report, "exposure").get("attack")
     fig = new_figure()
     ids = [esc(r["scan_id"]) for r in rows]
     # Plotly merges equal category labels; keep each bar by making duplicates unique.

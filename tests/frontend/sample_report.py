@@ -2,7 +2,11 @@
 
 The numbers follow Gupta et al. (MIDL 2021, 3D-CNN column): an overfitted brain-age model whose
 training scans have small errors and small gradients. The report and the table are consistent
-(same scan IDs, utility computed from the table, exposure scores from the errors).
+(same scan IDs, utility computed from the table, exposure scores from the errors). The verdict
+is the engine's (:func:`worker.engine.verdict.evaluate` under the default policy), and every
+report made here is validated by the engine's typed model of report.json
+(:class:`worker.engine.report_model.Report`), so the dashboard tests cannot drift from what the
+engine writes.
 
     report, features = make_sample(400)                     # white-box, one errored attack
     report, features = make_sample(400, white_box=False)    # black-box only
@@ -18,10 +22,12 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from worker.engine.attacks.feature_sets import DEFAULT_FEATURE_SETS
+from worker.engine.feature_names import DEFAULT_FEATURE_SETS, threat_model
+from worker.engine.report_model import Report
+from worker.engine.verdict import Policy, evaluate
 
 FEATURE_SETS = DEFAULT_FEATURE_SETS
-BLACK_BOX_SETS = ("error", "prediction+label")
+BLACK_BOX_SETS = tuple(fs for fs in FEATURE_SETS if threat_model(fs) == "black-box")
 CLASSIFIERS = ("threshold", "logistic", "mlp", "gbt")
 #: The univariate "threshold" attack only runs on feature sets with a natural score.
 UNIVARIATE = {"threshold": ("error",)}
@@ -130,7 +136,7 @@ def _attack(
     n_train: int,
     attributes: list[str],
 ) -> dict:
-    threat = "black-box" if feature_set in BLACK_BOX_SETS else "white-box"
+    threat = threat_model(feature_set)
     entry = {
         "name": f"{feature_set}/{classifier}",
         "feature_set": feature_set,
@@ -144,9 +150,9 @@ def _attack(
         "repeats": repeats,
         "duration_s": round(float(rng.uniform(0.2, 30.0)), 2),
     }
-    if (feature_set, classifier) == ERRORED:
-        entry.update(status="error", error=ERROR_MESSAGE, metrics={}, roc=None, by_age_bin=[],
-                     by_attribute={})
+    if (feature_set, classifier) == ERRORED:  # as the engine records a failed attack
+        entry.update(status="error", error=ERROR_MESSAGE, n_features=None, n_train=None, n_test=None,
+                     repeats=None, metrics={}, roc=None, by_age_bin=[], by_attribute={})
         return entry
     acc_true = BASE_ACCURACY[feature_set] + CLASSIFIER_OFFSET[classifier]
     accs = np.clip(acc_true + rng.normal(0, 0.006, repeats), 0.5, 0.99)
@@ -168,7 +174,7 @@ def _attack(
     for low, high in AGE_BINS:
         n_bin = int(((features["age"] >= low) & (features["age"] < high)).sum() * frac)
         acc = float(np.clip(acc_true + 0.012 * (low - 60) / 10 + rng.normal(0, 0.015), 0, 1))
-        by_age.append({"bin": f"{low}-{high}", "low": low, "high": high,
+        by_age.append({"bin": f"{low}-{high}", "low": float(low), "high": float(high),
                        "accuracy": round(acc, 4) if n_bin else None, "n": n_bin,
                        "n_members": n_bin // 2})
     by_attr = {}
@@ -217,12 +223,16 @@ def make_report(
                 _attack(fs, clf, features, rng, repeats=repeats, n_train=2 * train_size,
                         attributes=attributes)
             )
-    ok = [a for a in attacks if a["status"] == "ok"]
-    strongest = max(ok, key=lambda a: a["metrics"]["auc"]["mean"])
-    best_bb = max((a for a in ok if a["threat_model"] == "black-box"),
-                  key=lambda a: a["metrics"]["auc"]["mean"])
     abs_err = np.abs(features["error"].to_numpy())
     mae_m, mae_n = float(abs_err[member == 1].mean()), float(abs_err[member == 0].mean())
+    utility = {
+        "mae_members": round(mae_m, 4),
+        "mae_nonmembers": round(mae_n, 4),
+        "n_members": n_members,
+        "n_nonmembers": n_scans - n_members,
+        "mae_gap": round(mae_n - mae_m, 4),
+    }
+    verdict = evaluate(attacks, Policy(), utility=utility)
 
     logit = 1.3 * (2.2 - abs_err) + rng.normal(0, 0.4, n_scans)
     score = 1 / (1 + np.exp(-logit))
@@ -231,73 +241,9 @@ def make_report(
          "n_tested": int(rng.integers(1, repeats + 1))}
         for sid, m, s in zip(features["scan_id"], member, score)
     ]
-
-    policy = {"max_auc": 0.6, "max_accuracy": 0.6, "max_tpr_at_fpr_0.01": 0.05, "max_mae_gap": 2.0}
-    auc = strongest["metrics"]["auc"]["mean"]
-    level = "high" if auc >= 0.75 else "medium" if auc >= policy["max_auc"] else "low"
-    tpr01 = strongest["metrics"]["tpr_at_fpr_0.01"]["mean"]
-    findings = [
-        {
-            "severity": "high",
-            "attack": strongest["name"],
-            "metric": "auc",
-            "value": auc,
-            "threshold": policy["max_auc"],
-            "message": f"The strongest attack ({strongest['name']}) tells training scans from "
-                       f"unseen scans with AUC {auc:.2f}, above the policy limit of "
-                       f"{policy['max_auc']:.2f}.",
-            "recommendation": "Do not share the model weights as they are. Retrain with stronger "
-                              "regularisation (weight decay, early stopping, augmentation) or with "
-                              "differentially private training (DP-SGD), then assess again.",
-        },
-        {
-            "severity": "high" if best_bb["metrics"]["auc"]["mean"] >= 0.75 else "medium",
-            "attack": best_bb["name"],
-            "metric": "auc",
-            "value": best_bb["metrics"]["auc"]["mean"],
-            "threshold": policy["max_auc"],
-            "message": "Even an attacker who only sees the model's predicted ages can infer "
-                       f"membership (AUC {best_bb['metrics']['auc']['mean']:.2f}).",
-            "recommendation": "Do not expose exact predictions through a public service; round "
-                              "or aggregate the outputs, or serve only a retrained model.",
-        },
-        {
-            "severity": "medium",
-            "attack": strongest["name"],
-            "metric": "tpr_at_fpr_0.01",
-            "value": tpr01,
-            "threshold": policy["max_tpr_at_fpr_0.01"],
-            "message": f"With 1% false alarms the attack identifies {100 * tpr01:.0f}% of the "
-                       "training scans with confidence.",
-            "recommendation": "Treat the training cohort as identifiable from the model; check the "
-                              "consent and data-sharing terms before release.",
-        },
-        {
-            "severity": "info",
-            "attack": None,
-            "metric": None,
-            "value": mae_n - mae_m,
-            "threshold": policy["max_mae_gap"],
-            "message": f"The model's error is {mae_m:.1f} years on its training scans and "
-                       f"{mae_n:.1f} years on unseen scans: it has memorised its training data.",
-            "recommendation": "Quote the unseen-scan error as the model's accuracy.",
-        },
-    ]
-    if errored and any(a["status"] == "error" for a in attacks):
-        findings.append({
-            "severity": "info",
-            "attack": "/".join(ERRORED),
-            "metric": None,
-            "value": None,
-            "threshold": None,
-            "message": f"The attack {'/'.join(ERRORED)} failed; its result is missing from this "
-                       "assessment.",
-            "recommendation": "See the error in the accuracy table; the verdict rests on the "
-                              "other attacks.",
-        })
     model_path = "models/<b>evil</b>.safetensors" if malicious else (
         "models/brain_age_3d.safetensors" if white_box else "predictions/brain_age_preds.csv")
-    return {
+    report = {
         "schema_version": "1.0",
         "provenance": {
             "model": {
@@ -329,31 +275,13 @@ def make_report(
             "duration_s": 123.4,
             "host": "assess-01",
         },
-        "utility": {
-            "mae_members": round(mae_m, 4),
-            "mae_nonmembers": round(mae_n, 4),
-            "n_members": n_members,
-            "n_nonmembers": n_scans - n_members,
-            "mae_gap": round(mae_n - mae_m, 4),
-        },
+        "utility": utility,
         "attacks": attacks,
-        "exposure": {"attack": strongest["name"], "scans": exposure_scans},
-        "verdict": {
-            "level": level,
-            "passed": level == "low",
-            "strongest_attack": strongest["name"],
-            "summary": f"High membership-inference risk: the strongest attack "
-                       f"({strongest['name']}) identifies training scans with AUC {auc:.2f} "
-                       f"(policy limit {policy['max_auc']:.2f})." if level == "high" else
-                       f"Membership-inference risk is {level}: strongest attack AUC {auc:.2f}.",
-            "findings": findings,
-            "policy": policy,
-            "incomplete": errored,
-            "levels_by_threat_model": {"black-box": "high" if best_bb["metrics"]["auc"]["mean"] >= 0.75
-                                       else "medium", "white-box": level} if white_box
-            else {"black-box": level},
-        },
+        "exposure": {"attack": verdict["strongest_attack"], "scans": exposure_scans},
+        "verdict": verdict,
     }
+    Report.from_dict(report, source="sample report")  # what the engine would write
+    return report
 
 
 def make_sample(

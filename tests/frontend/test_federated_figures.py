@@ -21,6 +21,7 @@ from frontend.figures import (
     build_figure,
 )
 from tests.frontend.sample_report import make_sample
+from worker.engine.report_model import Report
 
 NAMES = ("federated_matrix", "federated_rounds", "federated_learners")
 LEARNERS = ["site-A", "site-B", "site-C", "<b>site-D</b>"]
@@ -49,11 +50,14 @@ def make_federated_report(n_rounds: int = 40) -> tuple[dict, pd.DataFrame]:
     }
     metrics = {"accuracy": _summary(0.71, 0.66, 0.76), "auc": _summary(0.78, 0.72, 0.84),
                "tpr_at_fpr_0.01": _summary(None, None, None)}  # type: ignore[arg-type]
-    final = {"name": "final/error/threshold", "scope": "final", "status": "ok", "matrix":
+    final = {"name": "final/error/threshold", "scope": "final", "feature_set": "error", "classifier": "threshold",
+             "threat_model": "black-box", "round": n_rounds, "rounds": [n_rounds], "status": "ok", "matrix":
              {"accuracy": acc, "auc": auc, "tpr_at_fpr_0.01": tpr}, "matrix_ci": ci, "overall": metrics,
              "per_attacker": []}
     other_acc = [[None if i == j else 0.5 for j in range(n)] for i in range(n)]
-    trajectory = {"name": "trajectory/loss-trajectory/logistic", "scope": "trajectory", "status": "ok",
+    trajectory = {"name": "trajectory/loss-trajectory/logistic", "scope": "trajectory",
+                  "feature_set": "loss-trajectory", "classifier": "logistic", "threat_model": "black-box",
+                  "round": None, "rounds": [1, n_rounds], "status": "ok",
                   "matrix": {"accuracy": other_acc, "auc": other_acc, "tpr_at_fpr_0.01": tpr}, "matrix_ci": {},
                   "overall": {"accuracy": _summary(0.6, 0.55, 0.65), "auc": _summary(0.62, 0.57, 0.67),
                               "tpr_at_fpr_0.01": _summary(None, None, None)}}  # type: ignore[arg-type]
@@ -79,9 +83,11 @@ def make_federated_report(n_rounds: int = 40) -> tuple[dict, pd.DataFrame]:
         "final_round": {"strongest": final["name"], "attacks": [final]},
         "trajectory": {"strongest": trajectory["name"], "attacks": [trajectory]},
         "learner_summary": summary,
+        "settings": {"repeats": 3, "classifiers": ["threshold", "logistic"]},
     }
     report, _ = make_sample(60)
     report = {**report, "federated": section}
+    Report.from_dict(report, source="federated sample report")  # shaped as the engine writes it
     features = pd.DataFrame({
         "scan_id": [f"s{i}" for i in range(sum(len(v) for v in ages.values()))],
         "learner": [k for k, v in ages.items() for _ in v],

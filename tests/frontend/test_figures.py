@@ -25,6 +25,7 @@ from frontend.figures import (
     register_figure,
 )
 from tests.frontend.sample_report import ERRORED, MALICIOUS_ID, MALICIOUS_SITE, make_sample
+from worker.engine.report_model import Report, ranked_attacks
 
 EXPECTED = {
     "error_distribution",
@@ -227,14 +228,18 @@ def test_grad_norm_layers_one_panel_per_layer(sample):
     assert sum(1 for t in fig.data if t.showlegend is not False) == 2
 
 
-def test_roc_sorted_by_auc_skips_errored(sample):
+def test_roc_strongest_first_skips_errored(sample):
+    """Legend in the verdict's ranking (AUC lower bound first), the verdict's strongest on top."""
     report, features = sample
     fig = build_figure("roc_curves", report, features)
     curves = [t for t in fig.data if t.name and "AUC" in t.name and "Chance" not in t.name]
     ok = [a for a in report["attacks"] if a["status"] == "ok"]
     assert len(curves) == len(ok)
-    aucs = [float(t.name.rsplit("AUC", 1)[1]) for t in curves]
-    assert aucs == sorted(aucs, reverse=True)
+    ranked = ranked_attacks(report)
+    assert [t.name.rsplit(",", 1)[0] for t in curves] == [
+        f"{a['feature_set']} · {a['classifier']}" for a in ranked]
+    assert ranked[0]["name"] == report["verdict"]["strongest_attack"]
+    assert curves[0].line.width == 3  # the strongest stands out
     errored = "/".join(ERRORED).replace("/", " · ")
     assert not any(errored in t.name for t in fig.data)
     chance = [t for t in fig.data if t.name and "Chance" in t.name]

@@ -68,7 +68,7 @@ def test_a4_pages_with_figures_drawn_and_provenance(printed: tuple[dict, Path]) 
     assert prov["model"]["sha256"] in flat and prov["manifest"]["sha256"] in flat
     assert prov["created_at"] in text
     # closed <details> (the policy) print open; navigation does not print
-    assert "Policy used for the verdict" in text and "max_tpr_at_fpr_0.01" in text
+    assert "Policy used for the verdict" in text and "tpr_at_1pct_fpr_high" in text
     assert "Skip to the report" not in text
 
 
