@@ -54,8 +54,6 @@ def _metric(attack: dict, name: str, key: str = "ci_low") -> float | None:
     return None if value is None else float(value)
 
 
-
-
 def _label(attack: dict) -> str:
     return f"{attack.get('feature_set')} with {attack.get('classifier')}"
 
@@ -152,7 +150,8 @@ def evaluate(
             on the members / non-members error gap.
 
     Returns:
-        ``level``, ``passed``, ``incomplete``, ``strongest_attack``, ``summary`` (one
+        ``level``, ``passed``, ``incomplete``, ``strongest_attack`` (the name of
+        ``ranked_attacks(attacks)[0]``, None when no attack completed), ``summary`` (one
         sentence), ``findings`` (most severe first), ``levels_by_threat_model`` and
         ``policy``.
     """
