@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from ..auth import Principal, authenticate
 from ..csrf import check_unsafe_cookie_request
 from ..db.session import session_scope
+from ..jobs import JobDispatcher
 from ..sessions import cookie_principal
 from ..settings import Settings
 from ..storage import Storage
@@ -36,9 +37,15 @@ def get_storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
+def get_jobs(request: Request) -> JobDispatcher:
+    """The app's job dispatcher."""
+    return request.app.state.jobs
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_db)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
+JobsDep = Annotated[JobDispatcher, Depends(get_jobs)]
 
 
 def get_current_principal(

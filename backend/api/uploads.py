@@ -3,30 +3,37 @@
 :func:`receive_multipart` reads ``request.stream()`` through python-multipart's push parser,
 so memory stays flat whatever the file size: each chunk is hashed and written (in a worker
 thread) as it arrives, and the upload is cut off with a 413 as soon as a file passes its
-limit. Small text fields are kept in memory, each within a few KiB.
+limit. Small text fields are kept in memory, each within a few KiB. :func:`multipart_upload`
+receives a form into a private temporary folder removed afterwards; :func:`json_body` reads a
+small JSON body into a schema.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
+from pydantic import BaseModel, ValidationError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from .api.errors import ApiError
+from ..storage import Storage
+from .errors import ApiError
 
 MAX_FIELD_BYTES = 64 * 1024
 """Largest text field (e.g. model metadata JSON)."""
 MAX_PARTS = 32
 _OVERHEAD = 1 << 20
 _FLUSH_BYTES = 1 << 20  # file data is written in batches of about this size (one thread hop each)
+
+Schema = TypeVar("Schema", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -74,19 +81,6 @@ class MultipartForm:
 def too_large(what: str, limit: int) -> ApiError:
     """413 with the common error body."""
     return ApiError(413, "too_large", f"{what} is larger than the limit of {limit} bytes")
-
-
-def safe_filename(name: str | None, default: str) -> str:
-    """A file name safe to use on disk, from a client's name: last component, plain characters.
-
-    Args:
-        name: the client's name (may hold a path, any characters).
-        default: used when nothing usable is left.
-    """
-    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in base).lstrip(".")
-    cleaned = cleaned[-120:].lstrip(".")
-    return cleaned or default
 
 
 @dataclass
@@ -274,3 +268,38 @@ async def receive_multipart(request: Request, dest_dir: Path, file_limits: dict[
                 )
             form.fields[part.name] = text
     return form
+
+
+@asynccontextmanager
+async def multipart_upload(
+    request: Request, storage: Storage, file_limits: dict[str, int]
+) -> AsyncIterator[tuple[MultipartForm, Path]]:
+    """The request's multipart form, received into a new private temporary folder of the storage.
+
+    Yields:
+        the form and the folder (a work folder for the upload's processing too); the folder and
+        whatever is left in it are removed afterwards, whatever happens.
+    """
+    tmp = storage.temp_dir()
+    try:
+        yield await receive_multipart(request, tmp, file_limits), tmp
+    finally:
+        await anyio.to_thread.run_sync(Storage.remove, [tmp])
+
+
+async def json_body(request: Request, schema: type[Schema]) -> Schema:
+    """A JSON body of at most :data:`MAX_FIELD_BYTES` as ``schema``.
+
+    Raises:
+        ApiError: 413 a longer body; 422 ``validation_error`` with field details.
+    """
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FIELD_BYTES:
+            raise too_large("the JSON body", MAX_FIELD_BYTES)
+    try:
+        return schema.model_validate_json(bytes(body))
+    except ValidationError as exc:
+        details = [{"field": ".".join(str(p) for p in e["loc"]) or None, "reason": e["msg"]} for e in exc.errors()]
+        raise ApiError(422, "validation_error", "the request is not valid", details) from None

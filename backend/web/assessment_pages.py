@@ -61,7 +61,7 @@ def assessment_page(request: Request, assessment_id: str, session: SessionDep, u
     """A running assessment's progress, a failed one's reason, or a succeeded one's report."""
     from frontend.report_html import plotly_config
 
-    from ..results import report_context
+    from ..services.results import report_context
 
     row = queries.get_assessment(session, user, assessment_id)
     if row is None:

@@ -20,7 +20,7 @@ def compare_page(
     """Pick two finished assessments; with both, their verdicts, numbers and figures side by side."""
     from frontend.compare import build_comparison
 
-    from ..results import load_results
+    from ..services.results import load_results
 
     choices = queries.succeeded_assessments(session, user)
     context = {"choices": choices, "a_id": a or "", "b_id": b or "", "comparison": None, "rows": {}}

@@ -67,7 +67,7 @@ def test_frame_numbers_stay_numbers_text_is_neutralised_and_restored(tmp_path: P
 
 
 def test_features_csv_written_by_the_engine_is_safe_and_read_back_by_the_pages(tmp_path: Path) -> None:
-    from backend.results import load_results
+    from backend.services.results import load_results
     from worker.engine.features.table import FeatureTable
 
     frame = _table().drop(columns=["=evil_column"]).assign(prediction=[57.3, 63.5, 69.5])

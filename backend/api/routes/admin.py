@@ -2,77 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from ... import audit
 from ...sessions import end_token_sessions
 from ...auth import create_token, hash_token
-from ...db.models import ApiToken, AuditEvent, Organisation, utcnow
-from ...db.models import as_utc
+from ...db.models import ApiToken, AuditEvent, Organisation, as_utc, utcnow
+from ...fields import Id, Text
 from ..deps import AdminPrincipal, SessionDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse
 from ..pagination import Offset, page
-from ...fields import Id, Text
+from ..schemas import AuditPage, TokenCreate, TokenCreated, audit_event_out
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
-
-
 _403 = {"model": ErrorResponse, "description": "Not an administrator token, or another organisation"}
-
-
-class TokenCreate(BaseModel):
-    """A new API token."""
-
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"name": "ci-pipeline", "org": "acme", "is_admin": False}]}
-    )
-
-    name: Text = Field(min_length=1, max_length=200, description="Who or what uses it (shown in the audit log).")
-    org: Text | None = Field(
-        None, description="Organisation name; must be your own (default). New organisations are made with "
-        "`brainmia admin create-token --org` on the server."
-    )
-    is_admin: bool = False
-
-
-class TokenCreated(BaseModel):
-    """A token, shown in clear this once only."""
-
-    id: str
-    name: str
-    org: str
-    is_admin: bool
-    prefix: str
-    token: str = Field(description="The token itself: store it now, it is not shown again.", examples=["bmia_3q2...x9"])
-    created_at: datetime | None
-
-
-class AuditEventOut(BaseModel):
-    """One audit event."""
-
-    id: int
-    at: datetime | None
-    actor: str
-    token_id: str | None
-    action: str
-    object_type: str
-    object_id: str | None
-    detail: dict[str, Any]
-
-
-class AuditPage(BaseModel):
-    """A page of audit events, newest first."""
-
-    items: list[AuditEventOut]
-    total: int
-    limit: int
-    offset: int
 
 
 @router.post(
@@ -140,11 +87,4 @@ def audit_log(
     deleted what), newest first."""
     where = audit.conditions(principal.org_id, action, object_type, object_id)
     rows, total = page(session, AuditEvent, where, [AuditEvent.id.desc()], limit, offset)
-    items = [
-        AuditEventOut(
-            id=r.id, at=as_utc(r.at), actor=r.actor, token_id=r.token_id, action=r.action,
-            object_type=r.object_type, object_id=r.object_id, detail=r.detail or {},
-        )
-        for r in rows
-    ]
-    return AuditPage(items=items, total=total, limit=limit, offset=offset)
+    return AuditPage(items=[audit_event_out(r) for r in rows], total=total, limit=limit, offset=offset)

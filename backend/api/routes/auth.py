@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
 
 from ... import audit, sessions
 from ...auth import Principal, authenticate
 from ...csrf import CSRF_HEADER, check_csrf, check_origin, csrf_token, refused
 from ..deps import CurrentPrincipal, SessionDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse
+from ..schemas import Me, SignIn
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 _403 = {"model": ErrorResponse, "description": "Cross-site request, or missing / wrong CSRF token"}
-
-
-class SignIn(BaseModel):
-    """A sign-in request."""
-
-    token: str = Field(description="An API token", examples=["bmia_3q2...x9"])
-
-
-class Me(BaseModel):
-    """The signed-in identity."""
-
-    name: str
-    org_id: str
-    is_admin: bool
-    csrf_token: str | None = Field(
-        None, description=f"With a session cookie: the token its state-changing calls send in `{CSRF_HEADER}`."
-    )
 
 
 def _me(request: Request, principal: Principal, with_csrf: bool) -> Me:

@@ -4,25 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from sqlalchemy import text
 
+from ..schemas import Health, Readiness
+
 router = APIRouter(tags=["health"])
-
-
-class Health(BaseModel):
-    """Liveness answer."""
-
-    status: str = "ok"
-
-
-class Readiness(BaseModel):
-    """Readiness answer: each dependency and whether it is reachable."""
-
-    status: str
-    database: bool
-    broker: bool
-    mode: str
 
 
 @router.get("/health", response_model=Health, summary="Liveness: the process answers")

@@ -1,0 +1,33 @@
+"""The API's request and response bodies (their OpenAPI names are a contract) and the views of
+database rows as bodies. Routes import them from here."""
+
+from __future__ import annotations
+
+from ...services.options import AssessmentOptionsIn, FederatedOptionsIn, PolicyOptions
+from .admin import AuditEventOut, AuditPage, TokenCreate, TokenCreated, audit_event_out
+from .assessments import (
+    AssessmentCreate,
+    AssessmentDetail,
+    AssessmentPage,
+    AssessmentSummary,
+    FigureListing,
+    JobStateName,
+    assessment_detail,
+    assessment_summary,
+    assessment_url,
+    result_links,
+)
+from .auth import Me, SignIn
+from .health import Health, Readiness
+from .models import MODEL_UPLOAD_BODY, ModelOut, ModelPage, model_out
+from .scan_sets import SCAN_SET_CREATE_BODY, ScanSetFromPath, ScanSetOut, ScanSetPage, scan_set_out
+
+__all__ = [
+    "MODEL_UPLOAD_BODY", "SCAN_SET_CREATE_BODY",
+    "AssessmentCreate", "AssessmentDetail", "AssessmentOptionsIn", "AssessmentPage", "AssessmentSummary",
+    "AuditEventOut", "AuditPage", "FederatedOptionsIn", "FigureListing", "Health", "JobStateName", "Me",
+    "ModelOut", "ModelPage", "PolicyOptions", "Readiness", "ScanSetFromPath", "ScanSetOut", "ScanSetPage",
+    "SignIn", "TokenCreate", "TokenCreated",
+    "assessment_detail", "assessment_summary", "assessment_url", "audit_event_out", "model_out",
+    "result_links", "scan_set_out",
+]
