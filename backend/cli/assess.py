@@ -66,7 +66,7 @@ def assess(
     out: Annotated[Path, typer.Option("--out", help="Output folder for report.json, report.html, features.csv.")],
     rounds: Annotated[Optional[list[Path]], typer.Argument(help="With --federated: the community model of every round: a folder of round_<n>.<ext> files, an archive (.zip/.tar.gz) of them, or the model files in round order.", show_default=False)] = None,
     federated: Annotated[bool, typer.Option("--federated", help="Assess a federation: every learner attacks the others with every round's model (ROUNDS); the manifest's learner column names the learner of each member scan.")] = False,
-    max_rounds: Annotated[Optional[int], typer.Option("--max-rounds", min=1, help="With --federated: rounds whose features are computed, evenly spaced, always the final one (default 20).")] = None,
+    max_rounds: Annotated[Optional[int], typer.Option("--max-rounds", min=2, help="With --federated: rounds whose features are computed, evenly spaced, always the final one (default 20).")] = None,
     trajectory_set: Annotated[Optional[list[str]], typer.Option("--trajectory-set", help="With --federated: feature set spanning rounds (repeatable): loss-trajectory, grad-norm-trajectory (default both).")] = None,
     model: ModelOpt = None,
     predictions: Annotated[Optional[Path], typer.Option("--predictions", help="CSV scan_id,prediction in place of --model: black-box feature sets only.")] = None,
