@@ -42,7 +42,10 @@ from ._style import (
     FigureUnavailable,
     placeholder_figure,
 )
-from .attacks import accuracy_bars, accuracy_by_age, accuracy_by_attribute, roc_curves, roc_curves_log
+# Registration order (FIGURES, FIGURE_INFO) follows these imports.
+from .roc import roc_curves, roc_curves_log
+from .subgroups import accuracy_by_age, accuracy_by_attribute
+from .attack_bars import accuracy_bars
 from .distributions import error_distribution, grad_norm_distribution, grad_norm_layers
 from .federated import federated_learners, federated_matrix, federated_rounds
 from .summary import exposure, top_exposed, utility
