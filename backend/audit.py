@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from .api.pagination import equal_to
+from .db.paging import equal_to
 from .auth import Principal
 from .db.models import AuditEvent
 

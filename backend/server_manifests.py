@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .api.errors import ApiError
+from .services.errors import ApiError
 from .auth import DEFAULT_ORG
 from .settings import Settings
 

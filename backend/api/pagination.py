@@ -1,32 +1,17 @@
-"""Query parameters shared by every paginated list."""
+"""Query parameters shared by every paginated list (the queries are :mod:`backend.db.paging`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 from fastapi import Query
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-T = TypeVar("T")
+from ..db.paging import equal_to, page
+
+__all__ = ["MAX_OFFSET", "Limit", "Offset", "equal_to", "page"]
 
 MAX_OFFSET = 1_000_000_000
 """Largest accepted offset (keeps it inside a 32-bit database integer)."""
 
 Limit = Annotated[int, Query(ge=1, le=200, description="Page size")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip")]
-
-
-def page(
-    session: Session, table: type[T], conditions: Sequence[Any], order_by: Sequence[Any], limit: int, offset: int
-) -> tuple[list[T], int]:
-    """One page of ``table`` rows matching ``conditions``, and how many match in all."""
-    total = session.scalar(select(func.count()).select_from(table).where(*conditions)) or 0
-    rows = session.scalars(select(table).where(*conditions).order_by(*order_by).limit(limit).offset(offset)).all()
-    return list(rows), int(total)
-
-
-def equal_to(table: Any, **values: Any) -> list[Any]:
-    """``table.<column> == value`` for every given value that is set (None and "" are skipped)."""
-    return [getattr(table, column) == value for column, value in values.items() if value not in (None, "")]

@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse
 
 from .. import audit
 from ..api.deps import SessionDep
-from ..api.pagination import page
+from ..db.paging import page
 from ..db.models import AuditEvent
 from .render import PageAdmin, render
 

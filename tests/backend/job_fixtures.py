@@ -203,7 +203,7 @@ def add_assessment(app: Any, org: str, inputs: dict[str, str], **values: Any) ->
             model_id=inputs["model_id"],
             scan_set_id=inputs["scan_set_id"],
             options=FAST_OPTIONS,
-            **values,
+            **({"state": "queued"} | values),
         )
         session.add(row)
         session.flush()

@@ -10,7 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from backend.db.models import Assessment, AuditEvent, ModelRecord, ScanSet
+from backend.db.models import AuditEvent, ModelRecord, ScanSet
+from backend.services.job_states import new_job
 from backend.db.session import session_scope
 from backend.settings import Settings
 
@@ -218,7 +219,7 @@ def test_delete_refused_while_an_assessment_uses_it(app, client: TestClient, fil
         )
         session.add(scan_set)
         session.flush()
-        session.add(Assessment(org_id=org_id, model_id=model_id, scan_set_id=scan_set.id))
+        session.add(new_job(org_id=org_id, model_id=model_id, scan_set_id=scan_set.id, options={}))
     assert_error(client.delete(f"{API}/{model_id}"), 409, "in_use")
     assert app.state.storage.model_dir(model_id).is_dir()
     assert client.get(f"{API}/{model_id}").status_code == 200

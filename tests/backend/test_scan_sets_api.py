@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from backend.db.models import Assessment, ModelRecord, ScanSet
+from backend.db.models import ModelRecord, ScanSet
+from backend.services.job_states import new_job
 from backend.db.session import session_scope
 from backend.settings import Settings
 
@@ -325,7 +326,7 @@ def test_delete_refused_while_an_assessment_uses_it(app, client: TestClient, coh
         model = ModelRecord(org_id=org_id, name="m", path="x", sha256="0" * 64, format="torchscript", size_bytes=1)
         session.add(model)
         session.flush()
-        session.add(Assessment(org_id=org_id, model_id=model.id, scan_set_id=body["id"]))
+        session.add(new_job(org_id=org_id, model_id=model.id, scan_set_id=body["id"], options={}))
     assert_error(client.delete(f"{API}/{body['id']}"), 409, "in_use")
     assert app.state.storage.scan_set_dir(body["id"]).is_dir()
 
