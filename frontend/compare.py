@@ -16,7 +16,8 @@ from .figures import _data as D
 from .figures import build_figure
 from .figures._style import FigureUnavailable, finite
 from .figures.compare import comparison_accuracy
-from .report_html import LEVEL_TEXT, script_json
+from .report_view.figure_blocks import script_json
+from .report_view.verdict import LEVEL_TEXT
 
 LEVEL_RANK = {"low": 0, "medium": 1, "high": 2}
 

@@ -165,7 +165,8 @@ def federated_figures(make: Callable[..., Any]) -> dict[str, Any]:
     """The report's blocks of the three federated figures.
 
     Args:
-        make: the report's figure maker (``frontend.report_html._FigureMaker``): called as
+        make: the report's figure maker
+            (:class:`frontend.report_view.figure_blocks.FigureMaker`): called as
             ``make(name, alt=...)`` it returns a ``FigureBlock``, or one saying why the
             figure is unavailable.
 

@@ -1,0 +1,53 @@
+"""The provenance section: the model, the scan list, the run and its settings, as label-value rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..figures import _data as D
+from .formatting import fmt_duration, setting_value
+
+
+def _clean(rows: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """Values as text, "n/a" where empty."""
+    return [(k, "n/a" if v is None or v == "" else str(v)) for k, v in rows]
+
+
+def provenance_view(report: dict) -> dict:
+    """``model``, ``manifest``, ``run`` and ``settings``: lists of (label, text) rows."""
+    p = D.part(report, "provenance")
+    model, manifest = D.part(p, "model"), D.part(p, "manifest")
+    meta = D.part(model, "metadata")
+    model_rows = [
+        ("File", model.get("path")),
+        ("Format", model.get("format")),
+        ("Architecture", model.get("architecture") or "(custom / not declared)"),
+        ("SHA-256", model.get("sha256")),
+    ] + [(f"Metadata: {k}", setting_value(v)) for k, v in meta.items()]
+    manifest_rows = [
+        ("File", manifest.get("path")),
+        ("SHA-256", manifest.get("sha256")),
+        ("Scans", manifest.get("n_scans")),
+        ("Members (training scans)", manifest.get("n_members")),
+        ("Non-members (unseen scans)", manifest.get("n_nonmembers")),
+    ]
+    request = D.part(p, "request")
+    run_rows = ([
+        ("Assessment", request.get("assessment_id")),
+        ("Requested by", request.get("requested_by")
+         + (f" ({request['organisation']})" if request.get("organisation") else "")),
+        ("Requested", request.get("requested_at")),
+    ] if request.get("requested_by") else []) + [
+        ("BrainMIA version", p.get("package_version")),
+        ("Report schema", report.get("schema_version")),
+        ("Created", p.get("created_at")),
+        ("Duration", fmt_duration(p.get("duration_s"))),
+        ("Host", p.get("host")),
+    ] + ([("Python", p.get("python"))] if p.get("python") else [])
+    settings_rows = [(str(k), setting_value(v)) for k, v in D.settings(report).items()]
+    return {
+        "model": _clean(model_rows),
+        "manifest": _clean(manifest_rows),
+        "run": _clean(run_rows),
+        "settings": _clean(settings_rows),
+    }
