@@ -31,6 +31,7 @@ from ..attacks import attack_score, feature_matrix, get_attack, make_attack
 from ..errors import BrainMIAError, InputError
 from ..features import FeatureTable
 from ..manifest import Manifest
+from ..report_ranking import strongest_attack
 from ..verdict import Policy, evaluate
 from .bootstrap import ScanBootstrap
 from .draws import AttackerDraw, draw_attacks, federation_labels
@@ -180,11 +181,14 @@ def run_federated_attacks(
 
 
 def _strongest(sections: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The completed attack with the highest AUC lower bound (as the verdict's strongest)."""
-    ok = [s for s in sections if s.get("status") == "ok" and (s["overall"].get("auc") or {}).get("ci_low") is not None]
-    if not ok:
-        return None
-    return max(ok, key=lambda s: (s["overall"]["auc"]["ci_low"], s["overall"]["auc"]["mean"] or 0.0))
+    """The strongest completed attack section, or None.
+
+    Ranked on its federation-wide ``overall`` metrics by the engine's one rule
+    (:func:`~worker.engine.report_ranking.strongest_attack`, as the verdict's strongest).
+    """
+    views = [{**s, "metrics": s.get("overall") or {}} for s in sections]
+    top = strongest_attack(views)
+    return next((s for s, v in zip(sections, views) if v is top), None)
 
 
 def _group(sections: Sequence[dict[str, Any]]) -> dict[str, Any]:
