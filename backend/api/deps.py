@@ -27,7 +27,7 @@ def get_settings_dep(request: Request) -> Settings:
 
 
 def get_db(request: Request) -> Iterator[Session]:
-    """A database session per request, committed when the handler succeeds."""
+    """A database session per request, committed when the handler succeeds (before the response)."""
     with session_scope(request.app.state.sessionmaker) as session:
         yield session
 
@@ -43,7 +43,9 @@ def get_jobs(request: Request) -> JobDispatcher:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-SessionDep = Annotated[Session, Depends(get_db)]
+# scope="function": the session commits when the handler returns, before the answer is sent, so a
+# client that acts on the answer (a new cookie, a revoked token) never races the commit
+SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 JobsDep = Annotated[JobDispatcher, Depends(get_jobs)]
 
