@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 
 from ... import audit
-from ...sessions import end_token_sessions
-from ...auth import create_token, hash_token
-from ...db.models import ApiToken, AuditEvent, Organisation, as_utc, utcnow
+from ...db.models import AuditEvent, as_utc
 from ...fields import Id, Text
+from ...services.tokens import create_org_token, revoke_org_token
 from ..deps import AdminPrincipal, SessionDep
-from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse
+from ..errors import ERROR_RESPONSES, ErrorResponse
 from ..pagination import Offset, page
 from ..schemas import AuditPage, TokenCreate, TokenCreated, audit_event_out
 
@@ -31,19 +29,9 @@ _403 = {"model": ErrorResponse, "description": "Not an administrator token, or a
 )
 def create_api_token(body: TokenCreate, session: SessionDep, principal: AdminPrincipal) -> TokenCreated:
     """Create a token for your organisation; the response is the only time it is shown."""
-    own = session.get(Organisation, principal.org_id)
-    assert own is not None
-    if body.org is not None and body.org != own.name:
-        raise ApiError(
-            403, "forbidden", f"administrators create tokens for their own organisation ('{own.name}'); "
-            "use `brainmia admin create-token --org` on the server for another one",
-        )
-    token = create_token(session, body.name, own.name, admin=body.is_admin)
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
-    assert row is not None
-    audit.record(session, principal, "create-token", "token", row.id, name=body.name, is_admin=body.is_admin)
+    row, token, org = create_org_token(session, principal, body.name, org=body.org, is_admin=body.is_admin)
     return TokenCreated(
-        id=row.id, name=row.name, org=own.name, is_admin=row.is_admin, prefix=row.prefix, token=token,
+        id=row.id, name=row.name, org=org, is_admin=row.is_admin, prefix=row.prefix, token=token,
         created_at=as_utc(row.created_at),
     )
 
@@ -59,13 +47,7 @@ def revoke_api_token(
 ) -> None:
     """Revoke a token of your organisation: it stops working at once, and so do the browser
     sessions signed in with it."""
-    row = session.get(ApiToken, token_id)
-    if row is None or row.org_id != principal.org_id:
-        raise ApiError(404, "not_found", f"token '{token_id}' not found")
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-    ended = end_token_sessions(session, row.id)
-    audit.record(session, principal, "revoke-token", "token", row.id, name=row.name, sessions_ended=ended)
+    revoke_org_token(session, principal, token_id)
 
 
 @router.get(
