@@ -19,7 +19,8 @@ from .figures.compare import comparison_accuracy
 from .report_view.figure_blocks import script_json
 from .report_view.verdict import LEVEL_TEXT
 
-LEVEL_RANK = {"low": 0, "medium": 1, "high": 2}
+#: Severity of each verdict level, for the direction of a change (inconclusive between low and medium).
+LEVEL_RANK = {"low": 0, "inconclusive": 1, "medium": 2, "high": 3}
 
 
 def _interval(attack: dict | None, metric: str) -> tuple[float | None, float | None, float | None]:

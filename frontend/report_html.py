@@ -56,6 +56,7 @@ def template_env() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["wbr"] = _wbr
+    env.globals["level_text"] = LEVEL_TEXT
     return env
 
 

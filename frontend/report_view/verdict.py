@@ -6,8 +6,11 @@ from ..figures import _data as D
 from ..figures._style import finite
 from .formatting import fmt_num, fmt_pct, setting_value
 
+#: Verdict levels (DESIGN.md), least severe first, as the pages name them. ``inconclusive``: nothing
+#: reached medium, but the data cannot rule it out.
 LEVEL_TEXT = {
     "low": "Low risk",
+    "inconclusive": "Inconclusive",
     "medium": "Medium risk",
     "high": "High risk",
 }

@@ -52,3 +52,24 @@ def test_attacks_of_one_side_only_are_listed_and_the_figure_keeps_one_order() ->
     names = [r["name"] for r in view["rows"] if r["a_acc"] not in ("–", "failed", "n/a") or r["b_acc"] not in ("–", "failed", "n/a")]
     assert list(fig.layout.yaxis.categoryarray) == names
     json.loads(fig.to_json())
+
+
+def test_inconclusive_ranks_between_low_and_medium() -> None:
+    report, features = make_sample(200)
+
+    def level(name: str) -> dict:
+        out = copy.deepcopy(report)
+        out["verdict"]["level"] = name
+        return out
+
+    def direction(a: str, b: str) -> tuple[str, str, str]:
+        view = build_comparison(level(a), level(b), features, features)
+        row = next(h for h in view["headline"] if h["label"] == "Risk level")
+        return row["a"], row["b"], row["direction"]
+
+    assert direction("low", "inconclusive") == ("Low risk", "Inconclusive", "worse")
+    assert direction("inconclusive", "medium") == ("Inconclusive", "Medium risk", "worse")
+    assert direction("inconclusive", "low")[2] == "better"
+    assert direction("inconclusive", "inconclusive")[2] == "same"
+    view = build_comparison(level("inconclusive"), report, features, features)
+    assert view["a"]["level"] == "inconclusive"

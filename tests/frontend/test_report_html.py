@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 import pytest
 from plotly.offline import get_plotlyjs
 
-from frontend.report_html import render_report_html, write_report_html
+from frontend.report_html import render_report_html, template_env, write_report_html
 from tests.frontend.sample_report import (
     ERROR_MESSAGE,
     FEATURE_SETS,
@@ -240,6 +240,24 @@ def test_sparse_report_still_renders():
     assert "No per-scan exposure scores" in text
     html = render_report_html({"schema_version": "1.0"}, None)
     assert "No attacks in this report" in html
+
+
+def test_inconclusive_level_renders(sample):
+    """DESIGN.md's ``inconclusive`` level has its own text and colour, in the report and the badge."""
+    report = copy.deepcopy(sample[0])
+    report["verdict"]["level"] = "inconclusive"
+    report["verdict"]["levels_by_threat_model"] = {"black-box": "inconclusive", "white-box": "low"}
+    html = render_report_html(report, sample[1])
+    parsed = _parse(html)
+    text = _text(parsed)
+    assert "Verdict: Inconclusive" in text and "Risk level unknown" not in text
+    assert "Someone who can only query the model (black-box): Inconclusive" in text
+    assert "verdict verdict-inconclusive" in html and 'class="pill pill-inconclusive"' in html
+    assert ".verdict-inconclusive" in html and ".pill-inconclusive" in html  # styled, not the unknown grey
+    badge = str(template_env().get_template("pages/_parts.html.j2").module.verdict_badge("inconclusive", False))
+    assert 'class="pill pill-inconclusive">Inconclusive<' in badge and "failed" in badge
+    low = str(template_env().get_template("pages/_parts.html.j2").module.verdict_badge("low", True))
+    assert 'class="pill pill-low">Low risk<' in low
 
 
 def test_large_cohort_size_and_time(tmp_path):
