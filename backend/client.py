@@ -27,7 +27,7 @@ import httpx
 
 from worker.engine.csv_safety import neutralise_row
 
-from .services.job_states import FINAL_STATES
+from .services.job_states import FINAL_STATES, JobState
 
 API = "/api/v1"
 RESULT_FILES = ("report.json", "report.html", "features.csv")
@@ -243,7 +243,7 @@ class BrainMIAClient:
             if on_update is not None:
                 on_update(job)
             if job.get("state") in FINAL_STATES:
-                if job["state"] != "succeeded":
+                if job["state"] != JobState.SUCCEEDED:
                     raise JobFailed(job)
                 return job
             if deadline is not None and time.monotonic() >= deadline:

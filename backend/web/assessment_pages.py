@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse
 from .. import audit
 from ..api.deps import SessionDep
 from ..db.models import ModelRecord, ScanSet
+from ..services.job_states import JobState
 from . import queries
 from .options import assessment_form
 from .render import PageNotFound, PageUser, render
@@ -66,7 +67,7 @@ def assessment_page(request: Request, assessment_id: str, session: SessionDep, u
     row = queries.get_assessment(session, user, assessment_id)
     if row is None:
         raise PageNotFound(f"There is no assessment '{assessment_id[:64]}' in your organisation.")
-    if row.state != "succeeded" or not row.result_dir:
+    if row.state != JobState.SUCCEEDED or not row.result_dir:
         return render(request, "assessment_status.html.j2", user, active="overview", row=row, options=row.options)
     try:
         context = report_context(row.result_dir)

@@ -7,6 +7,7 @@ from fastapi.responses import HTMLResponse
 
 from .. import audit
 from ..api.deps import SessionDep
+from ..services.job_states import JobState
 from . import queries
 from .render import PageNotFound, PageUser, render
 
@@ -30,7 +31,7 @@ def compare_page(
             row = queries.get_assessment(session, user, assessment_id)
             if row is None:
                 raise PageNotFound(f"There is no assessment '{assessment_id[:64]}' in your organisation.")
-            if row.state != "succeeded" or not row.result_dir:
+            if row.state != JobState.SUCCEEDED or not row.result_dir:
                 raise PageNotFound(f"Assessment '{row.id[:8]}' is {row.state}: only finished reports can be compared.")
             rows[key] = (row, *load_results(row.result_dir))
         (row_a, report_a, features_a), (row_b, report_b, features_b) = rows["a"], rows["b"]

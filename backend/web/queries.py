@@ -10,8 +10,14 @@ from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..auth import Principal
-from ..db.models import ApiToken, Assessment, ModelRecord, ScanSet
-from ..db.models import as_utc
+from ..db.models import ApiToken, Assessment, ModelRecord, ScanSet, as_utc
+from ..services.job_states import JobState, is_final
+
+LEVELS = ("high", "medium", "inconclusive", "low")
+"""Verdict levels, highest risk first (DESIGN.md, Verdict levels)."""
+
+STATES = tuple(JobState)
+"""Job states, for the overview's filter."""
 
 #: Sort keys of the overview: label and ORDER BY clauses.
 SORTS: dict[str, tuple[str, list[Any]]] = {
@@ -19,13 +25,12 @@ SORTS: dict[str, tuple[str, list[Any]]] = {
     "oldest": ("Oldest first", [Assessment.created_at.asc(), Assessment.id.asc()]),
     "risk": (
         "Highest risk first",
-        [case({"high": 0, "medium": 1, "low": 2}, value=Assessment.verdict_level, else_=3), Assessment.created_at.desc()],
+        [case({level: i for i, level in enumerate(LEVELS)}, value=Assessment.verdict_level, else_=len(LEVELS)),
+         Assessment.created_at.desc()],
     ),
     "state": ("By state", [Assessment.state.asc(), Assessment.created_at.desc()]),
     "model": ("By model name", [ModelRecord.name.asc(), Assessment.created_at.desc()]),
 }
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-LEVELS = ("high", "medium", "low")
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class AssessmentRow:
     @property
     def active(self) -> bool:
         """Still queued or running."""
-        return self.state in ("queued", "running")
+        return not is_final(self.state)
 
 
 def _row(a: Assessment, model_name: str, scan_set_name: str, created_by: str | None) -> AssessmentRow:
@@ -135,6 +140,6 @@ def org_scan_sets(session: Session, principal: Principal) -> list[ScanSet]:
 def succeeded_assessments(session: Session, principal: Principal, limit: int = 200) -> list[AssessmentRow]:
     """The organisation's finished reports (for the compare pickers), newest first."""
     rows = session.execute(
-        _base(principal).where(Assessment.state == "succeeded").order_by(Assessment.created_at.desc()).limit(limit)
+        _base(principal).where(Assessment.state == JobState.SUCCEEDED).order_by(Assessment.created_at.desc()).limit(limit)
     ).all()
     return [_row(*r) for r in rows]
