@@ -22,7 +22,7 @@ def print_summary(report: dict[str, Any], paths: dict[str, Path]) -> None:
     from worker.engine.report_model import ranked_attacks
 
     verdict = report["verdict"]
-    colour = {"low": "green", "medium": "yellow", "high": "red"}.get(verdict["level"], "white")
+    colour = {"low": "green", "inconclusive": "magenta", "medium": "yellow", "high": "red"}.get(verdict["level"], "white")
     stderr.print(
         f"verdict: [bold {colour}]{verdict['level'].upper()}[/] "
         f"({'passes' if verdict['passed'] else 'fails'} the policy) - {verdict.get('summary', '')}",
