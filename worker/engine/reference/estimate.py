@@ -1,7 +1,7 @@
 """How long reference training will take, from a short measured run (shown before starting).
 
 A few training steps (forward, backward, optimiser step) of the recipe's model on real batches are
-timed after one untimed warm-up step; the time per step is scaled by the steps of a whole run:
+timed after one untimed warm-up step; the median time per step is scaled by the steps of a whole run:
 ``epochs * ceil(n_train / batch_size)`` steps per model, ``ceil(n_models / workers)`` models one
 after another on each worker. The warm-up and the measured steps change no stored model.
 """
@@ -28,7 +28,7 @@ class TrainingEstimate:
 
     Attributes:
         seconds: estimated wall time of all the models, in seconds.
-        seconds_per_step: measured time of one training step of ``batch_size`` scans.
+        seconds_per_step: median measured time of one training step of ``batch_size`` scans.
         scans_per_second: measured training throughput of one worker.
         steps_per_model: ``epochs * ceil(n_train / batch_size)``.
         n_train: training scans per model.
@@ -62,9 +62,9 @@ def measure_training(
     n_train: int | None = None,
     workers: int = 1,
     device: str = "cpu",
-    steps: int = 2,
+    steps: int = 3,
 ) -> TrainingEstimate:
-    """Time ``steps`` training steps of the recipe's model and scale them to the whole run.
+    """Time ``steps`` training steps of the recipe's model and scale their median to the whole run.
 
     Args:
         recipe: the training recipe.
@@ -104,11 +104,13 @@ def measure_training(
 
     step(0)  # warm-up: first-call allocation, kernel selection
     _sync(device)
-    start = time.perf_counter()
+    times = []
     for i in range(1, steps + 1):
+        start = time.perf_counter()
         step(i)
-    _sync(device)
-    per_step = (time.perf_counter() - start) / steps
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    per_step = float(np.median(times))  # one step slowed by another process does not set the estimate
     steps_per_model = recipe.epochs * math.ceil(n_train / batch)
     rounds = math.ceil(n_models / workers)
     return TrainingEstimate(
@@ -133,7 +135,7 @@ def estimate_training_time(
     n_train: int | None = None,
     workers: int = 1,
     device: str = "cpu",
-    steps: int = 2,
+    steps: int = 3,
 ) -> float:
     """Estimated seconds to train ``n_models`` reference models (see :func:`measure_training`)."""
     return measure_training(
