@@ -118,6 +118,17 @@ def get_reference_attack(name: str) -> ReferenceAttack:
         ) from None
 
 
+def _prepared(name: str, signals: ReferenceSignals, params: dict) -> tuple[ReferenceAttack, dict]:
+    """The attack and its parameters: those given, plus those it tunes on the signals."""
+    attack = get_reference_attack(name)
+    if attack.white_box and not signals.white_box:
+        raise InputError(f"{name} is white-box: it needs the gradient norms of the target and the references")
+    used = dict(params)
+    if attack.tune is not None:
+        used = {**used, **attack.tune(signals, **used)}
+    return attack, used
+
+
 def score_reference_attack(name: str, signals: ReferenceSignals, **params: object) -> tuple[np.ndarray, dict]:
     """Run attack ``name`` on the target: scores, and the parameters used (tuned ones included).
 
@@ -128,12 +139,7 @@ def score_reference_attack(name: str, signals: ReferenceSignals, **params: objec
         InputError: unknown attack, white-box attack on black-box signals, a scored scan the
             references cannot calibrate, or a non-finite score.
     """
-    attack = get_reference_attack(name)
-    if attack.white_box and not signals.white_box:
-        raise InputError(f"{name} is white-box: it needs the gradient norms of the target and the references")
-    used = dict(params)
-    if attack.tune is not None:
-        used = {**used, **attack.tune(signals, **used)}
+    attack, used = _prepared(name, signals, params)
     score = np.asarray(attack.fn(signals, **used), dtype=np.float64)
     if score.shape != (signals.n_scans,):
         raise RuntimeError(f"reference attack '{name}' returned shape {score.shape}, not ({signals.n_scans},)")
@@ -159,12 +165,7 @@ def reference_target_scores(name: str, signals: ReferenceSignals, *, model: int 
         then has no reference threshold (see
         :func:`worker.engine.attacks.scored.scored_attack_entry` for the fallback).
     """
-    attack = get_reference_attack(name)
-    if attack.white_box and not signals.white_box:
-        raise InputError(f"{name} is white-box: it needs the gradient norms of the target and the references")
-    used = dict(params)
-    if attack.tune is not None:
-        used = {**used, **attack.tune(signals, **used)}
+    attack, used = _prepared(name, signals, params)
     played, labels = signals.as_target(model)
     score = np.asarray(attack.fn(played, check=False, **used), dtype=np.float64)
     ok = np.isfinite(score)
@@ -193,7 +194,7 @@ def calibrated_loss_gradnorm(signals: ReferenceSignals, *, check: bool = True) -
     if check:
         lira.require_models(signals, online=False, what="calibrated-loss:grad-norm")
     tg, rg = signals.log_gradnorms()
-    fout = lira.fit_side(rg, ~signals.keep, fixed_variance_below=np.iinfo(np.int32).max)
+    fout = lira.fit_side(rg, ~signals.keep)
     spread = np.where(np.isfinite(fout.shared_std) & (fout.shared_std > 0), fout.shared_std, 1.0)
     s = ((fout.mean - tg) / spread[None, :]).sum(axis=1)
     return np.where(signals.scored, s, np.nan)

@@ -31,6 +31,7 @@ spread of that side stand in. Means are arithmetic means (TF-privacy takes media
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy.stats import norm
@@ -181,22 +182,26 @@ def lira_offline(signals: ReferenceSignals, *, floor: float = RESIDUAL_FLOOR,
     return _unscored_nan(signals, s)
 
 
+def _gradnorm(signals: ReferenceSignals, statistic: Callable[..., np.ndarray], *, online: bool, what: str,
+              fixed_variance_below: int, check: bool) -> np.ndarray:
+    if check:
+        require_models(signals, online=online, what=what)
+    tg, rg = signals.log_gradnorms()
+    return _unscored_nan(signals, statistic(tg, rg, signals.keep, fixed_variance_below=fixed_variance_below))
+
+
 def lira_online_gradnorm(signals: ReferenceSignals, *, fixed_variance_below: int = FIXED_VARIANCE_BELOW,
                          check: bool = True) -> np.ndarray:
     """Online LiRA on each layer's log gradient norm, log likelihood ratios summed over layers."""
-    if check:
-        require_models(signals, online=True, what="lira-online:grad-norm")
-    tg, rg = signals.log_gradnorms()
-    return _unscored_nan(signals, online_llr(tg, rg, signals.keep, fixed_variance_below=fixed_variance_below))
+    return _gradnorm(signals, online_llr, online=True, what="lira-online:grad-norm",
+                     fixed_variance_below=fixed_variance_below, check=check)
 
 
 def lira_offline_gradnorm(signals: ReferenceSignals, *, fixed_variance_below: int = FIXED_VARIANCE_BELOW,
                           check: bool = True) -> np.ndarray:
     """Offline LiRA on each layer's log gradient norm (members smaller), ``-log p`` summed over layers."""
-    if check:
-        require_models(signals, online=False, what="lira-offline:grad-norm")
-    tg, rg = signals.log_gradnorms()
-    return _unscored_nan(signals, offline_logp(tg, rg, signals.keep, fixed_variance_below=fixed_variance_below))
+    return _gradnorm(signals, offline_logp, online=False, what="lira-offline:grad-norm",
+                     fixed_variance_below=fixed_variance_below, check=check)
 
 
 __all__ = [
