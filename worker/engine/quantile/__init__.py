@@ -7,9 +7,14 @@ No reference models: a regressor fitted on non-members predicts each scan's own 
 Submodules:
     core: :func:`qmia` (cross-fitted, split-conformal quantile and Gaussian variants).
     calibration: the calibration check (observed FPR vs alpha, Clopper-Pearson interval).
+    attacks: the report's ``qmia`` and ``qmia:grad-norm`` entries (:func:`run_qmia_attacks`).
 """
 
 from .calibration import calibration_table, clopper_pearson
 from .core import DEFAULT_ALPHAS, QmiaResult, conformal_quantile, qmia
+from .attacks import QMIA_ATTACKS, attacker_features, qmia_entry, run_qmia_attacks
 
-__all__ = ["DEFAULT_ALPHAS", "QmiaResult", "calibration_table", "clopper_pearson", "conformal_quantile", "qmia"]
+__all__ = [
+    "DEFAULT_ALPHAS", "QMIA_ATTACKS", "QmiaResult", "attacker_features", "calibration_table", "clopper_pearson",
+    "conformal_quantile", "qmia", "qmia_entry", "run_qmia_attacks",
+]

@@ -38,7 +38,8 @@ def clopper_pearson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[flo
 
 
 def calibration_table(
-    alphas: Sequence[float], flagged: np.ndarray, members: np.ndarray
+    alphas: Sequence[float], flagged: np.ndarray, members: np.ndarray,
+    attainable: Sequence[bool] | None = None,
 ) -> list[dict]:
     """One row per alpha: the quantile rule's observed FPR with its interval, and its TPR.
 
@@ -47,18 +48,26 @@ def calibration_table(
         flagged: bool array (n_alphas, n_scans): whether each scan's score exceeds its own
             cross-fitted (1 - alpha) threshold.
         members: 1 member / 0 non-member per scan.
+        attainable: per alpha, whether a threshold at that level could be set (a split-conformal
+            threshold needs at least 1 / alpha - 1 calibration scans; below that nothing is
+            flagged); None for all.
 
     Returns:
         JSON-ready dicts ``{alpha, fpr, fpr_ci_low, fpr_ci_high, n_nonmembers, n_flagged,
-        tpr, n_members, calibrated}``; ``calibrated`` is whether alpha lies in the 95%
-        Clopper-Pearson interval of the FPR; ``tpr`` is None without members.
+        tpr, n_members, calibrated, attainable}``; ``calibrated`` is whether alpha lies in the
+        95% Clopper-Pearson interval of the FPR; ``tpr`` is None without members.
+
+    The interval covers the binomial sampling of the held-out non-members given the fitted
+    thresholds, not the thresholds' own estimation error, so a valid rule passes it somewhat
+    less often than 95% of the time.
     """
     members = np.asarray(members).astype(int)
     flagged = np.asarray(flagged, dtype=bool)
     neg, pos = members == 0, members == 1
     n0, n1 = int(neg.sum()), int(pos.sum())
+    ok = [True] * len(alphas) if attainable is None else [bool(x) for x in attainable]
     rows = []
-    for a, flags in zip(alphas, flagged):
+    for a, flags, reach in zip(alphas, flagged, ok):
         k = int(flags[neg].sum())
         low, high = clopper_pearson(k, n0)
         rows.append({
@@ -71,6 +80,7 @@ def calibration_table(
             "tpr": float(flags[pos].mean()) if n1 else None,
             "n_members": n1,
             "calibrated": bool(low <= float(a) <= high),
+            "attainable": reach,
         })
     return rows
 

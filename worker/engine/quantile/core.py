@@ -300,6 +300,7 @@ def _qmia(
     mu = np.zeros(n) if gaussian else None
     sigma = np.zeros(n) if gaussian else None
     nonmem_fold = fold_of[nonmem]
+    reach = np.ones(len(alphas), dtype=bool)
     for k in range(folds):
         cal_fold = (k + 1) % folds if conformal else -1
         fit = nonmem[(nonmem_fold != k) & (nonmem_fold != cal_fold)]
@@ -308,6 +309,8 @@ def _qmia(
         if not average:
             scored = np.concatenate([scored, mem[fold_of[mem] == k]])
         out = np.concatenate([scored, mem]) if average else scored
+        if cal is not None:
+            reach &= np.asarray([math.ceil((1.0 - a) * (len(cal) + 1) - 1e-12) <= len(cal) for a in alphas])
         thr, m_k, s_k = _fit_fold(
             X[fit], s[fit], None if cal is None else X[cal], None if cal is None else s[cal],
             X[out], alphas, variant, seed + k, cat,
@@ -324,7 +327,7 @@ def _qmia(
     flagged = s[None, :] > thresholds
     return QmiaResult(
         variant=variant, alphas=alphas, score=s, members=y, thresholds=thresholds, flagged=flagged,
-        calibration=calibration_table(alphas, flagged, y), folds=fold_of, mu=mu, sigma=sigma,
+        calibration=calibration_table(alphas, flagged, y, reach), folds=fold_of, mu=mu, sigma=sigma,
         member_scoring=member_scoring, conformal=conformal,
     )
 
