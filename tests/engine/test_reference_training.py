@@ -387,3 +387,24 @@ def test_estimate_scales_with_models_epochs_and_workers() -> None:
     assert estimate_training_time(RECIPE, x, y, metadata=METADATA, n_models=1) > 0
     with pytest.raises(InputError):
         measure_training(RECIPE, x, y, metadata=METADATA, n_models=0)
+
+
+def test_recipe_from_training_options_round_trips() -> None:
+    options = RECIPE.training_options(seed=3)
+    back = Recipe.from_options(options, RECIPE.arch, RECIPE.arch_kwargs)
+    assert back == RECIPE and recipe_hash(back) == recipe_hash(RECIPE)
+    demo = TrainingOptions(epochs=60, batch_size=4, lr=1e-2, weight_decay=0.0, cosine=True)
+    assert Recipe.from_options(demo, "brain_age_3d").schedule == "cosine"
+    with pytest.raises(InputError, match="field 'optimizer'"):
+        Recipe.from_options(TrainingOptions(optimizer="lbfgs"), "brain_age_3d")
+
+
+def test_sweep_removes_only_old_temporaries(tmp_path: Path) -> None:
+    import os
+
+    store = ReferenceStore(tmp_path)
+    old, new = tmp_path / ".tmp" / "old-x", tmp_path / ".tmp" / "new-y"
+    old.mkdir(parents=True)
+    new.mkdir()
+    os.utime(old, (0, 0))
+    assert store.sweep(older_than_s=3600) == 1 and new.exists() and not old.exists()

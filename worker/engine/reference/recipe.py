@@ -111,6 +111,22 @@ class Recipe(BaseModel):
             augment=self.augment,
         )
 
+    @classmethod
+    def from_options(cls, options: TrainingOptions, arch: str, arch_kwargs: Mapping[str, Any] | None = None) -> "Recipe":
+        """The recipe of a model trained by :func:`~worker.engine.training.train_brain_age` with ``options``.
+
+        Raises:
+            InputError: options no recipe can express (an invalid field, named).
+        """
+        fields_ = {
+            "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "optimizer": options.optimizer,
+            "lr": float(options.lr), "weight_decay": float(options.weight_decay), "momentum": float(options.momentum),
+            "schedule": "cosine" if options.cosine else "constant", "epochs": int(options.epochs),
+            "batch_size": int(options.batch_size), "augment": options.augment, "loss": options.loss,
+            "seed": int(options.seed),
+        }
+        return recipe_from_dict(fields_, "training options")
+
     def to_dict(self) -> dict[str, Any]:
         """The recipe as a JSON-ready dict (every field, defaults included)."""
         return self.model_dump(mode="json")

@@ -299,6 +299,21 @@ class ReferenceStore:
         shutil.rmtree(doomed, ignore_errors=True)
         return True
 
+    def sweep(self, older_than_s: float = 86_400.0) -> int:
+        """Remove temporary folders left by writers that died (older than ``older_than_s``)."""
+        tmp_root, removed = self.root / _TMP, 0
+        if not tmp_root.is_dir():
+            return 0
+        cutoff = time.time() - older_than_s
+        for folder in tmp_root.iterdir():
+            try:
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
     def delete_for_scans(self, scan_ids: Iterable[str]) -> int:
         """Delete every model whose pool held any of these scans (IN or OUT); how many went."""
         return sum(self._delete_folder(e.path) for e in self.find(scan_ids=scan_ids))

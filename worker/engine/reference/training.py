@@ -43,7 +43,7 @@ class ReferenceTrainingCancelled(TrainingCancelled):
 def model_seed(recipe: Recipe, model_index: int) -> int:
     """The seed of reference model ``model_index``: ``recipe.seed * 1000 + model_index``."""
     check_index(model_index)
-    return recipe.seed * SEED_STRIDE + model_index
+    return int(recipe.seed) * SEED_STRIDE + int(model_index)
 
 
 def check_index(model_index: int) -> None:
