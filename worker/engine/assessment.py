@@ -16,11 +16,14 @@ from .features import ExtractionOptions, FeatureTable, extract_features, feature
 from .manifest import Manifest
 from .metrics import utility
 from .models.loading import LoadedModel
+from .quantile.attacks import QMIA_ATTACKS, run_qmia_attacks
+from .reference.run import ReferenceOptions, run_reference_attacks
 from .report import build_report, exposure_section, provenance
 from .verdict import Policy, evaluate
 
-# share of the progress bar per stage
+# share of the progress bar per stage (without / with reference models to train)
 _FEATURES_SHARE, _ATTACKS_SHARE = 0.6, 0.38
+_REF_FEATURES_SHARE, _REF_SHARE, _REF_ATTACKS_SHARE = 0.15, 0.65, 0.18
 
 ProgressFn = Callable[[str, float, str], None]
 
@@ -38,6 +41,9 @@ class AssessmentOptions:
         seed: base seed of the splits and classifiers.
         extraction: feature-extraction options (device, batch size, layers).
         policy: the verdict policy (None: the default policy).
+        quantile: run the quantile-regression attacks (``qmia``, and ``qmia:grad-norm`` on a
+            white-box assessment), which need no reference models.
+        reference: reference models and their attacks (None: none).
     """
 
     feature_sets: Sequence[str] | None = None
@@ -47,6 +53,8 @@ class AssessmentOptions:
     seed: int = 0
     extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
     policy: Policy | None = None
+    quantile: bool = True
+    reference: ReferenceOptions | None = None
 
     def settings(self) -> dict[str, Any]:
         """The options as recorded in the report's provenance."""
@@ -57,6 +65,8 @@ class AssessmentOptions:
             "train_size": self.train_size,
             "seed": self.seed,
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.extraction).items()},
+            "quantile": self.quantile,
+            "reference": self.reference.settings() if self.reference is not None else None,
         }
 
 
@@ -101,6 +111,7 @@ def run_assessment(
     cache: VolumeCache | None = None,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    reference_loader: Callable[[Path], Any] | None = None,
 ) -> AssessmentResult:
     """Run a full membership-inference assessment.
 
@@ -113,6 +124,7 @@ def run_assessment(
         cache: conformed-volume cache.
         progress: called with (stage, fraction 0-1, message).
         should_stop: polled between batches and attacks; True cancels.
+        reference_loader: loads a user-supplied reference model (the job's confined model host).
 
     Returns:
         the report and the per-scan feature table.
@@ -129,6 +141,10 @@ def run_assessment(
         if progress is not None:
             progress(stage, min(max(fraction, 0.0), 1.0), message)
 
+    with_refs = options.reference is not None
+    features_share = _REF_FEATURES_SHARE if with_refs else _FEATURES_SHARE
+    attacks_share = _REF_ATTACKS_SHARE if with_refs else _ATTACKS_SHARE
+
     if model is not None:
         report_progress("features", 0.0, f"features of {len(manifest.records)} scans")
         features = extract_features(
@@ -137,7 +153,7 @@ def run_assessment(
             options.extraction,
             cache=cache,
             progress=lambda done, total: report_progress(
-                "features", _FEATURES_SHARE * done / total, f"features {done}/{total} scans"
+                "features", features_share * done / total, f"features {done}/{total} scans"
             ),
             should_stop=should_stop,
         )
@@ -154,7 +170,7 @@ def run_assessment(
         }
 
     specs = default_attack_specs(features, options.classifiers, feature_sets=options.feature_sets)
-    report_progress("attacks", _FEATURES_SHARE, f"{len(specs)} attacks x {options.repeats} repeats")
+    report_progress("attacks", features_share, f"{len(specs)} attacks x {options.repeats} repeats")
     run = run_attacks(
         features,
         specs,
@@ -162,11 +178,26 @@ def run_assessment(
         train_size=options.train_size,
         seed=options.seed,
         progress=lambda done, total, label: report_progress(
-            "attacks", _FEATURES_SHARE + _ATTACKS_SHARE * done / total, f"attack {done}/{total}: {label}"
+            "attacks", features_share + attacks_share * done / total, f"attack {done}/{total}: {label}"
         ),
         should_stop=should_stop,
     )
-    report_progress("report", _FEATURES_SHARE + _ATTACKS_SHARE, "verdict and report")
+    if options.quantile:
+        names = [n for n, a in QMIA_ATTACKS.items() if features.white_box or a.threat_model == "black-box"]
+        run.attacks.extend(run_qmia_attacks(features, names, seed=options.seed, exposure=run.exposure))
+    reference_provenance = None
+    if options.reference is not None:
+        refs = run_reference_attacks(
+            features, manifest, options.reference, metadata=model.metadata if model is not None else None,
+            device=options.extraction.device, batch_size=options.extraction.batch_size, cache=cache,
+            loader=reference_loader, should_stop=should_stop, seed=options.seed,
+            progress=lambda stage, fraction, message: report_progress(
+                stage, features_share + attacks_share + _REF_SHARE * fraction, message),
+        )
+        run.attacks.extend(refs.attacks)
+        run.exposure.update(refs.exposure)
+        reference_provenance = refs.provenance
+    report_progress("report", 0.98, "verdict and report")
     verdict = evaluate(run.attacks, policy)
     exposure = exposure_section(features, run.exposure, verdict.get("strongest_attack"))
     report = build_report(
@@ -174,6 +205,7 @@ def run_assessment(
             model=model_provenance,
             manifest=_manifest_provenance(manifest),
             settings={**options.settings(), "policy": verdict.get("policy")},
+            references=reference_provenance,
             started=started,
             duration_s=time.perf_counter() - t0,
         ),

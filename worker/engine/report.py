@@ -45,9 +45,10 @@ def provenance(
     settings: dict[str, Any],
     started: datetime,
     duration_s: float,
+    references: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The provenance section of a report."""
-    return {
+    """The provenance section of a report (``references``: K, the recipe, the keep matrix's hash)."""
+    out = {
         "model": model,
         "manifest": manifest,
         "package_version": package_version(),
@@ -58,6 +59,9 @@ def provenance(
         "python": platform.python_version(),
         "pid": os.getpid(),
     }
+    if references is not None:
+        out["references"] = references
+    return out
 
 
 def _clean(value: Any) -> Any:

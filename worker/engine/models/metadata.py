@@ -27,6 +27,9 @@ class ModelMetadata(BaseModel):
         normalize: intensity normalisation name (see ``worker.engine.normalize``).
         arch: built-in architecture name, required for safetensors / state-dict files.
         arch_kwargs: keyword arguments of the architecture (``width``, ``channels``...).
+        recipe: how the model was trained (the fields of
+            :class:`worker.engine.reference.recipe.Recipe`), so that reference models can be
+            trained the same way; checked when references are trained.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -36,6 +39,7 @@ class ModelMetadata(BaseModel):
     normalize: str = "zscore"
     arch: str | None = None
     arch_kwargs: dict[str, Any] = {}
+    recipe: dict[str, Any] | None = None
 
     @field_validator("voxel_size", mode="before")
     @classmethod

@@ -57,9 +57,9 @@ def target_layers(target: FeatureTable | Sequence[str]) -> list[str]:
     return [c[len(GRAD_NORM_PREFIX):] for c in columns if c.startswith(GRAD_NORM_PREFIX)]
 
 
-def _computer(model: LoadedModel | nn.Module, device: str) -> BatchComputer:
-    if isinstance(model, LoadedModel):
-        return model.computer(device)
+def _computer(model: LoadedModel | nn.Module | Any, device: str) -> Any:
+    if isinstance(model, LoadedModel) or not isinstance(model, nn.Module):
+        return model.computer(device)  # a loaded model, or a hosted one (computed in its confined host)
     module = model.eval()
     for p in module.parameters():
         p.requires_grad_(False)
