@@ -125,6 +125,11 @@ class Settings(BaseSettings):
         return VolumeLimits(max_voxels=self.max_volume_voxels)
 
     @property
+    def reference_store_dir(self) -> Path:
+        """Where trained reference models are kept and reused (inside the data folder)."""
+        return self.data_dir / "references"
+
+    @property
     def volume_cache_dir(self) -> Path:
         """The conformed-volume cache folder."""
         return self.cache_dir or self.data_dir / "cache" / "volumes"

@@ -166,7 +166,8 @@ class _Inputs:
                                             loader=self.host.load, **common)
         from worker.engine.assessment import run_assessment
 
-        return run_assessment(self.manifest, model=self.model, options=self.options, **common)
+        return run_assessment(self.manifest, model=self.model, options=self.options,
+                              reference_loader=self.host.load, **common)
 
 
 def _request(resources: Resources, assessment_id: str) -> dict[str, Any]:
@@ -241,7 +242,7 @@ def _load_inputs(resources: Resources, assessment_id: str, job: JobContext) -> _
                            host=model_host(settings, device, job.should_stop))
         job.append_log(f"the scan set has no learner column: assessing the final round "
                        f"({len(model_row.rounds)}) of the federation as one model")
-    engine = job_options.engine_options(options, extraction=extraction)
+    engine = job_options.engine_options(options, extraction=extraction, reference_store=settings.reference_store_dir)
     host = model_host(settings, device, job.should_stop)
     try:
         model = host.load(_stored_path(resources.storage, model_row.path), overrides, check=False)

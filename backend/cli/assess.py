@@ -36,6 +36,7 @@ from .common import (
     requested_options,
     show_inputs,
 )
+from .references import ReferenceFlags
 from .summary import print_federated, print_summary
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class AssessInputs:
     options: AssessmentOptionsIn
     model: ModelFlags
     run: RunFlags
+    references: ReferenceFlags | None = None
 
 
 def assess(
@@ -84,6 +86,12 @@ def assess(
     device: DeviceOpt = None,
     batch_size: BatchOpt = 8,
     layer: LayersOpt = None,
+    reference: Annotated[Optional[int], typer.Option("--reference", min=2, help="Train this many reference models (even) the way the target was trained (--recipe, or the model sidecar's recipe) and run the reference-model attacks (LiRA, RMIA, calibrated loss).")] = None,
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="Training recipe of the target (JSON or TOML): how the reference models are trained (default 8 of them).")] = None,
+    reference_models: Annotated[Optional[Path], typer.Option("--reference-models", help="A folder of reference models you trained (any supported format), with --keep.")] = None,
+    keep: Annotated[Optional[Path], typer.Option("--keep", help="keep.csv of --reference-models: scan_id and one 0/1 column per model file stem (1 = trained on that scan).")] = None,
+    reference_attack: Annotated[Optional[list[str]], typer.Option("--reference-attack", help="Reference attack (repeatable): calibrated-loss, lira-offline, lira-online, rmia, and their :grad-norm variants (default all).")] = None,
+    no_quantile: Annotated[bool, typer.Option("--no-quantile", help="Skip the quantile-regression attacks (qmia).")] = False,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
@@ -93,7 +101,9 @@ def assess(
 
     model_flags = ModelFlags(input_shape, voxel_size, normalize, arch, arch_options)
     run = RunFlags(device, batch_size, layer, cache_dir, no_cache, quiet)
-    asked = {"feature_sets": feature_set, "classifiers": classifier, "repeats": repeats, "seed": seed}
+    asked = {"feature_sets": feature_set, "classifiers": classifier, "repeats": repeats, "seed": seed,
+             "quantile": False if no_quantile else None}
+    references = ReferenceFlags(reference, recipe, reference_models, keep, reference_attack)
     if federated or rounds or max_rounds is not None or trajectory_set:
         with errors_exit_2():
             if not federated:
@@ -102,6 +112,8 @@ def assess(
                 if value is not None:
                     raise InputError(f"{flag} does not go with --federated (the models are the ROUNDS; "
                                      "each attacker trains on its own scans)")
+            if references.given:
+                raise InputError("reference models do not go with --federated")
             options = requested_options(**asked, policy=policy,
                                         federated={"max_rounds": max_rounds, "trajectory_sets": trajectory_set})
         passed = _assess_federated(AssessInputs(manifest, out, options, model_flags, run), rounds or [])
@@ -109,8 +121,9 @@ def assess(
         with errors_exit_2():
             if (model is None) == (predictions is None):
                 raise InputError("give exactly one of --model or --predictions")
-            options = requested_options(**asked, train_size=train_size, policy=policy)
-        passed = _assess_centralised(AssessInputs(manifest, out, options, model_flags, run), model, predictions)
+            options = requested_options(**asked, train_size=train_size, policy=policy, reference=references.request())
+        inputs = AssessInputs(manifest, out, options, model_flags, run, references)
+        passed = _assess_centralised(inputs, model, predictions)
     raise typer.Exit(EXIT_PASS if passed else EXIT_FAIL)
 
 
@@ -132,7 +145,10 @@ def _assess_centralised(inputs: AssessInputs, model: Path | None, predictions: P
             loaded = host.load(model, inputs.model.overrides())
         else:
             preds = load_predictions(predictions, scans)  # type: ignore[arg-type]
-        options = engine_options(inputs.options, extraction=inputs.run.extraction(device, white_box=loaded is not None))
+        options = engine_options(inputs.options, extraction=inputs.run.extraction(device, white_box=loaded is not None),
+                                 reference_store=inputs.run.reference_store())
+        if inputs.references is not None:
+            options = inputs.references.supplied(options)
         show_inputs(scans, loaded)
         with progress_bar(not inputs.run.quiet) as bar:
             result = run_assessment(
@@ -143,6 +159,7 @@ def _assess_centralised(inputs: AssessInputs, model: Path | None, predictions: P
                 options=options,
                 cache=inputs.run.cache(),
                 progress=bar,
+                reference_loader=(lambda path: host.load(path, inputs.model.overrides())) if loaded is not None else None,
             )
         paths = write_outputs(result, inputs.out)
     print_summary(result.report, paths)

@@ -49,6 +49,8 @@ OPTION_FLAGS = {
     "policy": "--policy",
     "max_rounds": "--max-rounds",
     "trajectory_sets": "--trajectory-set",
+    "reference": "--reference",
+    "quantile": "--no-quantile",
 }
 
 
@@ -162,6 +164,12 @@ class RunFlags:
         if self.no_cache:
             return VolumeCache(None)
         return VolumeCache(self.cache_dir or get_settings().volume_cache_dir)
+
+    def reference_store(self) -> Path | None:
+        """Where trained reference models are kept and reused (none with ``--no-cache``)."""
+        from ..settings import get_settings
+
+        return None if self.no_cache else get_settings().reference_store_dir
 
 
 def requested_options(*, policy: Path | None = None, federated: dict[str, Any] | None = None,

@@ -73,6 +73,24 @@ class FederatedOptionsIn(BaseModel):
     )
 
 
+class ReferenceOptionsIn(BaseModel):
+    """Reference models BrainMIA trains the way the target was trained (LiRA, RMIA, calibrated loss)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"models": 8}]})
+
+    models: int = Field(8, ge=2, le=256, multiple_of=2,
+                        description="Reference models to train on random halves of the audit scans (even).")
+    recipe: dict[str, Any] | None = Field(
+        None, description="How the target was trained (arch, arch_kwargs, optimizer, lr, weight_decay, epochs, "
+                          "batch_size, augment, loss, seed); default: the 'recipe' of the model's metadata.",
+        examples=[{"arch": "brain_age_3d", "optimizer": "adam", "lr": 0.0001, "epochs": 30, "batch_size": 8}],
+    )
+    attacks: list[Annotated[Text, Field(max_length=64)]] | None = Field(
+        None, max_length=16, description="Reference attacks (default: every one the model allows): calibrated-loss, "
+                                         "lira-offline, lira-online, rmia, and their ':grad-norm' variants.",
+    )
+
+
 class AssessmentOptionsIn(BaseModel):
     """What to run; omitted fields take the engine's defaults."""
 
@@ -96,6 +114,11 @@ class AssessmentOptionsIn(BaseModel):
     policy: PolicyOptions | None = None
     federated: FederatedOptionsIn | None = Field(
         None, description="For a federation's rounds on a scan set with learners; ignored otherwise."
+    )
+    quantile: bool = Field(True, description="Run the quantile-regression attacks (qmia), which need no "
+                                             "reference models.")
+    reference: ReferenceOptionsIn | None = Field(
+        None, description="Train reference models and run the reference-model attacks (none when omitted)."
     )
 
     @field_validator("device")
@@ -133,6 +156,8 @@ def _check_names(options: AssessmentOptionsIn) -> None:
             parse_feature_set(name)
         except InputError as exc:
             raise OptionError("options.feature_sets", str(exc)) from None
+    if options.reference is not None:
+        _check_reference(options.reference)
     if options.federated and options.federated.trajectory_sets:
         from worker.engine.federated import TRAJECTORY_SETS
 
@@ -140,6 +165,35 @@ def _check_names(options: AssessmentOptionsIn) -> None:
         if unknown:
             raise OptionError("options.federated.trajectory_sets",
                               f"unknown: {', '.join(unknown)}; available: {', '.join(sorted(TRAJECTORY_SETS))}")
+
+
+def _check_reference(reference: ReferenceOptionsIn) -> None:
+    from worker.engine.reference.calibrated import get_reference_attack
+    from worker.engine.reference.recipe import recipe_from_dict
+
+    for name in reference.attacks or []:
+        try:
+            get_reference_attack(name)
+        except InputError as exc:
+            raise OptionError("options.reference.attacks", str(exc)) from None
+    if reference.recipe is not None:
+        try:
+            recipe_from_dict(reference.recipe, source="options.reference.recipe")
+        except InputError as exc:
+            raise OptionError("options.reference.recipe", str(exc)) from None
+
+
+def reference_options(options: AssessmentOptionsIn, store_dir: Path | None) -> Any:
+    """The engine's ``ReferenceOptions`` for ``options`` (None when no reference models are asked for)."""
+    if options.reference is None:
+        return None
+    from worker.engine.reference.recipe import recipe_from_dict
+    from worker.engine.reference.run import ReferenceOptions
+
+    ref = options.reference
+    recipe = recipe_from_dict(ref.recipe, source="options.reference.recipe") if ref.recipe is not None else None
+    return ReferenceOptions(n_models=ref.models, recipe=recipe, store_dir=store_dir,
+                            attacks=tuple(ref.attacks) if ref.attacks else None, seed=options.seed)
 
 
 def check_options(options: AssessmentOptionsIn, *, n_members: int | None = None,
@@ -171,9 +225,10 @@ def check_options(options: AssessmentOptionsIn, *, n_members: int | None = None,
 
 def stored_options(options: AssessmentOptionsIn) -> dict[str, Any]:
     """The options as the job row keeps them (policy and federated without unset fields)."""
-    stored = options.model_dump(exclude={"policy", "federated"})
+    stored = options.model_dump(exclude={"policy", "federated", "reference"})
     stored["policy"] = options.policy.model_dump(exclude_none=True) if options.policy else None
     stored["federated"] = options.federated.model_dump(exclude_none=True) if options.federated else None
+    stored["reference"] = options.reference.model_dump(exclude_none=True) if options.reference else None
     return stored
 
 
@@ -191,7 +246,8 @@ def read_stored(stored: Mapping[str, Any] | None) -> AssessmentOptionsIn:
         raise InputError(f"the job's options are not valid: options.{where}: {first['msg']}") from None
 
 
-def engine_options(options: AssessmentOptionsIn, *, extraction: Any, federated: bool = False) -> Any:
+def engine_options(options: AssessmentOptionsIn, *, extraction: Any, federated: bool = False,
+                   reference_store: Path | None = None) -> Any:
     """The engine's options for ``options``.
 
     Args:
@@ -200,6 +256,7 @@ def engine_options(options: AssessmentOptionsIn, *, extraction: Any, federated: 
             depend on where the job runs.
         federated: a federated assessment (``FederatedAttackOptions``) instead of a
             centralised one (``AssessmentOptions``).
+        reference_store: where trained reference models are kept and reused.
 
     Raises:
         InputError: ``train_size`` for a federated assessment; an invalid policy.
@@ -211,6 +268,9 @@ def engine_options(options: AssessmentOptionsIn, *, extraction: Any, federated: 
         if options.train_size is not None:
             raise InputError("train_size does not apply to a federated assessment: each attacker trains on its "
                              "own scans and as many unseen scans")
+        if options.reference is not None:
+            raise InputError("reference models do not apply to a federated assessment (yet): assess the final "
+                             "round on a scan set without learners to use them")
         given: dict[str, Any] = {}
         if options.feature_sets:
             given["feature_sets"] = tuple(options.feature_sets)
@@ -232,4 +292,6 @@ def engine_options(options: AssessmentOptionsIn, *, extraction: Any, federated: 
         seed=options.seed,
         extraction=extraction,
         policy=policy,
+        quantile=options.quantile,
+        reference=reference_options(options, reference_store),
     )

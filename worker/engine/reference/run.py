@@ -22,7 +22,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from ..models import ModelMetadata, load_model
 from ..training import load_volumes
 from .calibrated import available_reference_attacks, get_reference_attack, reference_target_scores, score_reference_attack
 from .keep import balanced_keep, keep_hash, read_keep_csv
-from .recipe import Recipe, recipe_hash
+from .recipe import Recipe, recipe_from_dict, recipe_hash
 from .reference_signals import reference_outputs, target_layers
 from .signals import ReferenceSignals
 from .store import ReferenceStore, reference_set_key, scan_content_ids
@@ -58,7 +58,8 @@ class ReferenceOptions:
 
     Attributes:
         n_models: K, the models trained from ``recipe`` (even, at least 2).
-        recipe: how the target was trained (None with supplied ``models``).
+        recipe: how the target was trained (None: the target's own recipe, from its metadata,
+            unless ``models`` are supplied).
         models: user-supplied reference model files (with ``keep_csv``).
         keep_csv: which audit scans each supplied model trained on.
         store_dir: where trained references are kept and reused (None: a temporary folder).
@@ -75,19 +76,19 @@ class ReferenceOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if (self.recipe is None) == (not self.models):
+        if self.recipe is not None and self.models:
             raise InputError("reference models: give a recipe (BrainMIA trains them) or supplied models with "
-                             "keep.csv, not both or neither")
+                             "keep.csv, not both")
         if self.models and self.keep_csv is None:
             raise InputError("supplied reference models need keep.csv (which audit scans each one trained on)")
-        if self.recipe is not None and (self.n_models < 2 or self.n_models % 2):
+        if not self.models and (self.n_models < 2 or self.n_models % 2):
             raise InputError(f"reference models: the number to train must be even and at least 2, got {self.n_models}")
 
     def settings(self) -> dict[str, Any]:
         """The options as recorded in the report's provenance."""
         return {
-            "source": "trained" if self.recipe is not None else "supplied",
-            "n_models": self.n_models if self.recipe is not None else len(self.models),
+            "source": "supplied" if self.models else "trained",
+            "n_models": len(self.models) if self.models else self.n_models,
             "recipe": self.recipe.to_dict() if self.recipe is not None else None,
             "models": [Path(p).name for p in self.models] or None,
             "attacks": list(self.attacks) if self.attacks else None,
@@ -113,6 +114,18 @@ def attack_names(options: ReferenceOptions, white_box: bool) -> list[str]:
                 raise InputError(f"reference attack '{name}' needs gradients: assess a model, not predictions")
         return names
     return [n for n in available_reference_attacks() if white_box or not get_reference_attack(n).white_box]
+
+
+def _with_recipe(options: ReferenceOptions, metadata: ModelMetadata) -> ReferenceOptions:
+    """The options with a recipe: theirs, else the target's own (its metadata's ``recipe``)."""
+    if options.recipe is not None:
+        return options
+    if not metadata.recipe:
+        raise InputError("reference models need the recipe the target was trained with: give a recipe file "
+                         "(--recipe / options.reference.recipe) or a 'recipe' in the model's metadata sidecar")
+    known = {"arch": metadata.arch, "arch_kwargs": metadata.arch_kwargs} if metadata.arch else {}
+    recipe = recipe_from_dict({**known, **metadata.recipe}, source="the model's metadata", prefix="recipe.")
+    return replace(options, recipe=recipe)
 
 
 def _trained(features: FeatureTable, manifest: Manifest, options: ReferenceOptions, metadata: ModelMetadata,
@@ -150,7 +163,8 @@ def _trained(features: FeatureTable, manifest: Manifest, options: ReferenceOptio
     return models, keep, provenance, volumes
 
 
-def _supplied(manifest: Manifest, options: ReferenceOptions, loader: Loader | None) -> tuple[list[Any], np.ndarray, dict]:
+def _supplied(manifest: Manifest, options: ReferenceOptions, loader: Loader | None,
+              spec: Any) -> tuple[Sequence[Any], np.ndarray, dict]:
     """The user's reference models (loaded through ``loader``) and their keep matrix."""
     assert options.keep_csv is not None
     paths = [Path(p) for p in options.models]
@@ -160,9 +174,29 @@ def _supplied(manifest: Manifest, options: ReferenceOptions, loader: Loader | No
         raise InputError(f"reference models: file stems must be unique (they name keep.csv's columns): "
                          f"{', '.join(duplicated)}")
     keep = read_keep_csv(options.keep_csv, [r.scan_id for r in manifest.records], stems)
-    models = [loader(p) if loader is not None else load_model(p) for p in paths]
     provenance = {"keep_hash": keep_hash(keep), "keep_csv": Path(options.keep_csv).name}
-    return models, keep, provenance
+    return _LoadedInTurn(paths, loader, spec), keep, provenance
+
+
+class _LoadedInTurn(Sequence):
+    """Supplied reference models, each loaded when its outputs are computed (a model host holds
+    one model at a time), checked to share the target's conform grid."""
+
+    def __init__(self, paths: list[Path], loader: Loader | None, spec: Any):
+        self.paths, self.loader, self.spec = paths, loader, spec
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        path = self.paths[k]
+        model = self.loader(path) if self.loader is not None else load_model(path)
+        if model.metadata.conform_spec() != self.spec:
+            raise InputError(f"reference model {path.name}: its input grid differs from the target's "
+                             "(references must take the target's conformed scans)")
+        return model
 
 
 def _signals(features: FeatureTable, keep: np.ndarray, outputs: Any) -> ReferenceSignals:
@@ -259,15 +293,18 @@ def run_reference_attacks(
     if list(features.table["scan_id"]) != [r.scan_id for r in manifest.records]:
         raise InputError("the feature table's rows are not in the manifest's order")
     names = attack_names(options, features.white_box)
-    if options.recipe is not None:
+    if not options.models:
         if metadata is None:
             raise InputError("training reference models needs the target model (its input grid), not predictions")
+        options = _with_recipe(options, metadata)
         models, keep, source, volumes = _trained(features, manifest, options, metadata, device, cache, report,
                                                  should_stop)
     else:
-        models, keep, source = _supplied(manifest, options, loader)
-        spec = models[0].metadata.conform_spec()
-        volumes = load_volumes(manifest.records, spec, cache)
+        if metadata is None:
+            raise InputError("reference-model attacks need the target model (its input grid and gradients), "
+                             "not predictions")
+        models, keep, source = _supplied(manifest, options, loader, metadata.conform_spec())
+        volumes = load_volumes(manifest.records, metadata.conform_spec(), cache)
     report("references", 1.0, f"outputs of {len(models)} reference models")
     white_box = any(get_reference_attack(n).white_box for n in names)
     outputs = reference_outputs(
