@@ -35,10 +35,10 @@ def _session_secret(settings: Settings) -> str:
 
 def api_router() -> APIRouter:
     """Every /api/v1 route."""
-    from .api.routes import admin, assessments, models, scan_sets
+    from .api.routes import admin, assessments, models, reference_sets, scan_sets
 
     router = APIRouter(prefix=API_PREFIX)
-    for module in (auth, models, scan_sets, assessments, admin):
+    for module in (auth, models, scan_sets, reference_sets, assessments, admin):
         router.include_router(module.router)
     return router
 

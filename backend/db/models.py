@@ -108,6 +108,33 @@ class ScanSet(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class ReferenceSet(Base):
+    """User-supplied reference models for one scan set: model files (each checked as a model
+    upload is) and ``keep.csv`` (which of the scan set's scans each model trained on).
+
+    ``root`` is the folder of the files (relative to the storage root), ``model_files`` the
+    model file names in it (keep.csv's columns are their stems), ``model_metadata`` the input
+    the models share (grid, voxel size, normalisation).
+    """
+
+    __tablename__ = "reference_sets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"), index=True)
+    scan_set_id: Mapped[str] = mapped_column(ForeignKey("scan_sets.id"), index=True)
+    name: Mapped[str] = mapped_column(String(500))
+    root: Mapped[str] = mapped_column(Text)
+    model_files: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    formats: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    model_metadata: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    keep_sha256: Mapped[str] = mapped_column(String(64))
+    keep_hash: Mapped[str] = mapped_column(String(64))
+    archive_sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_by: Mapped[str | None] = mapped_column(ForeignKey("api_tokens.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Assessment(Base):
     """An assessment job and, once done, where its results are."""
 

@@ -16,6 +16,7 @@ from .errors import ApiError, field_error, not_found
 from .job_states import enqueue_failed, is_final, new_job
 from .model_uploads import owned_model
 from .options import AssessmentOptionsIn, OptionError, check_options
+from .reference_sets import check_for_assessment
 from .scan_set_uploads import owned_scan_set
 
 MAX_ID_LENGTH = 64
@@ -47,9 +48,10 @@ def create_assessment(
         the queued job's row (committed, its message sent).
 
     Raises:
-        ApiError: 404 a model or scan set not the caller's; 422 ``validation_error`` an option
-            the engine cannot run (naming its field); 503 ``queue_unavailable`` (the row is
-            kept, failed, with the reason).
+        ApiError: 404 a model, scan set or reference set (``options.reference.reference_set_id``)
+            not the caller's; 422 ``validation_error`` an option the engine cannot run, or a
+            reference set of another scan set or input grid (naming its field); 503
+            ``queue_unavailable`` (the row is kept, failed, with the reason).
     """
     model = owned_model(session, principal, model_id)
     scan_set = owned_scan_set(session, principal, scan_set_id)
@@ -57,6 +59,9 @@ def create_assessment(
         stored = check_options(options, n_members=scan_set.n_members, n_nonmembers=scan_set.n_nonmembers)
     except OptionError as exc:
         raise field_error(exc.field, exc.reason) from None
+    if options.reference is not None and options.reference.reference_set_id is not None:
+        check_for_assessment(session, principal, options.reference.reference_set_id, scan_set.id,
+                             model.model_metadata)
     row = new_job(org_id=principal.org_id, model_id=model.id, scan_set_id=scan_set.id, options=stored,
                   created_by=principal.token_id)
     session.add(row)

@@ -10,18 +10,18 @@ the JSON stored in the job row, and (with :func:`engine_options`) the engine's
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from worker.engine.errors import InputError
 from worker.engine.feature_names import parse_feature_set
 from worker.engine.policy import Policy, load_policy
 
-from ..fields import Text, no_nul
+from ..fields import Id, Text, no_nul
 
 DEFAULT_REPEATS = 5
 """Repeated attacker-training / test splits of a centralised assessment."""
@@ -74,9 +74,12 @@ class FederatedOptionsIn(BaseModel):
 
 
 class ReferenceOptionsIn(BaseModel):
-    """Reference models BrainMIA trains the way the target was trained (LiRA, RMIA, calibrated loss)."""
+    """Reference models for LiRA, RMIA and the calibrated loss: K that BrainMIA trains the way the
+    target was trained (``models``, ``recipe``), or your own (``reference_set_id``, an uploaded
+    reference set of the assessment's scan set; then ``models`` and ``recipe`` are not given)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"models": 8}]})
+    model_config = ConfigDict(extra="forbid",
+                              json_schema_extra={"examples": [{"models": 8}, {"reference_set_id": "5b1c0e2f9a"}]})
 
     models: int = Field(8, ge=2, le=256, multiple_of=2,
                         description="Reference models to train on random halves of the audit scans (even).")
@@ -89,6 +92,17 @@ class ReferenceOptionsIn(BaseModel):
         None, max_length=16, description="Reference attacks (default: every one the model allows): calibrated-loss, "
                                          "lira-offline, lira-online, rmia, and their ':grad-norm' variants.",
     )
+    reference_set_id: Id | None = Field(
+        None, description="Your own reference models instead of trained ones: a reference set (POST "
+                          "/reference-sets) of the assessment's scan set. Excludes `models` and `recipe`.",
+    )
+
+    @model_validator(mode="after")
+    def _supplied_or_trained(self) -> ReferenceOptionsIn:
+        if self.reference_set_id is not None and (self.recipe is not None or "models" in self.model_fields_set):
+            raise ValueError("reference_set_id (your own reference models) does not go with models or recipe "
+                             "(references BrainMIA trains): give one or the other")
+        return self
 
 
 class AssessmentOptionsIn(BaseModel):
@@ -183,14 +197,32 @@ def _check_reference(reference: ReferenceOptionsIn) -> None:
             raise OptionError("options.reference.recipe", str(exc)) from None
 
 
-def reference_options(options: AssessmentOptionsIn, store_dir: Path | None) -> Any:
-    """The engine's ``ReferenceOptions`` for ``options`` (None when no reference models are asked for)."""
+def reference_options(options: AssessmentOptionsIn, store_dir: Path | None,
+                      supplied: tuple[Sequence[Path], Path] | None = None) -> Any:
+    """The engine's ``ReferenceOptions`` for ``options`` (None when no reference models are asked for).
+
+    Args:
+        options: the request / stored options.
+        store_dir: where trained references are kept and reused.
+        supplied: for ``reference.reference_set_id``, the reference set's model files and its
+            keep.csv (:func:`backend.services.reference_sets.supplied_reference_files`).
+
+    Raises:
+        InputError: a reference set is named but its files are not given.
+    """
     if options.reference is None:
         return None
     from worker.engine.reference.recipe import recipe_from_dict
     from worker.engine.reference.run import ReferenceOptions
 
     ref = options.reference
+    if ref.reference_set_id is not None:
+        if supplied is None:
+            raise InputError(f"options.reference.reference_set_id: the files of reference set "
+                             f"'{ref.reference_set_id}' were not resolved")
+        models, keep_csv = supplied
+        return ReferenceOptions(models=[Path(p) for p in models], keep_csv=Path(keep_csv),
+                                attacks=tuple(ref.attacks) if ref.attacks else None, seed=options.seed)
     recipe = recipe_from_dict(ref.recipe, source="options.reference.recipe") if ref.recipe is not None else None
     return ReferenceOptions(n_models=ref.models, recipe=recipe, store_dir=store_dir,
                             attacks=tuple(ref.attacks) if ref.attacks else None, seed=options.seed)
@@ -228,7 +260,9 @@ def stored_options(options: AssessmentOptionsIn) -> dict[str, Any]:
     stored = options.model_dump(exclude={"policy", "federated", "reference"})
     stored["policy"] = options.policy.model_dump(exclude_none=True) if options.policy else None
     stored["federated"] = options.federated.model_dump(exclude_none=True) if options.federated else None
-    stored["reference"] = options.reference.model_dump(exclude_none=True) if options.reference else None
+    ref = options.reference
+    stored["reference"] = (ref.model_dump(exclude_none=True, exclude={"models"} if ref.reference_set_id else None)
+                           if ref else None)
     return stored
 
 
@@ -247,7 +281,8 @@ def read_stored(stored: Mapping[str, Any] | None) -> AssessmentOptionsIn:
 
 
 def engine_options(options: AssessmentOptionsIn, *, extraction: Any, federated: bool = False,
-                   reference_store: Path | None = None) -> Any:
+                   reference_store: Path | None = None,
+                   supplied_references: tuple[Sequence[Path], Path] | None = None) -> Any:
     """The engine's options for ``options``.
 
     Args:
@@ -257,6 +292,8 @@ def engine_options(options: AssessmentOptionsIn, *, extraction: Any, federated: 
         federated: a federated assessment (``FederatedAttackOptions``) instead of a
             centralised one (``AssessmentOptions``).
         reference_store: where trained reference models are kept and reused.
+        supplied_references: the model files and keep.csv of ``options.reference.reference_set_id``
+            (:func:`backend.services.reference_sets.supplied_reference_files`).
 
     Raises:
         InputError: ``train_size`` for a federated assessment; an invalid policy.
@@ -293,5 +330,5 @@ def engine_options(options: AssessmentOptionsIn, *, extraction: Any, federated: 
         extraction=extraction,
         policy=policy,
         quantile=options.quantile,
-        reference=reference_options(options, reference_store),
+        reference=reference_options(options, reference_store, supplied_references),
     )

@@ -20,14 +20,15 @@ from .assessments import (
 from .auth import Me, SignIn
 from .health import Health, Readiness
 from .models import MODEL_UPLOAD_BODY, ModelOut, ModelPage, model_out
+from .reference_sets import REFERENCE_SET_UPLOAD_BODY, ReferenceSetOut, ReferenceSetPage, reference_set_out
 from .scan_sets import SCAN_SET_CREATE_BODY, ScanSetFromPath, ScanSetOut, ScanSetPage, scan_set_out
 
 __all__ = [
-    "MODEL_UPLOAD_BODY", "SCAN_SET_CREATE_BODY",
+    "MODEL_UPLOAD_BODY", "REFERENCE_SET_UPLOAD_BODY", "SCAN_SET_CREATE_BODY",
     "AssessmentCreate", "AssessmentDetail", "AssessmentOptionsIn", "AssessmentPage", "AssessmentSummary",
     "AuditEventOut", "AuditPage", "FederatedOptionsIn", "FigureListing", "Health", "JobStateName", "Me",
-    "ModelOut", "ModelPage", "PolicyOptions", "Readiness", "ScanSetFromPath", "ScanSetOut", "ScanSetPage",
-    "SignIn", "TokenCreate", "TokenCreated",
+    "ModelOut", "ModelPage", "PolicyOptions", "Readiness", "ReferenceSetOut", "ReferenceSetPage",
+    "ScanSetFromPath", "ScanSetOut", "ScanSetPage", "SignIn", "TokenCreate", "TokenCreated",
     "assessment_detail", "assessment_summary", "assessment_url", "audit_event_out", "model_out",
-    "result_links", "scan_set_out",
+    "reference_set_out", "result_links", "scan_set_out",
 ]
