@@ -128,39 +128,114 @@ def _with_recipe(options: ReferenceOptions, metadata: ModelMetadata) -> Referenc
     return replace(options, recipe=recipe)
 
 
+@dataclass
+class TrainedSetup:
+    """What decides the training of an assessment's K reference models.
+
+    :func:`trained_setup` is the one place that computes it, for the assessment and for the
+    reference-training tasks (one Celery task per model), so that they cannot disagree on the
+    recipe, a keep column, the scans or the store key.
+
+    Attributes:
+        recipe: the recipe the models train with.
+        keep: ``(K, N)`` balanced keep matrix over the audit scans (row ``k``: model ``k``'s scans).
+        keep_hash: its hash.
+        set_key: the store key of the set (:func:`~worker.engine.reference.store.reference_set_key`).
+        scan_ids: the scans' content ids, in manifest order.
+        ages: ``(N,)`` ages.
+        store: where the models are kept and reused.
+        records: the audit scans.
+        spec: the target's conform spec.
+        volumes: the conformed volumes ``(N, 1, X, Y, Z)`` (None until :meth:`load`).
+    """
+
+    recipe: Recipe
+    keep: np.ndarray
+    keep_hash: str
+    set_key: str
+    scan_ids: list[str]
+    ages: np.ndarray
+    store: ReferenceStore
+    records: Sequence[Any]
+    spec: Any
+    volumes: Any = None
+
+    @property
+    def n_models(self) -> int:
+        """K."""
+        return int(self.keep.shape[0])
+
+    def load(self, cache: VolumeCache | None) -> Any:
+        """The conformed volumes (loaded on first use)."""
+        if self.volumes is None:
+            self.volumes = load_volumes(self.records, self.spec, cache)
+        return self.volumes
+
+    def missing(self) -> list[int]:
+        """Indices of the models not (yet) in the store."""
+        return [k for k in range(self.n_models) if not self.store.has(self.set_key, k)]
+
+
+def trained_setup(manifest: Manifest, options: ReferenceOptions, metadata: ModelMetadata,
+                  cache: VolumeCache | None = None, *, with_volumes: bool = True) -> TrainedSetup:
+    """The recipe, keep matrix, store key, scan ids and volumes of an assessment's trained references.
+
+    Args:
+        manifest: the audit scans.
+        options: the reference options (without a recipe: the target's own, from ``metadata``).
+        metadata: the target's metadata (conform grid, architecture, recipe).
+        cache: conformed-volume cache (also memoises the scans' content ids).
+        with_volumes: conform the scans now (False: on :meth:`TrainedSetup.load`).
+
+    Raises:
+        InputError: supplied models (nothing to train), or no recipe anywhere.
+    """
+    if options.models:
+        raise InputError("supplied reference models are not trained")
+    options = _with_recipe(options, metadata)
+    assert options.recipe is not None
+    records = manifest.records
+    spec = metadata.conform_spec()
+    keep = balanced_keep(options.n_models, len(records), options.seed)
+    digest = keep_hash(keep)
+    scan_ids = scan_content_ids([r.path for r in records], cache)
+    store_dir = options.store_dir or Path(tempfile.mkdtemp(prefix="brainmia-references-"))
+    setup = TrainedSetup(
+        recipe=options.recipe, keep=keep, keep_hash=digest,
+        set_key=reference_set_key(options.recipe, scan_ids, digest, spec), scan_ids=scan_ids,
+        ages=np.array([r.age for r in records], dtype=np.float32), store=ReferenceStore(Path(store_dir)),
+        records=records, spec=spec,
+    )
+    if with_volumes:
+        setup.load(cache)
+    return setup
+
+
 def _trained(features: FeatureTable, manifest: Manifest, options: ReferenceOptions, metadata: ModelMetadata,
              device: str, cache: VolumeCache | None, report: Progress,
              should_stop: Callable[[], bool] | None) -> tuple[list[Any], np.ndarray, dict[str, Any], Any]:
     """K reference models trained (or reused) on a balanced keep matrix over the audit scans."""
-    assert options.recipe is not None
-    records = manifest.records
-    spec = metadata.conform_spec()
-    volumes = load_volumes(records, spec, cache)
-    ages = np.array([r.age for r in records], dtype=np.float32)
-    keep = balanced_keep(options.n_models, len(records), options.seed)
-    digest = keep_hash(keep)
-    scan_ids = scan_content_ids([r.path for r in records], cache)
-    set_key = reference_set_key(options.recipe, scan_ids, digest, spec)
-    store_dir = options.store_dir or Path(tempfile.mkdtemp(prefix="brainmia-references-"))
-    store = ReferenceStore(Path(store_dir))
+    setup = trained_setup(manifest, options, metadata, cache)
+    recipe, store, n_models = setup.recipe, setup.store, setup.n_models
     models, reused, maes = [], 0, []
-    for k in range(options.n_models):
-        epochs = max(options.recipe.epochs, 1)
+    for k in range(n_models):
+        epochs = max(recipe.epochs, 1)
 
         def on_epoch(epoch: int, loss: float, k: int = k) -> None:
-            done = (k + epoch / epochs) / options.n_models
-            report("references", done, f"reference model {k + 1}/{options.n_models}, epoch {epoch}/{epochs}")
+            done = (k + epoch / epochs) / n_models
+            report("references", done, f"reference model {k + 1}/{n_models}, epoch {epoch}/{epochs}")
 
         model, was_stored = obtain_reference(
-            store, set_key, options.recipe, volumes, ages, keep[k], metadata=metadata, model_index=k,
-            keep_hash=digest, scan_ids=scan_ids, device=device, on_epoch=on_epoch, should_stop=should_stop,
+            store, setup.set_key, recipe, setup.volumes, setup.ages, setup.keep[k], metadata=metadata,
+            model_index=k, keep_hash=setup.keep_hash, scan_ids=setup.scan_ids, device=device, on_epoch=on_epoch,
+            should_stop=should_stop,
         )
         reused += int(was_stored)
-        maes.append(store.entry(set_key, k).train_mae)
+        maes.append(store.entry(setup.set_key, k).train_mae)
         models.append(model)
-    provenance = {"keep_hash": digest, "set_key": set_key, "recipe_hash": recipe_hash(options.recipe),
+    provenance = {"keep_hash": setup.keep_hash, "set_key": setup.set_key, "recipe_hash": recipe_hash(recipe),
                   "reused": reused, "train_mae": maes}
-    return models, keep, provenance, volumes
+    return models, setup.keep, provenance, setup.volumes
 
 
 def _supplied(manifest: Manifest, options: ReferenceOptions, loader: Loader | None,
