@@ -11,6 +11,7 @@ from .. import audit
 from ..api.deps import SessionDep
 from ..db.models import ModelRecord, ScanSet
 from ..services.job_states import JobState
+from ..services.reference_sets import org_reference_sets
 from . import queries
 from .options import assessment_form
 from .render import PageNotFound, PageUser, render
@@ -49,10 +50,12 @@ def overview(
 def new_assessment(
     request: Request, session: SessionDep, user: PageUser, model_id: str | None = None, scan_set_id: str | None = None
 ) -> HTMLResponse:
-    """The new-assessment form: defaults run the paper's full set of attacks."""
+    """The new-assessment form: defaults run the paper's full set of attacks and the quantile attacks;
+    reference models (trained, or a reference set of the chosen scan set) are offered."""
     return render(
         request, "assessment_new.html.j2", user, active="new",
         models=queries.org_models(session, user), scan_sets=queries.org_scan_sets(session, user),
+        reference_sets=org_reference_sets(session, user.org_id),
         form=assessment_form(), selected_model=model_id or "", selected_scan_set=scan_set_id or "",
     )
 

@@ -12,6 +12,23 @@ CLASSIFIER_TEXT = {
     "gbt": "Gradient-boosted trees (slower)",
 }
 DEFAULT_REPEATS = 5
+RECIPE_EXAMPLE = ('{"arch": "brain_age_3d", "optimizer": "adam", "lr": 0.0001, "weight_decay": 0.0001,\n'
+                  ' "epochs": 30, "batch_size": 8, "augment": "none", "loss": "mse", "seed": 0}')
+"""What the recipe box shows before anything is typed (DESIGN.md, Reference models)."""
+
+
+def reference_form() -> dict[str, Any]:
+    """The reference-model choices: how many to train (even, with its bounds) and the recipe's shape."""
+    from ..services.options import ReferenceOptionsIn
+
+    models = ReferenceOptionsIn.model_fields["models"]
+    bounds = {type(m).__name__: m for m in models.metadata}
+    return {
+        "models": models.default,
+        "min": bounds["Ge"].ge if "Ge" in bounds else 2,
+        "max": bounds["Le"].le if "Le" in bounds else 256,
+        "recipe_example": RECIPE_EXAMPLE,
+    }
 
 
 def assessment_form() -> dict[str, Any]:
@@ -21,6 +38,8 @@ def assessment_form() -> dict[str, Any]:
     from worker.engine.attacks.feature_sets import DEFAULT_FEATURE_SETS, threat_model
     from worker.engine.attacks.runner import DEFAULT_CLASSIFIERS
     from worker.engine.verdict import Policy
+
+    from ..services.options import AssessmentOptionsIn
 
     policy = asdict(Policy())
     return {
@@ -35,4 +54,6 @@ def assessment_form() -> dict[str, Any]:
         "repeats": DEFAULT_REPEATS,
         "policy": {k: v for k, v in policy.items() if k != "name"},
         "levels": ("low", "medium", "high"),
+        "reference": reference_form(),
+        "quantile": AssessmentOptionsIn.model_fields["quantile"].default,
     }

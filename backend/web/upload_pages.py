@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from ..api.deps import SessionDep, SettingsDep
 from ..db.models import Organisation
 from ..server_manifests import manifest_roots_for
+from ..services.reference_sets import org_reference_sets
 from . import queries
 from .render import PageUser, render
 
@@ -41,8 +42,11 @@ def _org_name(session: Session, org_id: str) -> str:
 
 @router.get("/scan-sets", response_class=HTMLResponse)
 def scan_sets_page(request: Request, session: SessionDep, settings: SettingsDep, user: PageUser) -> HTMLResponse:
-    """The organisation's scan sets and the archive / server-manifest forms."""
+    """The organisation's scan sets and reference sets, the archive / server-manifest forms and the
+    reference-set upload."""
+    scan_sets = queries.org_scan_sets(session, user)
     return render(
-        request, "scan_sets.html.j2", user, active="scan-sets", scan_sets=queries.org_scan_sets(session, user),
+        request, "scan_sets.html.j2", user, active="scan-sets", scan_sets=scan_sets,
         manifest_roots=[str(r) for r in manifest_roots_for(settings, _org_name(session, user.org_id))],
+        reference_sets=org_reference_sets(session, user.org_id), scan_set_names={s.id: s.name for s in scan_sets},
     )

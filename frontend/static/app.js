@@ -276,6 +276,32 @@
     }, reload);
   }
 
+  var referenceForm = document.getElementById("upload-reference-set");
+  if (referenceForm) {
+    wire(referenceForm, function (form) {
+      var problems = [];
+      var file = $(form, "input[type=file]").files[0];
+      if (!file) { problems.push({ field: "archive", reason: "choose a .zip or .tar.gz file with keep.csv and the models" }); }
+      if (!$(form, "[name=scan_set_id]").value) { problems.push({ field: "scan_set_id", reason: "upload a scan set first" }); }
+      var metadata = $(form, "[name=metadata]").value.trim();
+      if (metadata) {
+        try { JSON.parse(metadata); } catch (e) { problems.push({ field: "metadata", reason: "not valid JSON: " + e.message }); }
+      }
+      if (problems.length) {
+        var problem = new Error("Some fields need fixing.");
+        problem.details = problems;
+        throw problem;
+      }
+      var data = new FormData();
+      data.append("archive", file);
+      data.append("scan_set_id", $(form, "[name=scan_set_id]").value);
+      var name = $(form, "[name=name]").value.trim();
+      if (name) { data.append("name", name); }
+      if (metadata) { data.append("metadata", metadata); }
+      return { body: data };
+    }, reload);
+  }
+
   var serverForm = document.getElementById("server-manifest");
   if (serverForm) {
     wire(serverForm, function (form) {
@@ -288,8 +314,74 @@
 
   /* ---------------------------------------------------------------- new assessment */
 
+  /* the reference-model choices: none, train K (with the model's recipe or one given as JSON), or a
+     reference set of the chosen scan set; returns the request's options.reference (or null) */
+  function referenceOptions(form, problems) {
+    var checked = $(form, "input[name=reference_mode]:checked");
+    var mode = checked ? checked.value : "none";
+    if (mode === "train") {
+      var input = $(form, "[name=reference_models]");
+      var k = Number(input.value);
+      if (!(Math.round(k) === k && k % 2 === 0 && k >= Number(input.min || 2) && k <= Number(input.max || 256))) {
+        problems.push({ field: "options.reference.models", reason: "an even number from " + (input.min || 2) + " to " + (input.max || 256) });
+      }
+      var reference = { models: k };
+      if ($(form, "input[name=recipe_source]:checked").value === "json") {
+        var text = $(form, "[name=reference_recipe]").value.trim();
+        try {
+          reference.recipe = JSON.parse(text);
+          if (!reference.recipe || typeof reference.recipe !== "object" || Array.isArray(reference.recipe)) { throw new Error("not a JSON object"); }
+        } catch (e) {
+          problems.push({ field: "options.reference.recipe", reason: text ? "not a JSON object: " + e.message : "give the recipe, or use the model's" });
+        }
+      }
+      return reference;
+    }
+    if (mode === "supplied") {
+      var select = $(form, "[name=reference_set_id]");
+      var option = select.options[select.selectedIndex];
+      if (!option || option.disabled) {
+        problems.push({ field: "options.reference.reference_set_id", reason: "no reference set of this scan set: upload one on the Scan sets page" });
+        return null;
+      }
+      return { reference_set_id: option.value };
+    }
+    return null;
+  }
+
+  function wireReferenceChoices(form) {
+    var modes = $all(form, "input[name=reference_mode]");
+    if (!modes.length) { return; }
+    var scanSet = $(form, "[name=scan_set_id]");
+    var select = $(form, "[name=reference_set_id]");
+    var sync = function () {
+      var mode = $(form, "input[name=reference_mode]:checked").value;
+      $all(form, ".reference-choice").forEach(function (box) { box.hidden = box.getAttribute("data-mode") !== mode; });
+      // only the reference sets of the chosen scan set: their keep.csv names its scans
+      var visible = 0;
+      Array.prototype.forEach.call(select.options, function (option) {
+        var mine = option.getAttribute("data-scan-set") === scanSet.value;
+        option.hidden = !mine;
+        option.disabled = !mine;
+        visible += mine ? 1 : 0;
+      });
+      var current = select.options[select.selectedIndex];
+      if (!current || current.disabled) {
+        var first = Array.prototype.filter.call(select.options, function (o) { return !o.disabled; })[0];
+        select.value = first ? first.value : "";
+      }
+      $(form, ".no-reference-sets").hidden = visible > 0;
+      var recipe = $(form, "[name=reference_recipe]");
+      recipe.disabled = $(form, "input[name=recipe_source]:checked").value !== "json";
+    };
+    modes.concat($all(form, "input[name=recipe_source]"), [scanSet]).forEach(function (el) { el.addEventListener("change", sync); });
+    sync();
+  }
+
   var newForm = document.getElementById("new-assessment");
   if (newForm) {
+    wireReferenceChoices(newForm);
+
     // a threat-model box ticks or clears its feature sets; it follows them when they change
     $all(newForm, "input.group-toggle").forEach(function (toggle) {
       var group = toggle.getAttribute("data-group");
@@ -313,6 +405,7 @@
       if (!$(form, "[name=scan_set_id]").value) { problems.push({ field: "scan_set_id", reason: "upload a scan set first" }); }
       if (!chosen.length) { problems.push({ field: "options.feature_sets", reason: "tick at least one feature set" }); }
       if (!classifiers.length) { problems.push({ field: "options.classifiers", reason: "tick at least one classifier" }); }
+      var reference = referenceOptions(form, problems);
       if (problems.length) {
         var problem = new Error("Some fields need fixing.");
         problem.details = problems;
@@ -330,8 +423,10 @@
           tpr_at_1pct_fpr_high: Number($(form, "[name=tpr_at_1pct_fpr_high]").value),
           fail_at: $(form, "[name=fail_at]").value,
           fail_on_error: $(form, "[name=fail_on_error]").checked
-        }
+        },
+        quantile: $(form, "[name=quantile]").checked
       };
+      if (reference) { options.reference = reference; }
       var trainSize = $(form, "[name=train_size]").value;
       if (trainSize) { options.train_size = Number(trainSize); }
       return {

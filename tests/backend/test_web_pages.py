@@ -151,3 +151,43 @@ def test_the_scan_set_page_shows_each_organisation_only_its_own_manifest_folders
     mine, theirs = alice.get("/scan-sets").text, mallory.get("/scan-sets").text
     assert str(acme.resolve()) in mine and str(globex.resolve()) not in mine
     assert str(globex.resolve()) in theirs and str(acme.resolve()) not in theirs
+
+
+def _add_reference_set(app: Any, org: str, scan_set_id: str, name: str) -> str:
+    """A reference-set row of ``org`` (no files: the pages only list it)."""
+    from backend.auth import get_or_create_org
+    from backend.db.models import ReferenceSet, new_id
+    from backend.db.session import session_scope
+
+    rid = new_id()
+    with session_scope(app.state.sessionmaker) as session:
+        session.add(ReferenceSet(id=rid, org_id=get_or_create_org(session, org).id, scan_set_id=scan_set_id,
+                                 name=name, root=f"reference_sets/{rid}", model_files=["ref_a.pt", "ref_b.pt"],
+                                 formats=["torchscript"] * 2, model_metadata={"input_shape": [23, 27, 23]},
+                                 keep_sha256="0" * 64, keep_hash="1" * 64, archive_sha256="2" * 64))
+    return rid
+
+
+def test_the_new_assessment_form_offers_reference_models_and_the_quantile_attacks(
+        app: Any, tokens: dict[str, str], job_inputs: dict[str, str]) -> None:  # noqa: F811
+    mine = _add_reference_set(app, "acme", job_inputs["scan_set_id"], "our K=2 references")
+    theirs = _add_reference_set(app, "globex", job_inputs["other_scan_set_id"], "globex references")
+    page = browser(app, tokens["alice"]).get(f"/assessments/new?scan_set_id={job_inputs['scan_set_id']}").text
+    fieldset = page[page.index('<fieldset class="field" id="reference-models">'):]
+    fieldset = fieldset[:fieldset.index('id="quantile-attacks"')]
+    assert "Reference models" in fieldset and "reference models" in fieldset and "takes time" in fieldset
+    for mode in ("none", "train", "supplied"):
+        assert f'name="reference_mode" value="{mode}"' in fieldset
+    assert 'value="none" checked' in fieldset
+    assert re.search(r'name="reference_models" type="number" min="2" max="256" step="2" value="8"', fieldset)
+    assert 'name="recipe_source" value="model" checked' in fieldset and 'name="reference_recipe"' in fieldset
+    assert f'<option value="{mine}" data-scan-set="{job_inputs["scan_set_id"]}">our K=2 references (2 models' \
+        in fieldset
+    assert theirs not in page and "globex references" not in page
+    assert re.search(r'<input id="quantile" name="quantile" type="checkbox" checked>', page)
+    assert 'data-error-for="options.reference.reference_set_id"' in fieldset
+
+    scan_sets = browser(app, tokens["alice"]).get("/scan-sets").text
+    assert 'id="upload-reference-set"' in scan_sets and 'data-api="/api/v1/reference-sets"' in scan_sets
+    assert "our K=2 references" in scan_sets and f'data-delete="/api/v1/reference-sets/{mine}"' in scan_sets
+    assert "globex references" not in scan_sets

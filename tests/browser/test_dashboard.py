@@ -395,3 +395,80 @@ def test_delete_from_the_pages(signed_in_page: Any, live_server: Any, model_file
     assert page.locator(f"tr[data-assessment='{doomed}']").count() == 0
     assert page.locator(f"tr[data-assessment='{finished_pair[0]}']").count() == 1
     assert page.console_errors == []
+
+
+def test_reference_models_upload_and_choice_on_the_new_assessment_form(
+    signed_in_page: Any, live_server: Any, model_file: Path, cohort_zip: Path, tmp_path: Path
+) -> None:
+    import csv
+    import io
+    import json
+
+    page = signed_in_page
+    metadata = {"input_shape": list(TINY_SHAPE), "voxel_size": [TINY_VOXEL] * 3, "arch": "brain_age_3d",
+                "arch_kwargs": {"channels": list(TINY_CHANNELS)}}
+    with _api(live_server) as api:
+        model = api.post("/api/v1/models", files={"file": ("target.pt", model_file.read_bytes())},
+                         data={"metadata": json.dumps(metadata), "name": "reference target"})
+        assert model.status_code == 201, model.text
+        sets = [api.post("/api/v1/scan-sets", files={"archive": ("c.zip", cohort_zip.read_bytes())},
+                         data={"name": name}).json()["id"] for name in ("with references", "without references")]
+    with zipfile.ZipFile(cohort_zip) as z:
+        ids = [row["scan_id"] for row in csv.DictReader(io.StringIO(z.read("manifest.csv").decode()))]
+
+    def archive(name: str, bad_line: int | None = None) -> Path:
+        rows = ["scan_id,ref_a,ref_b"] + [f"{sid},{i % 2},{(i + 1) % 2}" for i, sid in enumerate(ids)]
+        if bad_line is not None:
+            rows[bad_line - 1] = rows[bad_line - 1].rsplit(",", 1)[0] + ",yes"
+        path = tmp_path / name
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("keep.csv", "\n".join(rows) + "\n")
+            for stem in ("ref_a", "ref_b"):
+                z.write(model_file, f"{stem}.pt")
+        return path
+
+    # the upload form: a bad keep.csv cell is listed by line and column, then the good archive is kept
+    page.goto(f"{live_server.url}/scan-sets")
+    form = page.locator("#upload-reference-set")
+    form.get_by_label("Scan set").select_option(sets[0])
+    form.get_by_label("Input of every model").fill(json.dumps(metadata))
+    form.locator("input[type=file]").set_input_files(str(archive("bad.zip", bad_line=4)))
+    form.get_by_role("button", name="Upload and check the reference models").click()
+    form.locator(".row-errors tbody tr").first.wait_for(timeout=60_000)
+    assert re.search(r"\b4\s+ref_b\s+'yes' is not 0 or 1", form.locator(".row-errors").inner_text())
+    assert page.locator("#reference-sets").count() == 0
+    page.console_errors.clear()  # the refused upload (422)
+    form.locator("input[type=file]").set_input_files(str(archive("good.zip")))
+    form.get_by_label("Name (optional)").fill("my references")
+    form.get_by_role("button", name="Upload and check the reference models").click()
+    page.locator("#reference-sets tbody tr", has_text="my references").wait_for(timeout=120_000)
+
+    # the new-assessment form: an odd K is refused in the page; the reference set follows the scan set
+    page.goto(f"{live_server.url}/assessments/new?scan_set_id={sets[0]}")
+    page.get_by_label("Model", exact=True).select_option(model.json()["id"])
+    page.get_by_label("BrainMIA trains reference models").check()
+    assert page.get_by_label("How many reference models (even)").input_value() == "8"
+    assert page.get_by_label("Recipe (JSON)").is_disabled()
+    page.get_by_label("How many reference models (even)").fill("3")
+    page.get_by_role("button", name="Start the assessment").click()
+    assert "even number" in page.locator("[data-error-for='options.reference.models']").inner_text()
+    page.get_by_label("Use reference models you trained yourself").check()
+    assert page.locator(".reference-choice[data-mode=train]").is_hidden()
+    assert "my references" in page.get_by_label("Reference set", exact=True).inner_text()
+    page.get_by_label("Scan set", exact=True).select_option(sets[1])
+    assert page.locator(".no-reference-sets").is_visible()
+    page.get_by_label("Scan set", exact=True).select_option(sets[0])
+    assert page.locator(".no-reference-sets").is_hidden()
+    assert page.get_by_label("Run the quantile-regression attacks").is_checked()
+    page.get_by_label("Run the quantile-regression attacks").uncheck()
+    page.get_by_label("Repeats").fill("1")
+    page.get_by_role("button", name="Start the assessment").click()
+    page.wait_for_url(re.compile(r".*/assessments/[0-9a-f]{32}$"))
+    job_id = page.url.rsplit("/", 1)[-1]
+    page.goto(f"{live_server.url}/scan-sets")
+    with _api(live_server) as api:
+        options = api.get(f"/api/v1/assessments/{job_id}").json()["options"]
+        reference_set = api.get("/api/v1/reference-sets", params={"scan_set_id": sets[0]}).json()["items"][0]
+        assert options["reference"] == {"reference_set_id": reference_set["id"]} and options["quantile"] is False
+        assert api.delete(f"/api/v1/assessments/{job_id}").status_code == 204
+    assert page.console_errors == []
