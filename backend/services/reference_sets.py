@@ -53,6 +53,7 @@ from .scan_set_uploads import owned_scan_set
 from .uploads import UploadedFile, archive_limits, delete_with_files
 
 KEEP_NAME = "keep.csv"
+MAX_ID_LENGTH = 64
 MAX_MODELS = 256
 """Most model files in one reference set (as many as BrainMIA would train)."""
 _NOT_MODELS = {".json", ".csv", ".txt", ".md"}  # as `brainmia assess --reference-models`
@@ -66,7 +67,10 @@ def reference_set_dir(storage: Storage, reference_set_id: str) -> Path:
 
 
 def owned_reference_set(session: Session, principal: Principal, reference_set_id: str) -> ReferenceSet:
-    """The caller's organisation's reference set ``reference_set_id``; 404 otherwise."""
+    """The caller's organisation's reference set ``reference_set_id``; 404 otherwise (also for an id
+    with a NUL byte or over 64 characters, which no row has)."""
+    if "\x00" in reference_set_id or len(reference_set_id) > MAX_ID_LENGTH:
+        raise not_found("reference set", reference_set_id.replace("\x00", "\\x00")[:MAX_ID_LENGTH])
     row = session.scalar(select(ReferenceSet).where(ReferenceSet.id == reference_set_id,
                                                     ReferenceSet.org_id == principal.org_id))
     if row is None:
