@@ -49,7 +49,6 @@ from ..settings import Settings
 from ..storage import Storage
 from .errors import ApiError, field_error, not_found
 from .model_uploads import parse_metadata
-from .scan_set_uploads import owned_scan_set
 from .uploads import UploadedFile, archive_limits, delete_with_files
 
 KEEP_NAME = "keep.csv"
@@ -288,6 +287,8 @@ async def add_reference_set(session: Session, storage: Storage, settings: Settin
             keep.csv (line and column of each fault), a model refused, unreadable or
             misbehaving, or models with different inputs; nothing is kept.
     """
+    from .scan_set_uploads import owned_scan_set  # here: scan_set_uploads may import this module
+
     if not (scan_set_id or "").strip():
         raise field_error("scan_set_id", "Field required: the scan set whose scans keep.csv names")
     scan_set = owned_scan_set(session, principal, scan_set_id.strip())
