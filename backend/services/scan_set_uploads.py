@@ -38,6 +38,7 @@ from ..server_manifests import allowed_manifest
 from ..settings import Settings
 from ..storage import Storage
 from .errors import ApiError, from_input_error, not_found
+from .reference_sets import refuse_if_scan_set_has_reference_sets
 from .uploads import UploadedFile, archive_limits, delete_with_files, refuse_if_used
 
 MANIFEST_NAME = "manifest.csv"
@@ -314,6 +315,16 @@ def _scans_of(source: str, root: Path, manifest_path: Path) -> list[Path]:
     return sorted({r.path for r in manifest.records if r.path.is_file()})
 
 
+def purge_reference_models(store_dir: Path, scans: Iterable[Path]) -> int:
+    """Delete the trained reference models whose training pool held any of ``scans``; how many went."""
+    if not store_dir.is_dir():
+        return 0
+    from worker.engine.reference.store import ReferenceStore, scan_content_ids
+
+    present = [p for p in scans if p.is_file()]
+    return ReferenceStore(store_dir).delete_for_scans(scan_content_ids(present)) if present else 0
+
+
 def delete_scan_set(session: Session, storage: Storage, settings: Settings, principal: Principal,
                     scan_set_id: str) -> None:
     """Delete a scan set: its row, its cached conformed volumes and, for an upload, its files.
@@ -324,6 +335,7 @@ def delete_scan_set(session: Session, storage: Storage, settings: Settings, prin
         ApiError: 404 not the caller's; 409 while an assessment refers to the set.
     """
     row = owned_scan_set(session, principal, scan_set_id)
+    refuse_if_scan_set_has_reference_sets(session, scan_set_id)
     refuse_if_used(session, Assessment.scan_set_id, scan_set_id, "scan set")
     specs = _conform_specs(session, principal.org_id)
     source, name, root, manifest_path = row.source, row.name, Path(row.root), Path(row.manifest_path)
@@ -332,6 +344,7 @@ def delete_scan_set(session: Session, storage: Storage, settings: Settings, prin
     def purge(moved: Path) -> None:  # an upload's files are in ``moved`` now
         scans = _scans_of(source, moved if uploaded else root, moved / MANIFEST_NAME if uploaded else manifest_path)
         purge_volume_cache(settings.volume_cache_dir, scans, specs)
+        purge_reference_models(settings.reference_store_dir, scans)
 
     delete_with_files(
         session, storage, row, storage.scan_set_dir(scan_set_id) if uploaded else None, what="scan set",
