@@ -23,6 +23,7 @@ from .figures import top_exposed
 from .figures import _data as D
 from .figures._style import BLACK_BOX_COLOR, MEMBER_COLOR, NONMEMBER_COLOR, WHITE_BOX_COLOR
 from .report_view.attack_tables import PAPER_ACCURACY, accuracy_table, metrics_rows
+from .report_view.calibrated import CALIBRATION_CAPTION, calibrated_rows, calibration_view
 from .report_view.distributions import alt_error, grad_layers, grad_message, most_separable_layer
 from .report_view.figure_blocks import FigureBlock, FigureMaker, script_json
 from .report_view.formatting import fmt_num
@@ -125,7 +126,10 @@ def build_context(report: D.ReportLike, features: pd.DataFrame | None = None) ->
         "glance": glance_cards(report),
         "accuracy_table": accuracy_table(report),
         "metrics_rows": metrics_rows(report),
-        "n_errored": sum(1 for a in D.attacks(report) if not D.is_ok(a)),
+        "calibrated_rows": calibrated_rows(report),
+        "calibration_checks": calibration_view(report),
+        "calibration_caption": CALIBRATION_CAPTION,
+        "n_errored": sum(1 for a in D.attacks(D.paper_view(report)) if not D.is_ok(a)),
         "figures": figures,
         "grad_message": no_grad,
         "has_grad": bool(D.grad_norm_columns(features)),

@@ -7,7 +7,10 @@ from typing import Any
 import plotly.graph_objects as go
 
 from . import _data as D
-from ._style import CHANCE_COLOR, CLASSIFIER_PATTERNS, esc, feature_set_color
+from ._style import CHANCE_COLOR, CLASSIFIER_PATTERNS, METHOD_COLORS, METHOD_PALETTE, esc, feature_set_color
+
+#: Short family names of the ROC legends (the tables' badges say the same).
+FAMILY_SHORT = {"classifier": "classifier", "reference": "reference", "quantile": "quantile"}
 
 
 def styles(report: dict) -> tuple[dict[str, str], dict[str, int]]:
@@ -20,8 +23,26 @@ def styles(report: dict) -> tuple[dict[str, str], dict[str, int]]:
 
 
 def attack_label(attack: dict) -> str:
-    """``"feature set · classifier"``, escaped for Plotly text."""
+    """``"feature set · classifier"`` for the paper's attacks, the attack's name (``lira-online``) for
+    reference-model and quantile attacks; escaped for Plotly text."""
+    if D.family(attack) != "classifier":
+        return esc(D.attack_name(attack))
     return f"{esc(attack.get('feature_set', '?'))} · {esc(attack.get('classifier', '?'))}"
+
+
+def legend_label(attack: dict) -> tuple[str, str]:
+    """:func:`attack_label` and the attack's family and threat model: ``("lira-online", "reference, black-box")``."""
+    return attack_label(attack), f"{FAMILY_SHORT[D.family(attack)]}, {D.threat_model(attack)}"
+
+
+def attack_color(attack: dict, colors: dict[str, str], index: int = 0) -> str:
+    """The line / bar colour of an attack: its feature set's for the paper's attacks, its method's
+    for reference-model and quantile attacks (``colors`` from :func:`styles`)."""
+    if D.family(attack) != "classifier":
+        method = str(attack.get("classifier") or D.attack_name(attack).split(":")[0])
+        return METHOD_COLORS.get(method) or METHOD_PALETTE[index % len(METHOD_PALETTE)]
+    fs = str(attack.get("feature_set"))
+    return colors[fs] if fs in colors else feature_set_color(fs, index)
 
 
 def classifier_pattern(index: int) -> dict[str, Any]:

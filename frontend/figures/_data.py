@@ -48,6 +48,15 @@ FEATURE_SET_DESCRIPTIONS = {
 
 GRAD_NORM_PREFIX = "grad_norm:"
 
+#: Attack families (an entry's ``family``; absent means ``classifier``), in the order the pages list them.
+FAMILIES = ("classifier", "reference", "quantile")
+FAMILY_LABELS = {"classifier": "classifier", "reference": "reference-based", "quantile": "quantile"}
+FAMILY_DESCRIPTIONS = {
+    "classifier": "a classifier trained on part of the scans (Gupta et al., MIDL 2021)",
+    "reference": "calibrated against reference models trained the way the model was",
+    "quantile": "calibrated by a quantile regressor fitted on non-members (no reference models)",
+}
+
 
 def _dedupe(items: Iterable[str]) -> list[str]:
     seen: dict[str, None] = {}
@@ -85,6 +94,23 @@ def is_ok(attack: dict) -> bool:
 def ok_attacks(report: dict) -> list[dict]:
     """The completed attacks, in report order."""
     return [a for a in attacks(report) if is_ok(a)]
+
+
+def family(attack: Mapping[str, Any]) -> str:
+    """The attack's family: ``classifier`` (the paper's; also when absent), ``reference`` or ``quantile``."""
+    value = attack.get("family") if isinstance(attack, Mapping) else None
+    return value if value in FAMILIES else "classifier"
+
+
+def paper_view(report: dict) -> dict:
+    """The report with only the classifier attacks (the paper's), for the paper-comparison table."""
+    return {**report, "attacks": [a for a in attacks(report) if family(a) == "classifier"]}
+
+
+def every_scan_tested(attack: Mapping[str, Any]) -> bool:
+    """Whether the attack scored every audit scan once (no scan spent on attacker training)."""
+    n_train = attack.get("n_train")
+    return n_train == 0 and not isinstance(n_train, bool)
 
 
 def attack_name(attack: dict) -> str:

@@ -44,6 +44,16 @@ FEATURE_SET_COLORS = {
     "grad:output": "#AA4499",
     "prediction+label+grad:last_conv+grad:output": "#332288",
 }
+# Reference-model and quantile attacks are coloured by method (Okabe-Ito, apart from the feature-set
+# colours); a method's white-box (``:grad-norm``) variant has the same colour, dotted.
+METHOD_COLORS = {
+    "calibrated-loss": "#56B4E9",
+    "lira-offline": "#0072B2",
+    "lira-online": "#D55E00",
+    "rmia": "#CC79A7",
+    "qmia": "#000000",
+}
+METHOD_PALETTE = ("#F0E442", "#7F3C8D", "#11A579", "#3969AC")
 FEATURE_SET_PALETTE = ("#999933", "#6699CC", "#661100", "#888888", "#E7298A", "#1B9E77")
 CLASSIFIER_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 CLASSIFIER_PATTERNS = ("", "/", ".", "x", "\\", "+", "-", "|")

@@ -34,7 +34,7 @@ def _wrap_label(label: str, width: int = 16) -> str:
     "accuracy_bars",
     title="Attack accuracy per feature set",
     caption=(
-        "Accuracy of every attack: the share of scans whose membership it guesses correctly. "
+        "Accuracy of every classifier attack: the share of scans whose membership it guesses correctly. "
         "Bars start at the dashed 50% line (a coin toss): the taller the bar, the more the "
         "model leaks. Orange bars use only the model's predictions (what anyone who can query "
         "the model sees); green bars use its internals (gradients, activations), available to "
@@ -43,16 +43,18 @@ def _wrap_label(label: str, width: int = 16) -> str:
     ),
 )
 def accuracy_bars(report: dict, features: pd.DataFrame | None = None, metric: str = "accuracy") -> go.Figure:
-    """Attack accuracy per feature set (x) and classifier (groups), with 95% CI whiskers.
+    """Attack accuracy per feature set (x) and classifier (groups), with 95% CI whiskers, of the
+    classifier attacks (the reference-model and quantile attacks have their own table).
 
     Bars are drawn from the 50% chance level; black-box and white-box attacks get different
     colours, classifiers different hatching.
     """
     if metric not in ("accuracy", "balanced_accuracy", "auc"):
         raise ValueError("metric must be 'accuracy', 'balanced_accuracy' or 'auc'")
+    report = D.paper_view(report)  # the paper's classifier attacks, as the table above the chart
     all_attacks = D.attacks(report)
     if not all_attacks:
-        raise FigureUnavailable("no attacks in this report")
+        raise FigureUnavailable("no classifier attacks in this report")
     feature_sets = D.feature_set_order(report)
     classifiers = D.classifier_order(report)
     x_labels = {fs: _wrap_label(esc(fs)) for fs in feature_sets}

@@ -10,19 +10,32 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from . import _data as D
-from ._attack_style import attack_label, styles
+from ._attack_style import attack_color, legend_label, styles
 from ._registry import register_figure
-from ._style import CHANCE_COLOR, CLASSIFIER_DASHES, FigureUnavailable, feature_set_color, new_figure, text_px
+from ._style import CHANCE_COLOR, CLASSIFIER_DASHES, FigureUnavailable, new_figure, text_px
 
 LOW_FPRS = ((0.001, "tpr_at_fpr_0.001", "0.1%"), (0.01, "tpr_at_fpr_0.01", "1%"))
 LOG_FLOOR = 1e-3
 ROC_LEGEND_FONT = 11
+LEGEND_LINE_PX = 330
+"""A legend entry wider than this (px) puts its family, access and AUC on a second line."""
 
 
 def _legend_width(labels: list[str], size: float, cap: int = 480) -> int:
     """Right margin (px) holding a vertical legend of ``labels`` (line symbol, text, padding);
     at most ``cap``: a wider legend is left to Plotly's automargin."""
-    return min(cap, math.ceil(max((text_px(label, size) for label in labels), default=0.0) + 56))
+    lines = [line for label in labels for line in label.split("<br>")]
+    return min(cap, math.ceil(max((text_px(line, size) for line in lines), default=0.0) + 56))
+
+
+def _entry_name(attack: dict) -> str:
+    """The legend entry: the attack, its family and access, its AUC; wrapped after the attack's
+    name when one line would be wide (the legend then leaves the plot its width)."""
+    auc = D.metric(attack, "auc")
+    label, tags = legend_label(attack)
+    tail = f"({tags}), AUC {auc:.2f}" if auc is not None else f"({tags}), AUC n/a"
+    one_line = f"{label} {tail}"
+    return one_line if text_px(one_line, ROC_LEGEND_FONT) <= LEGEND_LINE_PX else f"{label}<br>{tail}"
 
 
 def _thin_roc(fpr: np.ndarray, tpr: np.ndarray, max_points: int = 300) -> tuple[np.ndarray, np.ndarray]:
@@ -41,6 +54,19 @@ def _thin_roc(fpr: np.ndarray, tpr: np.ndarray, max_points: int = 300) -> tuple[
     return grid, np.interp(grid, uniq, upper)
 
 
+def _set_key(attack: dict) -> tuple[str, str]:
+    """The group of an attack for "best" and line styles: its family and feature set (signal)."""
+    return D.family(attack), str(attack.get("feature_set"))
+
+
+def _dash(attack: dict, rank_in_set: int) -> str:
+    """The paper's attacks: solid for the best classifier of a feature set, then dashed, dotted...;
+    reference-model and quantile attacks (coloured by method): solid black-box, dotted white-box."""
+    if D.family(attack) != "classifier":
+        return "solid" if D.threat_model(attack) == "black-box" else "dot"
+    return CLASSIFIER_DASHES[rank_in_set % len(CLASSIFIER_DASHES)]
+
+
 def _floats(values: Any) -> np.ndarray:
     """A float array from a JSON list where nulls (undefined points) become NaN."""
     return np.array([np.nan if v is None else v for v in values], dtype=float)
@@ -54,9 +80,12 @@ def _floats(values: Any) -> np.ndarray:
         "(non-members wrongly flagged, left to right), how many true members it finds (bottom "
         "to top). The grey diagonal is guessing at random. The further a line bends towards the "
         "top-left corner, the better the attack; the area under it (AUC, in the legend, sorted "
-        "from the strongest) is 0.5 for guessing and 1.0 for a perfect attack. One line per "
-        "feature set is drawn (its best classifier); the others are greyed out in the legend - "
-        "click an entry to show or hide it."
+        "from the strongest) is 0.5 for guessing and 1.0 for a perfect attack. The legend names "
+        "each attack's family (classifier: trained on part of the scans, as in Gupta et al. 2021; "
+        "reference: calibrated against reference models; quantile: calibrated by a quantile "
+        "regressor) and the access it needs (black-box: predictions only; white-box: the model's "
+        "internals). One line per feature set and family is drawn (its best attack); the others "
+        "are greyed out in the legend - click an entry to show or hide it."
     ),
 )
 def roc_curves(
@@ -72,12 +101,13 @@ def roc_curves(
         log: log-log axes from 1e-3, to read the low false-positive region.
         show: which curves start visible; the others are listed in the legend, hidden until
             clicked. ``"best"``: the best classifier of each feature set; ``"all"``; or an
-            int N: the N strongest attacks.
+            int N: the N strongest attacks. A feature set's attacks of each family (classifier,
+            reference, quantile) count as one set.
         mark_low_fpr: mark TPR at 0.1% and 1% FPR (default: on the log-log variant).
     """
     if mark_low_fpr is None:
         mark_low_fpr = bool(log)
-    colors, classifiers = styles(report)
+    colors, _ = styles(report)
     candidates = [  # strongest first (the verdict's ranking)
         a
         for a in D.ranked(report)
@@ -85,21 +115,21 @@ def roc_curves(
     ]
     if not candidates:
         raise FigureUnavailable("no ROC curve available (no successful attack)")
-    # Within a feature set, the best classifier is drawn solid, the next ones dashed, dotted...
+    # Within a feature set (and family), the best attack is drawn solid, the next ones dashed, dotted...
     rank_in_set: dict[int, int] = {}
-    seen_sets: dict[str, int] = {}
+    seen_sets: dict[tuple[str, str], int] = {}
     for i, a in enumerate(candidates):
-        fs = str(a.get("feature_set"))
-        rank_in_set[i] = seen_sets.get(fs, 0)
-        seen_sets[fs] = rank_in_set[i] + 1
+        key = _set_key(a)
+        rank_in_set[i] = seen_sets.get(key, 0)
+        seen_sets[key] = rank_in_set[i] + 1
     if isinstance(show, str) and show.strip().isdigit():
         show = int(show)
     if show == "all":
         shown = set(range(len(candidates)))
     elif show == "best":
-        best: dict[str, int] = {}
+        best: dict[tuple[str, str], int] = {}
         for i, a in enumerate(candidates):
-            best.setdefault(str(a.get("feature_set")), i)
+            best.setdefault(_set_key(a), i)
         shown = set(best.values())
     elif isinstance(show, int) and not isinstance(show, bool):
         shown = set(range(min(show, len(candidates))))
@@ -138,11 +168,10 @@ def roc_curves(
             tpr_plot = np.clip(tpr_line, LOG_FLOOR / 10, 1.0)
         else:
             fpr_plot, tpr_plot = fpr_line, tpr_line
-        fs = str(attack.get("feature_set"))
-        color = colors[fs] if fs in colors else feature_set_color(fs, rank)
-        dash = CLASSIFIER_DASHES[rank_in_set[rank] % len(CLASSIFIER_DASHES)]
-        auc = D.metric(attack, "auc")
-        name = f"{attack_label(attack)}, AUC {auc:.2f}" if auc is not None else f"{attack_label(attack)}, AUC n/a"
+        color = attack_color(attack, colors, rank)
+        dash = _dash(attack, rank_in_set[rank])
+        label = "{} ({})".format(*legend_label(attack))
+        name = _entry_name(attack)
         visible: Any = True if rank in shown else "legendonly"
         group = f"attack-{rank}"
         fig.add_trace(
@@ -155,37 +184,38 @@ def roc_curves(
                 legendgroup=group,
                 visible=visible,
                 hovertemplate=(
-                    f"<b>{attack_label(attack)}</b><br>false alarms %{{x:.2%}} of "
+                    f"<b>{label}</b><br>false alarms %{{x:.2%}} of "
                     "non-members<br>members found %{y:.1%}<extra></extra>"
                 ),
             )
         )
         if mark_low_fpr:
-            xs, ys, texts = [], [], []
-            for target, key, label in LOW_FPRS:
+            xs: list[float] = []
+            ys: list[float] = []
+            texts: list[str] = []
+            for target, key, fpr_label in LOW_FPRS:
                 value = D.metric(attack, key)
-                if value is None:
-                    value = float(np.interp(target, fpr, tpr))
+                if value is None:  # undefined: fewer than 1 / FPR non-members were tested
+                    continue
                 xs.append(target)
                 ys.append(max(value, LOG_FLOOR) if log else value)
                 texts.append(
-                    f"<b>{attack_label(attack)}</b><br>at {label} false alarms: finds "
+                    f"<b>{label}</b><br>at {fpr_label} false alarms: finds "
                     f"{100 * value:.1f}% of members"
                 )
-            fig.add_trace(
-                go.Scatter(
+            if xs:
+                fig.add_trace(go.Scatter(
                     x=xs,
                     y=ys,
                     mode="markers",
                     marker=dict(color=color, size=9, symbol="circle", line=dict(color="white", width=1)),
-                    name=f"{attack_label(attack)} at 0.1% / 1% FPR",
+                    name=f"{label} at 0.1% / 1% FPR",
                     legendgroup=group,
                     showlegend=False,
                     visible=visible,
                     hovertext=texts,
                     hoverinfo="text",
-                )
-            )
+                ))
     if mark_low_fpr:
         for target, _, label in LOW_FPRS:
             fig.add_vline(x=target, line=dict(color="#8c959f", dash="dot", width=1))
@@ -204,11 +234,11 @@ def roc_curves(
     # The log axes start just below 1e-3 so the markers at 0.1% FPR are not cut in half.
     axis = dict(type="log", range=[math.log10(LOG_FLOOR) - 0.08, 0.02]) if log else dict(range=[lo - 0.01, 1.01])
     title = "ROC curves (log-log: the low false-alarm region)" if log else "ROC curves of the attacks"
-    legend_title = "Attack (feature set · classifier),<br>strongest first; click to show/hide"
+    legend_title = "Attack (family, access), strongest first;<br>click to show/hide"
     legend_text = [str(t.name) for t in fig.data if t.showlegend is not False] + legend_title.split("<br>")
     fig.update_layout(
         title=dict(text=title),
-        height=max(560, 190 + 20 * (len(candidates) + 1)),
+        height=max(560, 190 + 20 * (len(candidates) + 1) + 14 * sum("<br>" in n for n in legend_text)),
         hovermode="closest",
         # Room for the axes and the legend up front: a margin Plotly has to widen itself
         # (automargin) makes it draw the whole figure twice.
@@ -250,7 +280,8 @@ def roc_curves(
     caption=(
         "The same curves on logarithmic axes, zoomed on the region that matters for privacy: "
         "how many members an attacker can identify while almost never accusing a non-member. "
-        "Dots mark the share of members found at 0.1% and 1% false alarms. A line above the "
+        "Dots mark the share of members found at 0.1% and 1% false alarms, where enough "
+        "non-members were tested to measure it (1,000 and 100). A line above the "
         "grey diagonal at the left edge means some individuals can be confidently identified "
         "as training scans, even if the overall accuracy looks modest."
     ),

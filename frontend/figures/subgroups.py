@@ -10,9 +10,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from . import _data as D
-from ._attack_style import accuracy_range, attack_label, chance_line, classifier_pattern, styles
+from ._attack_style import accuracy_range, attack_color, attack_label, chance_line, classifier_pattern, styles
 from ._registry import register_figure
-from ._style import CLASSIFIER_DASHES, FigureUnavailable, apply_style, esc, feature_set_color, finite, pct
+from ._style import CLASSIFIER_DASHES, FigureUnavailable, apply_style, esc, finite, pct
 
 
 def _count(value: Any) -> Any:
@@ -82,14 +82,13 @@ def accuracy_by_age(
             custom.append([_count(entry.get("n")), _count(entry.get("n_members"))])
             if acc is not None:
                 all_acc.append(acc)
-        fs = str(attack.get("feature_set"))
         fig.add_trace(
             go.Scatter(
                 x=labels,
                 y=ys,
                 mode="lines+markers",
                 name=attack_label(attack) + (" (strongest)" if i == 0 and attacks in (None, "strongest") else ""),
-                line=dict(color=colors[fs] if fs in colors else feature_set_color(fs, i), width=2.5 if i == 0 else 1.5,
+                line=dict(color=attack_color(attack, colors, i), width=2.5 if i == 0 else 1.5,
                           dash=CLASSIFIER_DASHES[i % len(CLASSIFIER_DASHES)]),
                 marker=dict(size=9 if i == 0 else 6),
                 customdata=custom,
@@ -171,7 +170,6 @@ def accuracy_by_attribute(
             xs = [_value_label(e.get("value")) for e in entries]
             ys = [pct(e.get("accuracy")) for e in entries]
             all_acc += [y for y in ys if y is not None]
-            fs = str(attack.get("feature_set"))
             fig.add_trace(
                 go.Bar(
                     x=xs,
@@ -180,7 +178,7 @@ def accuracy_by_attribute(
                     legendgroup=f"attack-{i}",
                     showlegend=j == 0,
                     marker=dict(
-                        color=colors[fs] if fs in colors else feature_set_color(fs, i),
+                        color=attack_color(attack, colors, i),
                         pattern=classifier_pattern(classifiers.get(str(attack.get("classifier")), 0)),
                     ),
                     customdata=[[_count(e.get("n")), _count(e.get("n_members"))] for e in entries],

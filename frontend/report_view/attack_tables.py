@@ -1,4 +1,6 @@
-"""The attack tables: accuracy per feature set and classifier (beside the paper's), and every attack's metrics."""
+"""The attack tables: accuracy per feature set and classifier (the paper's attacks, beside the paper's
+numbers), and every attack's metrics, each marked by family (classifier / reference-based / quantile)
+and threat model."""
 
 from __future__ import annotations
 
@@ -30,14 +32,16 @@ PAPER_ACCURACY = {
 
 
 def accuracy_table(report: dict) -> dict:
-    """Accuracy per feature set (rows) and classifier (cells), the strongest attack marked,
-    with the paper's accuracy for the model's architecture."""
+    """Accuracy per feature set (rows) and classifier (cells) of the classifier attacks (the
+    paper's; reference-model and quantile attacks have their own table), the strongest attack
+    marked, with the paper's accuracy for the model's architecture."""
+    strongest = D.strongest_attack(report)
+    report = D.paper_view(report)
     feature_sets = D.feature_set_order(report)
     classifiers = D.classifier_order(report)
     by_key: dict[tuple[str, str], dict] = {}
     for a in D.attacks(report):
         by_key.setdefault((str(a.get("feature_set")), str(a.get("classifier"))), a)
-    strongest = D.strongest_attack(report)
     arch = D.part(report, "provenance", "model").get("architecture")
     paper_col = "2D-slice-mean" if arch == "brain_age_slice_mean" else "3D-CNN"
     paper = PAPER_ACCURACY[paper_col]
@@ -69,14 +73,34 @@ def accuracy_table(report: dict) -> dict:
     return {"classifiers": classifiers, "rows": rows, "paper_column": paper_col}
 
 
+def tested_text(attack: dict) -> str:
+    """How the attack was tested: ``"every scan tested (200)"`` for an attack that scored every
+    scan once (``n_train`` 0), else ``"100 × 5"`` (test scans × repeats)."""
+    n_test = attack.get("n_test") if attack.get("n_test") is not None else "n/a"
+    if D.every_scan_tested(attack):
+        return f"every scan tested ({n_test})"
+    repeats = attack.get("repeats") if attack.get("repeats") is not None else "n/a"
+    return f"{n_test} × {repeats}"
+
+
+def family_fields(attack: dict) -> dict:
+    """The family of an attack for the templates: ``family``, ``family_label``, ``family_title``."""
+    fam = D.family(attack)
+    return {"family": fam, "family_label": D.FAMILY_LABELS[fam], "family_title": D.FAMILY_DESCRIPTIONS[fam]}
+
+
 def metrics_rows(report: dict) -> list[dict]:
-    """One row per attack (feature-set, then classifier order): AUC, TPR at low FPR, balanced accuracy."""
+    """One row per attack: the classifier attacks (feature-set, then classifier order), then the
+    reference-based and the quantile ones (report order); AUC, TPR at low FPR, balanced accuracy."""
     fs_index = {f: i for i, f in enumerate(D.feature_set_order(report))}
     clf_index = {c: i for i, c in enumerate(D.classifier_order(report))}
+    fam_index = {f: i for i, f in enumerate(D.FAMILIES)}
+    order = {id(a): i for i, a in enumerate(D.attacks(report))}
     attacks = sorted(
         D.attacks(report),
-        key=lambda a: (fs_index.get(str(a.get("feature_set")), 99),
-                       clf_index.get(str(a.get("classifier")), 99)),
+        key=lambda a: (fam_index[D.family(a)],) + (
+            (fs_index.get(str(a.get("feature_set")), 99), clf_index.get(str(a.get("classifier")), 99))
+            if D.family(a) == "classifier" else (order[id(a)], 0)),
     )
     strongest = D.strongest_attack(report)
     rows = []
@@ -91,6 +115,9 @@ def metrics_rows(report: dict) -> list[dict]:
             "strongest": a is strongest,
             "n_test": a.get("n_test") if a.get("n_test") is not None else "n/a",
             "repeats": a.get("repeats") if a.get("repeats") is not None else "n/a",
+            "tested": tested_text(a),
+            "n_references": a.get("n_references"),
+            **family_fields(a),
         }
         if row["ok"]:
             row.update(

@@ -45,12 +45,17 @@ def setting_value(value: Any) -> str:
     return str(value)
 
 
+def _std(attack: dict, name: str) -> float | None:
+    """The std over repeats, None for a single repeat (an attack that tested every scan once)."""
+    return None if attack.get("repeats") == 1 else D.metric(attack, name, "std")
+
+
 def metric_cell(attack: dict, name: str, *, digits: int = 2, ci_digits: int = 1) -> dict:
-    """``{"main": "76.45 ± 0.20", "ci": "95% CI 75.9-77.0", "na": bool}`` in %."""
+    """``{"main": "76.45 ± 0.20", "ci": "95% CI 75.9-77.0", "na": bool}`` in % (no ± for one repeat)."""
     mean = D.metric(attack, name)
     if mean is None:
         return {"main": "n/a", "ci": "", "na": True}
-    std = D.metric(attack, name, "std")
+    std = _std(attack, name)
     lo, hi = D.metric(attack, name, "ci_low"), D.metric(attack, name, "ci_high")
     main = f"{100 * mean:.{digits}f}" + (f" ± {100 * std:.{digits}f}" if std is not None else "")
     ci = (f"95% CI {100 * lo:.{ci_digits}f}–{100 * hi:.{ci_digits}f}"
@@ -63,7 +68,7 @@ def auc_cell(attack: dict) -> dict:
     mean = D.metric(attack, "auc")
     if mean is None:
         return {"main": "n/a", "ci": "", "na": True}
-    std = D.metric(attack, "auc", "std")
+    std = _std(attack, "auc")
     lo, hi = D.metric(attack, "auc", "ci_low"), D.metric(attack, "auc", "ci_high")
     return {
         "main": f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else ""),

@@ -1,11 +1,22 @@
-"""The provenance section: the model, the scan list, the run and its settings, as label-value rows."""
+"""The provenance section: the model, the scan list, the run, its settings and the reference models
+(when the reference-model attacks ran), as label-value rows."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..figures import _data as D
+from .calibrated import references_rows
 from .formatting import fmt_duration, setting_value
+
+#: The provenance tables, in page order: (key of :func:`provenance_view`, heading).
+PROVENANCE_BLOCKS = (
+    ("model", "Model"),
+    ("manifest", "Scan list (manifest)"),
+    ("run", "Run"),
+    ("settings", "Settings"),
+    ("references", "Reference models"),
+)
 
 
 def _clean(rows: list[tuple[str, Any]]) -> list[tuple[str, str]]:
@@ -14,7 +25,8 @@ def _clean(rows: list[tuple[str, Any]]) -> list[tuple[str, str]]:
 
 
 def provenance_view(report: dict) -> dict:
-    """``model``, ``manifest``, ``run`` and ``settings``: lists of (label, text) rows."""
+    """``model``, ``manifest``, ``run``, ``settings`` and ``references`` (empty without reference
+    models): lists of (label, text) rows; ``blocks``: the (key, heading) pairs to show, in order."""
     p = D.part(report, "provenance")
     model, manifest = D.part(p, "model"), D.part(p, "manifest")
     meta = D.part(model, "metadata")
@@ -45,9 +57,12 @@ def provenance_view(report: dict) -> dict:
         ("Host", p.get("host")),
     ] + ([("Python", p.get("python"))] if p.get("python") else [])
     settings_rows = [(str(k), setting_value(v)) for k, v in D.settings(report).items()]
+    references = references_rows(report)
     return {
         "model": _clean(model_rows),
         "manifest": _clean(manifest_rows),
         "run": _clean(run_rows),
         "settings": _clean(settings_rows),
+        "references": references,
+        "blocks": [(k, h) for k, h in PROVENANCE_BLOCKS if k != "references" or references],
     }

@@ -89,6 +89,28 @@ def federated_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return run_federated_assessment(fed.model_paths, fed.manifest, options).report
 
 
+@pytest.fixture(scope="module")
+def reference_report(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny 3D-CNN with K = 2 reference models trained from its recipe (2 epochs): every
+    reference-model and quantile attack entry and ``provenance.references``."""
+    import torch
+
+    from worker.engine.assessment import AssessmentOptions, run_assessment
+    from worker.engine.manifest import load_manifest
+    from worker.engine.models import BrainAge3D, load_model
+    from worker.engine.reference.recipe import Recipe
+    from worker.engine.reference.run import ReferenceOptions
+
+    torch.manual_seed(0)
+    path = save_tiny_model(BrainAge3D(channels=TINY_CHANNELS, mean_age=60.0, age_scale=5.0),
+                           tmp_path_factory.mktemp("ref_model") / "m.pt")
+    recipe = Recipe(arch="brain_age_3d", arch_kwargs={"channels": list(TINY_CHANNELS)}, epochs=2, batch_size=8)
+    reference = ReferenceOptions(n_models=2, recipe=recipe, store_dir=tmp_path_factory.mktemp("refs"))
+    options = AssessmentOptions(feature_sets=["error", "grad-norm"], classifiers=["threshold"], repeats=1,
+                                reference=reference)
+    return run_assessment(load_manifest(tiny_cohort), model=load_model(path), options=options).report
+
+
 def _written(report: dict, tmp_path: Path) -> tuple[dict, Report]:
     """The report as the engine writes it, read back as JSON and as a typed report."""
     path = write_json(report, tmp_path / "report.json")
@@ -100,7 +122,7 @@ def _same_json(a: object, b: object) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-@pytest.mark.parametrize("which", ["predictions_report", "model_report", "federated_report"])
+@pytest.mark.parametrize("which", ["predictions_report", "model_report", "federated_report", "reference_report"])
 def test_what_the_engine_writes_validates_and_round_trips(which: str, request: pytest.FixtureRequest,
                                                           tmp_path: Path) -> None:
     data, report = _written(request.getfixturevalue(which), tmp_path)
@@ -148,10 +170,42 @@ def test_server_provenance_and_newer_keys_still_load(predictions_report: dict) -
     doc["provenance"]["request"] = {"assessment_id": "a1", "requested_by": "ci", "organisation": None,
                                     "requested_at": "2026-01-01T00:00:00+00:00"}
     doc["new_section"] = {"from": "a newer engine"}
-    doc["attacks"][0]["calibration"] = [1, 2]
+    doc["attacks"][0]["a_newer_key"] = [1, 2]
     report = Report.from_dict(doc)
     assert report.provenance.request.requested_by == "ci"
     assert report.to_dict() == doc
+
+
+def test_reference_and_quantile_entries_are_typed(reference_report: dict, tmp_path: Path) -> None:
+    """family, n_references, parameters, calibration and provenance.references, as the engine writes them."""
+    data, report = _written(reference_report, tmp_path)
+    families = {a.family for a in report.attacks}
+    assert {"reference", "quantile"} <= families <= {None, "classifier", "reference", "quantile"}
+    references = [a for a in report.attacks if a.family == "reference"]
+    assert {a.name for a in references} >= {"calibrated-loss", "lira-offline", "lira-online", "rmia"}
+    for attack in references + [a for a in report.attacks if a.family == "quantile"]:
+        if attack.completed:
+            assert attack.n_train == 0 and attack.n_test == 60 and attack.repeats == 1
+    assert all(a.n_references == 2 for a in references)
+    rmia = report.attack("rmia")
+    assert rmia.completed and set(rmia.parameters) >= {"tau", "a"}
+    qmia = report.attack("qmia")
+    assert qmia.family == "quantile" and qmia.n_references is None and qmia.calibration
+    row = qmia.calibration[0]
+    assert isinstance(row.alpha, float) and isinstance(row.calibrated, bool) and isinstance(row.attainable, bool)
+    assert row.fpr_ci_low <= row.fpr <= row.fpr_ci_high
+    refs = report.provenance.references
+    assert refs is not None and refs.source == "trained" and refs.n_models == 2 and refs.reused == 0
+    assert refs.recipe["epochs"] == 2 and len(refs.keep_hash) == 64 and len(refs.train_mae) == 2
+    assert report.to_dict() == data
+    bad = copy.deepcopy(data)
+    next(a for a in bad["attacks"] if a["name"] == "qmia")["calibration"][0]["calibrated"] = "maybe"
+    with pytest.raises(InputError, match=r"calibration\[0\]\.calibrated"):
+        Report.from_dict(bad)
+    bad = copy.deepcopy(data)
+    bad["attacks"][0]["family"] = "oracle"
+    with pytest.raises(InputError, match=r"attacks\[0\]\.family"):
+        Report.from_dict(bad)
 
 
 def test_undefined_metrics_are_null(predictions_report: dict) -> None:

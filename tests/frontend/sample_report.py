@@ -11,6 +11,11 @@ engine writes.
     report, features = make_sample(400)                     # white-box, one errored attack
     report, features = make_sample(400, white_box=False)    # black-box only
     report, features = make_sample(400, malicious=True)     # hostile IDs / values / paths
+    report, features = make_sample(400, calibrated=False)   # the paper's classifier attacks only
+
+By default the report also holds reference-model attacks (K = 4) and a quantile attack (``qmia``,
+with its calibration check), scored on every scan by the engine's functions
+(:mod:`tests.frontend.sample_calibrated`), and the reference models' provenance.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from scipy.stats import norm
 from worker.engine.feature_names import DEFAULT_FEATURE_SETS, threat_model
 from worker.engine.report_model import Report
 from worker.engine.verdict import Policy, evaluate
+
+from .sample_calibrated import calibrated_entries, references_provenance
 
 FEATURE_SETS = DEFAULT_FEATURE_SETS
 BLACK_BOX_SETS = tuple(fs for fs in FEATURE_SETS if threat_model(fs) == "black-box")
@@ -202,8 +209,9 @@ def make_report(
     white_box: bool = True,
     errored: bool = True,
     malicious: bool = False,
+    calibrated: bool = True,
 ) -> dict:
-    """A report dict consistent with ``features``."""
+    """A report dict consistent with ``features`` (``calibrated``: with reference and quantile attacks)."""
     rng = np.random.default_rng(seed + 1)
     n_scans = len(features)
     member = features["member"].to_numpy()
@@ -223,6 +231,8 @@ def make_report(
                 _attack(fs, clf, features, rng, repeats=repeats, n_train=2 * train_size,
                         attributes=attributes)
             )
+    if calibrated:
+        attacks += calibrated_entries(features, attributes, seed=seed, white_box=white_box)
     abs_err = np.abs(features["error"].to_numpy())
     mae_m, mae_n = float(abs_err[member == 1].mean()), float(abs_err[member == 0].mean())
     utility = {
@@ -280,6 +290,9 @@ def make_report(
         "exposure": {"attack": verdict["strongest_attack"], "scans": exposure_scans},
         "verdict": verdict,
     }
+    if calibrated:
+        report["provenance"]["references"] = references_provenance(n_scans, seed=seed, white_box=white_box)
+        report["provenance"]["settings"]["quantile"] = True
     Report.from_dict(report, source="sample report")  # what the engine would write
     return report
 
@@ -291,9 +304,10 @@ def make_sample(
     white_box: bool = True,
     errored: bool = True,
     malicious: bool = False,
+    calibrated: bool = True,
 ) -> tuple[dict, pd.DataFrame]:
     """A consistent (report, features) pair."""
     features = make_features(n_scans, seed=seed, white_box=white_box, malicious=malicious)
     report = make_report(features, seed=seed, white_box=white_box, errored=errored,
-                         malicious=malicious)
+                         malicious=malicious, calibrated=calibrated)
     return report, features

@@ -236,8 +236,12 @@ def test_roc_strongest_first_skips_errored(sample):
     ok = [a for a in report["attacks"] if a["status"] == "ok"]
     assert len(curves) == len(ok)
     ranked = ranked_attacks(report)
-    assert [t.name.rsplit(",", 1)[0] for t in curves] == [
-        f"{a['feature_set']} · {a['classifier']}" for a in ranked]
+    def label(a: dict) -> str:  # the family and the access beside every attack
+        what = f"{a['feature_set']} · {a['classifier']}" if a.get("family", "classifier") == "classifier" else a["name"]
+        return f"{what} ({a.get('family', 'classifier')}, {a['threat_model']})"
+
+    assert [t.name.replace("<br>", " ").rsplit(",", 1)[0] for t in curves] == [label(a) for a in ranked]
+    assert {a.get("family", "classifier") for a in ranked} == {"classifier", "reference", "quantile"}
     assert ranked[0]["name"] == report["verdict"]["strongest_attack"]
     assert curves[0].line.width == 3  # the strongest stands out
     errored = "/".join(ERRORED).replace("/", " · ")
@@ -246,7 +250,7 @@ def test_roc_strongest_first_skips_errored(sample):
     assert len(chance) == 1 and list(chance[0].x) == list(chance[0].y)
     # One curve per feature set visible by default; the others one click away.
     visible = [t for t in curves if t.visible is not False and t.visible != "legendonly"]
-    assert len(visible) == len({a["feature_set"] for a in ok})
+    assert len(visible) == len({(a.get("family", "classifier"), a["feature_set"]) for a in ok})
     assert len(build_figure("roc_curves", report, features, show="all").data) == len(curves) + 1
 
 
@@ -255,9 +259,16 @@ def test_roc_log_axes_and_low_fpr_markers(sample):
     fig = build_figure("roc_curves_log", report, features)
     assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
     assert fig.layout.xaxis.range[0] <= -3 and fig.layout.yaxis.range[0] <= -3
-    markers = [t for t in fig.data if t.mode == "markers"]
+    markers = {t.name.removesuffix(" at 0.1% / 1% FPR"): t for t in fig.data if t.mode == "markers"}
     assert markers
-    assert all(sorted(t.x) == [0.001, 0.01] for t in markers)
+    # a dot where the entry has the TPR; none where it is undefined (too few non-members tested)
+    curves = [t for t in fig.data if t.mode == "lines" and "Chance" not in t.name]
+    for attack, curve in zip(ranked_attacks(report), curves):
+        label = curve.name.replace("<br>", " ").rsplit(",", 1)[0]
+        want = [f for f, key in ((0.001, "tpr_at_fpr_0.001"), (0.01, "tpr_at_fpr_0.01"))
+                if attack["metrics"][key]["mean"] is not None]
+        assert (sorted(markers[label].x) if label in markers else []) == want, label
+    assert any(sorted(t.x) == [0.01] for t in markers.values())  # the 200 non-members of the sample
     texts = [a.text for a in fig.layout.annotations]
     assert "0.1% FPR" in texts and "1% FPR" in texts
 

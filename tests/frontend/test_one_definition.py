@@ -45,7 +45,7 @@ def test_verdict_page_figures_and_comparison_agree_on_the_strongest_attack() -> 
     age = build_figure("accuracy_by_age", report, features)
     assert [t.name for t in age.data if t.type == "scatter"] == [f"{fs} · {clf} (strongest)"]
     roc = build_figure("roc_curves", report, features)
-    assert roc.data[1].name.startswith(f"{fs} · {clf},")  # after the chance line
+    assert roc.data[1].name.replace("<br>", " ").startswith(f"{fs} · {clf} (classifier, ")  # after the chance line
     assert [D.attack_name(a) for a in D.select_attacks(report, "all")] == [a["name"] for a in ranked_attacks(report)]
     view = build_comparison(report, copy.deepcopy(report), features, features)
     assert view["a"]["strongest"] == view["b"]["strongest"] == expected

@@ -20,10 +20,10 @@ from .policy import Policy
 from .report_ranking import attack_threat_model, is_completed
 
 __all__ = [
-    "AgeBin", "Attack", "AttackMetrics", "AttributeGroup", "ExposedScan", "Exposure", "Finding", "Grid",
-    "Interval", "Level", "ManifestProvenance", "MetricSummary", "ModelProvenance", "Num", "PolicySettings",
-    "Provenance", "RequestProvenance", "Roc", "RoundModel", "Scalar", "Severity", "Status", "ThreatLevels",
-    "ThreatModel", "Utility", "Verdict",
+    "AgeBin", "Attack", "AttackFamily", "AttackMetrics", "AttributeGroup", "CalibrationRow", "ExposedScan",
+    "Exposure", "Finding", "Grid", "Interval", "Level", "ManifestProvenance", "MetricSummary", "ModelProvenance",
+    "Num", "PolicySettings", "Provenance", "ReferencesProvenance", "RequestProvenance", "Roc", "RoundModel",
+    "Scalar", "Severity", "Status", "ThreatLevels", "ThreatModel", "Utility", "Verdict",
 ]
 
 
@@ -34,6 +34,9 @@ def _finite(value: float | None) -> float | None:
 Num = Annotated[Optional[float], AfterValidator(_finite)]
 """A number or None (NaN and infinity become None)."""
 ThreatModel = Literal["black-box", "white-box"]
+AttackFamily = Literal["classifier", "reference", "quantile"]
+"""How an attack decides (``family`` of an entry; absent means ``classifier``): a classifier trained on
+part of the scans (the paper's), a calibration against reference models, or a quantile regressor."""
 Level = Literal["low", "inconclusive", "medium", "high"]
 """Verdict levels (DESIGN.md): the engine's :data:`~worker.engine.policy.LEVELS` and ``inconclusive``."""
 Severity = Literal["high", "medium", "low", "info"]
@@ -117,8 +120,28 @@ class AttributeGroup(_Open):
     n_members: int
 
 
+class CalibrationRow(_Open):
+    """One row of a quantile attack's calibration check: the observed FPR on held-out non-members at
+    a target ``alpha``, its 95% Clopper-Pearson interval, and whether alpha lies in it."""
+
+    alpha: float
+    fpr: Num
+    fpr_ci_low: Num
+    fpr_ci_high: Num
+    tpr: Num = None
+    calibrated: bool
+    attainable: bool = True
+    n_nonmembers: Optional[int] = None
+    n_flagged: Optional[int] = None
+    n_members: Optional[int] = None
+
+
 class Attack(_Open):
-    """One attack entry of ``attacks`` (centralised; federated entries add ``scope``, ``round(s)``)."""
+    """One attack entry of ``attacks`` (centralised; federated entries add ``scope``, ``round(s)``).
+
+    Reference-model and quantile attacks (``family``) score every audit scan once: ``n_train`` 0,
+    ``n_test`` every scan, ``repeats`` 1; ``classifier`` is then the method (``lira-online``).
+    """
 
     name: str
     feature_set: str
@@ -138,6 +161,11 @@ class Attack(_Open):
     scope: Optional[str] = None
     round: Optional[int] = None
     rounds: Optional[list[int]] = None
+    family: Optional[AttackFamily] = None
+    n_references: Optional[int] = None
+    parameters: Optional[dict[str, Any]] = None
+    calibration: Optional[list[CalibrationRow]] = None
+    calibration_gaussian: Optional[list[CalibrationRow]] = None
 
     @model_validator(mode="after")
     def _ok_has_metrics(self) -> "Attack":
@@ -262,6 +290,28 @@ class RequestProvenance(_Open):
     requested_at: Optional[str]
 
 
+class ReferencesProvenance(_Open):
+    """The reference models of the reference-model attacks (``provenance.references``).
+
+    Attributes:
+        source: ``trained`` (by BrainMIA from ``recipe``) or ``supplied`` (the user's, with keep.csv).
+        n_models: K, the reference models used.
+        recipe: the training recipe (trained references).
+        keep_hash: SHA-256 of the keep matrix (which scans each reference trained on).
+        reused: trained references taken from the store instead of trained again.
+        train_mae: each trained reference's MAE on its own training scans.
+        layers: the layers of the white-box (``:grad-norm``) variants.
+    """
+
+    source: Optional[Literal["trained", "supplied"]] = None
+    n_models: Optional[int] = None
+    recipe: Optional[dict[str, Any]] = None
+    keep_hash: Optional[str] = None
+    reused: Optional[int] = None
+    train_mae: Optional[list[Num]] = None
+    layers: Optional[list[str]] = None
+
+
 class Provenance(_Open):
     """Where the report comes from: inputs, package, settings, time and host."""
 
@@ -275,6 +325,7 @@ class Provenance(_Open):
     python: Optional[str] = None
     pid: Optional[int] = None
     request: Optional[RequestProvenance] = None
+    references: Optional[ReferencesProvenance] = None
 
 
 class Utility(_Open):
