@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from backend.settings import Settings
 
 TASK_NAME = "brainmia.run_assessment_job"
+REFERENCE_TASK_NAME = "brainmia.train_reference"
+"""One reference model of an assessment: ``(assessment_id, attempt, model_index)``."""
+TASK_MODULES = ["worker.tasks", "worker.reference_tasks"]
 DISTRIBUTED_QUEUE = "brainmia"
 
 # A job can run for hours; a message not acknowledged within this time is handed to another
@@ -57,13 +60,13 @@ def create_celery(settings: Settings) -> Celery:
         settings: the BrainMIA settings; ``celery_broker_url`` picks the transport.
 
     Returns:
-        the app, with the job task registered. ``app.brainmia_settings`` holds ``settings``
+        the app, with the job and reference-training tasks registered. ``app.brainmia_settings`` holds ``settings``
         and ``app.brainmia_shutdown`` an event that asks running jobs to hand back their work.
     """
     broker = settings.celery_broker_url
     if broker == "memory://":
         broker = "memory://localhost//"  # the same transport, without kombu's "no hostname" warning
-    app = Celery("brainmia", broker=broker, include=["worker.tasks"])
+    app = Celery("brainmia", broker=broker, include=TASK_MODULES)
     transport: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
     if settings.embedded:
         transport["polling_interval"] = 0.05
@@ -79,7 +82,7 @@ def create_celery(settings: Settings) -> Celery:
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
         task_default_queue=queue,
-        task_routes={TASK_NAME: {"queue": queue}},
+        task_routes={TASK_NAME: {"queue": queue}, REFERENCE_TASK_NAME: {"queue": queue}},
         worker_hijack_root_logger=not settings.embedded,
         worker_send_task_events=False,
         enable_utc=True,
@@ -89,7 +92,7 @@ def create_celery(settings: Settings) -> Celery:
     app.brainmia_settings = settings  # type: ignore[attr-defined]
     app.brainmia_shutdown = threading.Event()  # type: ignore[attr-defined]
     app.brainmia_resources = None  # type: ignore[attr-defined]  # set by the embedded dispatcher
-    # the task module (``include``) is imported by the worker that runs jobs, not here: the API
+    # the task modules (``include``) are imported by the worker that runs jobs, not here: the API
     # process only sends messages by TASK_NAME
     return app
 

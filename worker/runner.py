@@ -37,6 +37,7 @@ PROGRESS_MIN_INTERVAL_S = 0.5
 CANCEL_POLL_INTERVAL_S = 1.0
 
 Requeue = Callable[[str, int], None]
+SendReference = Callable[[str, int, int], None]
 
 
 def heartbeat_interval(settings: Settings) -> float:
@@ -49,7 +50,7 @@ def worker_name(hostname: str | None = None) -> str:
     return f"{hostname or socket.gethostname()}:{os.getpid()}"
 
 
-class _Stopped(Exception):
+class Stopped(Exception):
     """Internal: the job must stop (lost, cancelled or shutting down)."""
 
 
@@ -130,7 +131,7 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
-def _stored_path(storage: Storage, path: str) -> Path:
+def stored_path(storage: Storage, path: str) -> Path:
     p = Path(path)
     return p if p.is_absolute() else storage.root / p
 
@@ -185,14 +186,14 @@ def _request(resources: Resources, assessment_id: str) -> dict[str, Any]:
     }
 
 
-def _job_rows(resources: Resources, assessment_id: str) -> tuple[Assessment, ModelRecord, ScanSet]:
+def job_rows(resources: Resources, assessment_id: str) -> tuple[Assessment, ModelRecord, ScanSet]:
     """The job's row, model record and scan set (loaded, detached from their session)."""
     from worker.engine.errors import InputError
 
     with resources.factory() as session:
         row = session.get(Assessment, assessment_id)
         if row is None:  # deleted since it was claimed
-            raise _Stopped()
+            raise Stopped()
         model_row = session.get(ModelRecord, row.model_id)
         scan_set = session.get(ScanSet, row.scan_set_id)
     if model_row is None or scan_set is None:
@@ -200,20 +201,31 @@ def _job_rows(resources: Resources, assessment_id: str) -> tuple[Assessment, Mod
     return row, model_row, scan_set
 
 
-def _manifest(resources: Resources, scan_set: ScanSet) -> Any:
+def job_manifest(resources: Resources, scan_set: ScanSet) -> Any:
     """The scan set's manifest, confined to its folder and unchanged since registration."""
     from worker.engine.errors import InputError
     from worker.engine.manifest import load_manifest
 
-    manifest_path = _stored_path(resources.storage, scan_set.manifest_path)
+    manifest_path = stored_path(resources.storage, scan_set.manifest_path)
     # confined as at registration: no scan outside the scan set's folder, whatever the file says now
-    manifest = load_manifest(manifest_path, base_dir=_stored_path(resources.storage, scan_set.root), confine=True)
+    manifest = load_manifest(manifest_path, base_dir=stored_path(resources.storage, scan_set.root), confine=True)
     if manifest.sha256 != scan_set.manifest_sha256:
         raise InputError(
             f"the manifest of scan set '{scan_set.name}' changed since it was registered (SHA-256 "
             f"{scan_set.manifest_sha256[:12]}... then, {manifest.sha256[:12]}... now): register it again"
         )
     return manifest
+
+
+def _supplied_references(resources: Resources, row: Assessment, options: Any) -> Any:
+    """The model files and keep.csv of the job's reference set (``options.reference.reference_set_id``), if any."""
+    set_id = getattr(options.reference, "reference_set_id", None) if options.reference is not None else None
+    if set_id is None:
+        return None
+    from backend.services.reference_sets import supplied_reference_files
+
+    with resources.factory() as session:
+        return supplied_reference_files(session, set_id, resources.storage, org_id=row.org_id)
 
 
 def _load_inputs(resources: Resources, assessment_id: str, job: JobContext) -> _Inputs:
@@ -226,10 +238,10 @@ def _load_inputs(resources: Resources, assessment_id: str, job: JobContext) -> _
     from worker.engine.features import ExtractionOptions, pick_device
     from worker.engine.models import ModelMetadata
 
-    row, model_row, scan_set = _job_rows(resources, assessment_id)
+    row, model_row, scan_set = job_rows(resources, assessment_id)
     options = job_options.read_stored(row.options)
     settings = resources.settings
-    manifest = _manifest(resources, scan_set)
+    manifest = job_manifest(resources, scan_set)
     device = pick_device(options.device or settings.device)
     known = set(ModelMetadata.model_fields)
     overrides = {k: v for k, v in (model_row.model_metadata or {}).items() if k in known} or None
@@ -237,15 +249,16 @@ def _load_inputs(resources: Resources, assessment_id: str, job: JobContext) -> _
     if model_row.kind == "federated_rounds" and model_row.rounds:
         if any(r.learner is not None for r in manifest.records):
             engine = job_options.engine_options(options, extraction=extraction, federated=True)
-            rounds = [_stored_path(resources.storage, p) for p in model_row.rounds]
+            rounds = [stored_path(resources.storage, p) for p in model_row.rounds]
             return _Inputs(manifest, engine, rounds=rounds, overrides=overrides,
                            host=model_host(settings, device, job.should_stop))
         job.append_log(f"the scan set has no learner column: assessing the final round "
                        f"({len(model_row.rounds)}) of the federation as one model")
-    engine = job_options.engine_options(options, extraction=extraction, reference_store=settings.reference_store_dir)
+    engine = job_options.engine_options(options, extraction=extraction, reference_store=settings.reference_store_dir,
+                                        supplied_references=_supplied_references(resources, row, options))
     host = model_host(settings, device, job.should_stop)
     try:
-        model = host.load(_stored_path(resources.storage, model_row.path), overrides, check=False)
+        model = host.load(stored_path(resources.storage, model_row.path), overrides, check=False)
     except BaseException:
         host.close()
         raise
@@ -260,8 +273,12 @@ def run_job(
     worker: str | None = None,
     shutdown: threading.Event | None = None,
     requeue: Requeue | None = None,
+    send_reference: SendReference | None = None,
 ) -> str:
     """Run one attempt of one assessment job, recording everything in its row.
+
+    A job with trained reference models first has all K of them in the reference store
+    (:func:`worker.reference_fanout.obtain_references`: one task per model), then runs the engine.
 
     Args:
         resources: database, storage and settings.
@@ -271,6 +288,8 @@ def run_job(
         shutdown: set when the worker shuts down: the job is handed back to the queue.
         requeue: sends a new message for a handed-back job (None: the next start's recovery
             sends it, as in embedded mode).
+        send_reference: sends one reference model's training message ``(assessment_id,
+            model_index, attempt)`` (distributed mode); None: this worker trains them in turn.
 
     Returns:
         what happened: ``skipped`` (duplicate or stale message), ``succeeded``, ``failed``,
@@ -281,6 +300,9 @@ def run_job(
     from worker.engine.features import ExtractionCancelled
     from worker.engine.federated import AttacksCancelled
     from worker.engine.sandbox import HostStopped
+    from worker.engine.training import TrainingCancelled
+
+    from .reference_fanout import obtain_references
 
     worker = worker or worker_name()
     shutdown = shutdown or threading.Event()
@@ -293,9 +315,12 @@ def run_job(
     try:
         with Heartbeat(job, heartbeat_interval(resources.settings)):
             try:
+                obtain_references(resources, job, worker=worker, send=send_reference)
+                if job.should_stop():
+                    raise Stopped()
                 inputs = _load_inputs(resources, assessment_id, job)
                 if job.should_stop():
-                    raise _Stopped()
+                    raise Stopped()
                 try:
                     result = inputs.run(resources, job)
                 finally:
@@ -306,7 +331,7 @@ def run_job(
                 from frontend.export import write_outputs  # torch: not before a prefork worker forks
 
                 write_outputs(result, tmp)
-            except (AttackCancelled, AttacksCancelled, ExtractionCancelled, HostStopped, _Stopped):
+            except (AttackCancelled, AttacksCancelled, ExtractionCancelled, HostStopped, TrainingCancelled, Stopped):
                 return _stopped(job, requeue)
             except InputError as exc:
                 return _failed(resources, job, str(exc))

@@ -1,4 +1,8 @@
-"""Celery tasks: thin (ids in, the runner calls the engine, progress goes to the job row)."""
+"""Celery tasks: thin (ids in, the runner calls the engine, progress goes to the job row).
+
+The job task is here; the reference-training task (one reference model) is in
+:mod:`worker.reference_tasks`; the app factory's ``include`` names both, so a worker runs both.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from celery import shared_task
 from backend.services.resources import Resources
 from backend.settings import Settings
 
-from .celery_app import TASK_NAME
+from .celery_app import REFERENCE_TASK_NAME, TASK_NAME
 from .runner import run_job, worker_name
 
 _lock = threading.Lock()
@@ -43,6 +47,9 @@ def run_assessment_job(self: Any, assessment_id: str, attempt: int) -> str:
     def requeue(job_id: str, next_attempt: int) -> None:
         app.send_task(TASK_NAME, args=[job_id, next_attempt])
 
+    def send_reference(job_id: str, model_index: int, model_attempt: int) -> None:
+        app.send_task(REFERENCE_TASK_NAME, args=[job_id, model_attempt, model_index])
+
     return run_job(
         resources_for(app),
         assessment_id,
@@ -50,4 +57,5 @@ def run_assessment_job(self: Any, assessment_id: str, attempt: int) -> str:
         worker=worker_name(self.request.hostname),
         shutdown=app.brainmia_shutdown,
         requeue=None if settings.embedded else requeue,
+        send_reference=None if settings.embedded else send_reference,
     )

@@ -167,6 +167,37 @@ class Assessment(Base):
     scan_set: Mapped[ScanSet] = relationship()
 
 
+class ReferenceTask(Base):
+    """The training of reference model ``model_index`` of an assessment (a Celery task in
+    distributed mode, or trained by the job's own worker).
+
+    The trained model itself lives in the reference store (reused by any later assessment with
+    the same recipe, scans and seed); this row records who trains it and whether that worker is
+    alive, so that a model whose worker died is trained again, alone. Deleted with its assessment.
+
+    Attributes:
+        state: ``backend.services.job_states.ReferenceState``.
+        worker: ``hostname:pid`` of the worker that trained (or trains) it.
+        attempts: attempts started (a message carries ``attempts + 1``).
+        epoch: epochs done by the running attempt.
+        heartbeat_at: the running attempt's last sign of life.
+        error: why it failed.
+    """
+
+    __tablename__ = "reference_tasks"
+
+    assessment_id: Mapped[str] = mapped_column(ForeignKey("assessments.id", ondelete="CASCADE"), primary_key=True)
+    model_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    state: Mapped[str] = mapped_column(String(16))
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
 class AuditEvent(Base):
     """Who uploaded, ran, viewed, exported or deleted what, and when."""
 

@@ -252,3 +252,162 @@ def test_worker_command_refuses_embedded_mode(monkeypatch: pytest.MonkeyPatch, t
         get_settings.cache_clear()
     assert result.exit_code == 2
     assert "BRAINMIA_DATABASE_URL" in result.output and "BRAINMIA_BROKER_URL" in result.output
+
+
+# -- reference models: one task per model ---------------------------------------------------------
+
+TINY_RECIPE = {"arch": "brain_age_3d", "arch_kwargs": {"channels": [4, 8, 8]}, "epochs": 1, "batch_size": 4,
+               "lr": 0.001}
+REFERENCE_OPTIONS = {"repeats": 1, "classifiers": ["threshold"], "quantile": False,
+                     "reference": {"models": 2, "recipe": TINY_RECIPE, "attacks": ["calibrated-loss"]}}
+
+
+def _reference_rows(app, assessment_id: str):  # type: ignore[no-untyped-def]
+    from backend.services.job_states import reference_tasks
+
+    return reference_tasks(app.state.sessionmaker, assessment_id)
+
+
+def _with_options(app, assessment_id: str, options: dict) -> None:  # type: ignore[no-untyped-def]
+    from backend.db.models import Assessment
+    from backend.db.session import session_scope
+
+    with session_scope(app.state.sessionmaker) as session:
+        session.get(Assessment, assessment_id).options = options
+
+
+def test_embedded_mode_trains_the_reference_models_in_turn_then_reuses_them(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    first = submit(client, job_inputs, **REFERENCE_OPTIONS)
+    seen: list[dict] = []
+    body = wait_for(client, first["id"], ("succeeded", "failed", "cancelled"), timeout=120, seen=seen)
+    assert body["state"] == "succeeded", body
+    rows = _reference_rows(app, first["id"])
+    assert [(r.model_index, r.state, r.attempts) for r in rows] == [(0, "succeeded", 1), (1, "succeeded", 1)]
+    assert {r.worker for r in rows} == {get_row(app, first["id"]).worker}  # the job's own worker, in turn
+    assert "references: 2 of 2 reference models to train in this worker" in body["log"]
+    assert any(b["stage"] == "references" and "trained" in b["message"] for b in seen), seen[-3:]
+    report = client.get(f"/api/v1/assessments/{first['id']}/report.json").json()
+    assert report["provenance"]["references"]["n_models"] == 2
+    assert report["provenance"]["references"]["reused"] == 2  # the engine found both in the store
+
+    again = wait_for(client, submit(client, job_inputs, **REFERENCE_OPTIONS)["id"], ("succeeded", "failed"), timeout=120)
+    assert again["state"] == "succeeded", again
+    assert "all 2 reference models found in the store" in again["log"]
+    assert _reference_rows(app, again["id"]) == []
+
+
+def test_fan_out_sends_one_task_per_model_and_a_dead_workers_model_is_retrained_alone(app, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    """Distributed-mode logic without a broker: the job sends K messages, another "worker" (a
+    thread) runs them, the job's worker trains queued ones itself; model 1 was being trained by
+    a worker that died (an old heartbeat): it is re-queued, sent again and trained, alone."""
+    import queue
+
+    from backend.db.models import ReferenceTask
+    from backend.db.session import session_scope
+    from worker.reference_tasks import run_reference_task
+
+    resources = _resources(app)
+    options = REFERENCE_OPTIONS | {"reference": REFERENCE_OPTIONS["reference"] | {"models": 4}}
+    job_id = add_assessment(app, "acme", job_inputs, state="queued")
+    _with_options(app, job_id, options)
+    with session_scope(app.state.sessionmaker) as session:  # a worker that died while training model 1
+        session.add(ReferenceTask(assessment_id=job_id, model_index=1, state="running", worker="ghost:1",
+                                  attempts=1, epoch=0, heartbeat_at=utcnow() - LONG_AGO))
+    messages: queue.Queue = queue.Queue()
+    sent: list[tuple[int, int]] = []
+    outcomes: list[tuple[int, int, str]] = []
+
+    def send(assessment_id: str, model_index: int, attempt: int) -> None:
+        sent.append((model_index, attempt))
+        messages.put((assessment_id, attempt, model_index))
+
+    def other_worker() -> None:
+        while (message := messages.get()) is not None:
+            outcomes.append((message[2], message[1], run_reference_task(resources, *message, worker="other:2")))
+
+    thread = threading.Thread(target=other_worker, daemon=True)
+    thread.start()
+    try:
+        assert run_job(resources, job_id, 1, worker="job:1", send_reference=send) == "succeeded", get_row(app, job_id).error
+    finally:
+        messages.put(None)
+        thread.join(30)
+    rows = {r.model_index: r for r in _reference_rows(app, job_id)}
+    assert sorted(sent) == [(0, 1), (1, 2), (2, 1), (3, 1)]  # models 0, 2, 3 sent; 1 when its worker was found dead
+    assert all(r.state == "succeeded" for r in rows.values()) and len(rows) == 4
+    assert rows[1].attempts == 2 and rows[1].worker in ("job:1", "other:2")
+    assert all(rows[k].attempts == 1 for k in (0, 2, 3))  # nothing else was trained twice
+    assert {r.worker for r in rows.values()} <= {"job:1", "other:2"}
+    assert "reference model 1: worker ghost:1 stopped reporting at" in get_row(app, job_id).log
+    # every message was run once: trained, or a no-op because the job's worker took that model
+    assert sorted(m for m, _, _ in outcomes) == sorted(m for m, _ in sent)
+    assert {o for _, _, o in outcomes} <= {"succeeded", "skipped"}
+    # a message delivered again (Redis redelivers a dead worker's) is a no-op
+    assert run_reference_task(resources, job_id, 1, 1, worker="late:3") == "skipped"
+
+
+def test_a_reference_task_hands_back_at_shutdown_and_stops_when_its_job_is_cancelled(app, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    from backend.services import job_states
+    from worker.reference_tasks import run_reference_task
+
+    resources = _resources(app)
+    slow = REFERENCE_OPTIONS | {"reference": REFERENCE_OPTIONS["reference"] | {
+        "recipe": TINY_RECIPE | {"epochs": 2000, "batch_size": 1}}}
+    job_id = _running(app, job_inputs, attempts=1, heartbeat_at=utcnow())
+    _with_options(app, job_id, slow)
+    factory = app.state.sessionmaker
+    job_states.open_reference_tasks(factory, job_id, [0])
+
+    def run(attempt: int, shutdown: threading.Event, resent: list) -> tuple[threading.Thread, list]:
+        out: list[str] = []
+        thread = threading.Thread(target=lambda: out.append(run_reference_task(
+            resources, job_id, attempt, 0, worker="w:1", shutdown=shutdown,
+            requeue=lambda *args: resent.append(args))), daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not any(r.epoch >= 1 for r in _reference_rows(app, job_id)):  # training: an epoch done
+            assert thread.is_alive() and time.monotonic() < deadline, (out, _reference_rows(app, job_id))
+            time.sleep(0.05)
+        return thread, out
+
+    shutdown, resent = threading.Event(), []
+    thread, out = run(1, shutdown, resent)
+    shutdown.set()
+    thread.join(20)
+    assert out == ["requeued"] and resent == [(job_id, 0, 1)]
+    row = _reference_rows(app, job_id)[0]
+    assert (row.state, row.attempts, row.worker) == ("queued", 0, None)  # the attempt is not counted
+
+    thread, out = run(1, threading.Event(), [])
+    started = time.monotonic()
+    assert job_states.cancel(factory, job_id) == "running"
+    thread.join(20)
+    assert out == ["cancelled"] and time.monotonic() - started < 10
+    assert _reference_rows(app, job_id)[0].state == "cancelled"
+
+
+def test_embedded_mode_trains_again_at_once_a_model_a_previous_process_left_running(app, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    from backend.db.models import ReferenceTask
+    from backend.db.session import session_scope
+
+    job_id = add_assessment(app, "acme", job_inputs, state="queued")
+    _with_options(app, job_id, REFERENCE_OPTIONS)
+    with session_scope(app.state.sessionmaker) as session:  # its heartbeat is recent: the process just died
+        session.add(ReferenceTask(assessment_id=job_id, model_index=0, state="running", worker="gone:1",
+                                  attempts=1, epoch=0, heartbeat_at=utcnow()))
+    started = time.monotonic()
+    assert run_job(_resources(app), job_id, 1, worker="job:1") == "succeeded", get_row(app, job_id).error
+    assert time.monotonic() - started < app.state.settings.heartbeat_timeout_s  # not a timeout's wait
+    rows = _reference_rows(app, job_id)
+    assert [(r.state, r.worker, r.attempts) for r in rows] == [("succeeded", "job:1", 2), ("succeeded", "job:1", 1)]
+
+
+def test_the_reference_task_is_registered_and_routed_to_the_job_queue(tmp_path: Path) -> None:
+    from worker.celery_app import REFERENCE_TASK_NAME, default_queue
+
+    settings = Settings(data_dir=tmp_path, database_url="sqlite:///x.db", broker_url="redis://127.0.0.1:1/0")
+    app = create_celery(settings)
+    app.loader.import_default_modules()  # what a worker imports (``include``)
+    app.finalize()
+    assert {TASK_NAME, REFERENCE_TASK_NAME} <= set(app.tasks)
+    assert app.conf.task_routes[REFERENCE_TASK_NAME] == {"queue": default_queue(settings)} == app.conf.task_routes[TASK_NAME]
