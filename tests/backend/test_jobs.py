@@ -411,3 +411,26 @@ def test_the_reference_task_is_registered_and_routed_to_the_job_queue(tmp_path: 
     app.finalize()
     assert {TASK_NAME, REFERENCE_TASK_NAME} <= set(app.tasks)
     assert app.conf.task_routes[REFERENCE_TASK_NAME] == {"queue": default_queue(settings)} == app.conf.task_routes[TASK_NAME]
+
+
+def test_an_assessment_on_a_reference_set_runs_its_supplied_models(app, client, job_inputs, job_cohort,  # type: ignore[no-untyped-def]
+                                                                    tmp_path: Path) -> None:
+    import torch
+
+    from tests.backend.test_reference_sets_api import reference_archive, upload
+    from tests.conftest import TINY_CHANNELS, save_tiny_model
+    from worker.engine.models import BrainAge3D
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for k, stem in enumerate(("ref_a", "ref_b")):
+        torch.manual_seed(k + 1)
+        save_tiny_model(BrainAge3D(channels=TINY_CHANNELS, mean_age=62.0, age_scale=10.0), models / f"{stem}.pt")
+    uploaded = upload(client, reference_archive(tmp_path, models, job_cohort), job_inputs["scan_set_id"], name="K=2")
+    assert uploaded.status_code == 201, uploaded.text
+    options = REFERENCE_OPTIONS | {"reference": {"reference_set_id": uploaded.json()["id"], "attacks": ["calibrated-loss"]}}
+    body = wait_for(client, submit(client, job_inputs, **options)["id"], ("succeeded", "failed"), timeout=120)
+    assert body["state"] == "succeeded", body
+    references = client.get(f"/api/v1/assessments/{body['id']}/report.json").json()["provenance"]["references"]
+    assert (references["source"], references["n_models"], references["models"]) == ("supplied", 2, ["ref_a.pt", "ref_b.pt"])
+    assert _reference_rows(app, body["id"]) == []  # nothing trained
