@@ -434,3 +434,22 @@ def test_an_assessment_on_a_reference_set_runs_its_supplied_models(app, client, 
     references = client.get(f"/api/v1/assessments/{body['id']}/report.json").json()["provenance"]["references"]
     assert (references["source"], references["n_models"], references["models"]) == ("supplied", 2, ["ref_a.pt", "ref_b.pt"])
     assert _reference_rows(app, body["id"]) == []  # nothing trained
+
+
+def test_cancelling_a_job_stops_the_reference_model_its_worker_trains_within_an_epoch(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    slow = REFERENCE_OPTIONS | {"reference": REFERENCE_OPTIONS["reference"] | {
+        "recipe": TINY_RECIPE | {"epochs": 2000, "batch_size": 1}}}
+    created = submit(client, job_inputs, **slow)
+    deadline = time.monotonic() + 60
+    while True:  # training model 1 (of 2), its epochs shown on the job
+        body = client.get(f"/api/v1/assessments/{created['id']}").json()
+        if body["stage"] == "references" and "references: 0/2 trained (model 1 epoch" in body["message"]:
+            break
+        assert body["state"] in ("queued", "running") and time.monotonic() < deadline, body
+        time.sleep(0.05)
+    assert [r.state for r in _reference_rows(app, created["id"])] == ["running", "queued"]
+    started = time.monotonic()
+    client.post(f"/api/v1/assessments/{created['id']}/cancel")
+    assert wait_for(client, created["id"], ("cancelled", "failed", "succeeded"))["state"] == "cancelled"
+    assert time.monotonic() - started < 10
+    assert [r.state for r in _reference_rows(app, created["id"])] == ["cancelled", "queued"]
