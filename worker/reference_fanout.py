@@ -194,6 +194,7 @@ class _Waiter:
         self.failure: str | None = None
         self.local: int | None = None  # the model this worker trains now
         self._last_poll = 0.0
+        self._reopened: set[int] = set()  # models stored once, then gone from the store
 
     def send(self, k: int, attempt: int) -> None:
         if self._send is None:
@@ -207,8 +208,10 @@ class _Waiter:
         """Progress, failures, dead workers; the queued models, or None when all K are stored."""
         self._last_poll = time.monotonic()
         setup, settings, factory = self.plan.setup, self.resources.settings, self.resources.factory
-        stored = [setup.store.has(setup.set_key, k) for k in range(setup.n_models)]
+        # rows first: a model is stored before its row says succeeded, so a succeeded row read
+        # before the store was looked at is a model gone from the store, not one on its way
         rows = {r.model_index: r for r in job_states.reference_tasks(factory, self.job.id)}
+        stored = [setup.store.has(setup.set_key, k) for k in range(setup.n_models)]
         self._progress(stored, rows)
         if all(stored):
             return None
@@ -217,7 +220,13 @@ class _Waiter:
         queued: list[int] = []
         for k in (k for k, done in enumerate(stored) if not done):
             row = rows.get(k)
+            if row is not None and row.state == ReferenceState.SUCCEEDED and k in self._reopened:
+                self.failure = self.failure or (
+                    f"reference model {k} was trained by {row.worker} but is not in this worker's reference store: "
+                    "every worker must share the data folder's references/")
+                continue
             if row is None or row.state in (ReferenceState.SUCCEEDED, ReferenceState.CANCELLED):
+                self._reopened.add(k)
                 for again in job_states.open_reference_tasks(factory, self.job.id, [k]):
                     if again.model_index == k and again.state == ReferenceState.QUEUED:
                         self.send(k, again.attempts + 1)

@@ -453,3 +453,23 @@ def test_cancelling_a_job_stops_the_reference_model_its_worker_trains_within_an_
     assert wait_for(client, created["id"], ("cancelled", "failed", "succeeded"))["state"] == "cancelled"
     assert time.monotonic() - started < 10
     assert [r.state for r in _reference_rows(app, created["id"])] == ["cancelled", "queued"]
+
+
+def test_models_trained_into_another_store_fail_the_job_instead_of_retraining_for_ever(app, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    """A worker whose data folder is not shared: its models "succeed" but never reach this store."""
+    from backend.services import job_states
+
+    factory = app.state.sessionmaker
+    job_id = add_assessment(app, "acme", job_inputs, state="queued")
+    _with_options(app, job_id, REFERENCE_OPTIONS)
+    sent: list[tuple[int, int]] = []
+
+    def elsewhere(assessment_id: str, model_index: int, attempt: int) -> None:
+        sent.append((model_index, attempt))
+        assert job_states.claim_reference(factory, assessment_id, model_index, attempt, "elsewhere:9")
+        assert job_states.ReferenceAttempt(factory, assessment_id, model_index, attempt).succeed()
+
+    assert run_job(_resources(app), job_id, 1, worker="job:1", send_reference=elsewhere) == "failed"
+    row = get_row(app, job_id)
+    assert "was trained by elsewhere:9 but is not in this worker's reference store" in row.error
+    assert sorted(sent) == [(0, 1), (0, 2), (1, 1), (1, 2)]  # sent again once, then given up
