@@ -52,8 +52,9 @@ def test_assessment_through_api_broker_and_worker_then_submit(stack: Stack, tiny
     assert report["schema_version"] == "1.0"
     assert report["provenance"]["manifest"]["n_scans"] == 16
     assert report["provenance"]["model"]["sha256"] == model["sha256"]
-    attacks = {a["name"]: a for a in report["attacks"]}
+    attacks = {a["name"]: a for a in report["attacks"] if a.get("family", "classifier") == "classifier"}
     assert {a["classifier"] for a in attacks.values()} == {"threshold", "logistic"}
+    assert {"qmia", "qmia:grad-norm"} <= {a["name"] for a in report["attacks"]}  # on by default
     assert all(a["status"] == "ok" for a in attacks.values()), [a for a in attacks.values() if a["status"] != "ok"]
     assert all(len(a["metrics"]["accuracy"]["values"]) == 2 for a in attacks.values())
     assert report["verdict"]["level"] in ("low", "medium", "high")
@@ -77,7 +78,7 @@ def test_assessment_through_api_broker_and_worker_then_submit(stack: Stack, tiny
     assert done.returncode in (0, 1), f"{done.stdout}\n{done.stderr}\n{stack.diagnostics()}"
     submitted = json.loads((out / "report.json").read_text())
     assert submitted["verdict"]["passed"] is (done.returncode == 0)
-    assert {a["classifier"] for a in submitted["attacks"]} == {"threshold"}
+    assert {a["classifier"] for a in submitted["attacks"] if a.get("family", "classifier") == "classifier"} == {"threshold"}
 
 
 def test_ready_is_503_while_the_broker_is_down(make_stack, redis_server: str) -> None:  # type: ignore[no-untyped-def]
