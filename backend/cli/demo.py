@@ -13,6 +13,9 @@ from ..progress import progress_bar, stderr
 from .common import QuietOpt, errors_exit_2, fail, requested_options
 from .summary import print_federated, print_summary
 
+DEFAULT_REFERENCES = 4
+"""``brainmia demo --references``: as ``worker.engine.demo.DEMO_REFERENCES`` (not imported: ``--help`` stays light)."""
+
 
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Output folder (scans/ and manifest.csv).")],
@@ -49,8 +52,9 @@ def synth(
 
 def demo(
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default brainmia-demo, or brainmia-federated-demo with --federated).", show_default=False)] = None,
-    subjects: Annotated[Optional[int], typer.Option("--subjects", min=8, help="Subjects in the synthetic cohort, half are members (default 200).")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs of the demo model (default 60).")] = None,
+    subjects: Annotated[Optional[int], typer.Option("--subjects", min=8, help="Subjects in the synthetic cohort, half are members (default 200: 100 non-members, enough to measure TPR at 1% FPR).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs of the demo model and of its reference models (default 80).")] = None,
+    references: Annotated[int, typer.Option("--references", min=0, help="Reference models trained with the demo model's recipe for the reference-model attacks (LiRA, RMIA, calibrated loss): an even number, 0 for none.")] = DEFAULT_REFERENCES,
     repeats: Annotated[Optional[int], typer.Option("--repeats", min=1, help="Repeated attack splits (default 5; 3 per attacker with --federated).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     federated: Annotated[bool, typer.Option("--federated", help="A federation instead: learners train one model with FedAvg, every round's model is saved, and every learner attacks the others.")] = False,
@@ -66,19 +70,26 @@ def demo(
         if subjects is not None or epochs is not None:
             raise fail("--subjects and --epochs are for the centralised demo: with --federated use "
                        "--scans-per-learner and --rounds")
+        if references != DEFAULT_REFERENCES:
+            raise fail("--references is for the centralised demo: reference models do not apply to a federation")
         federation = Federation(learners=learners, rounds=rounds, sizes=sizes, ages=ages,
                                 scans_per_learner=scans_per_learner)
         _demo_federated(out or Path("brainmia-federated-demo"), federation, repeats=repeats, seed=seed, quiet=quiet)
         return
     if rounds is not None or scans_per_learner is not None:
         raise fail("--rounds and --scans-per-learner go with --federated")
+    if references == 1 or references % 2:
+        raise fail(f"--references must be 0 (none) or an even number of reference models, got {references}: "
+                   "each scan trains half of them")
     _demo_centralised(out or Path("brainmia-demo"), subjects=subjects, epochs=epochs, repeats=repeats, seed=seed,
-                      quiet=quiet)
+                      references=references, quiet=quiet)
+
 
 
 def _demo_centralised(out: Path, *, subjects: int | None, epochs: int | None, repeats: int | None, seed: int,
-                      quiet: bool) -> None:
-    """``brainmia demo``: a synthetic cohort, a demo model trained on its members, its assessment."""
+                      references: int, quiet: bool) -> None:
+    """``brainmia demo``: a synthetic cohort, a demo model trained on its members, its assessment
+    (with ``references`` reference models trained from the demo model's own recipe, its sidecar's)."""
     from frontend.export import write_outputs
     from worker.engine.assessment import run_assessment
     from worker.engine.cache import VolumeCache
@@ -89,11 +100,15 @@ def _demo_centralised(out: Path, *, subjects: int | None, epochs: int | None, re
     from ..services.options import DEFAULT_REPEATS, engine_options
 
     options = DemoOptions(subjects=subjects or 200, seed=seed)
-    options.training.epochs = epochs or 60
+    if epochs is not None:
+        options.training.epochs = epochs
     cache = VolumeCache(out / "cache")
     with errors_exit_2():
-        attack_options = engine_options(requested_options(repeats=repeats or DEFAULT_REPEATS, seed=seed),
-                                        extraction=ExtractionOptions())
+        requested = requested_options(repeats=repeats or DEFAULT_REPEATS, seed=seed,
+                                      reference={"models": references} if references else None)
+        # the references follow the recipe in the demo model's sidecar; kept in the demo's folder
+        attack_options = engine_options(requested, extraction=ExtractionOptions(),
+                                        reference_store=out / "references")
         with progress_bar(not quiet) as bar:
             made = prepare_demo(out, options, cache=cache, progress=bar)
             stderr.print(
@@ -105,7 +120,30 @@ def _demo_centralised(out: Path, *, subjects: int | None, epochs: int | None, re
             result = run_assessment(made.manifest, model=model, options=attack_options, cache=cache, progress=bar)
         paths = write_outputs(result, out / "report")
     print_summary(result.report, paths)
+    if references:
+        stderr.print(_reference_line(result.report), highlight=False)
     typer.echo(f"Open the report: {paths['report_html'].resolve()}")
+
+
+def _reference_line(report: dict) -> str:
+    """The demo summary's line on the reference-model attacks: K, the best AUC, each TPR at 1% FPR."""
+    from worker.engine.report_model import ranked_attacks
+
+    refs = [a for a in ranked_attacks(report) if a.get("family") == "reference"]
+    k = (report["provenance"].get("references") or {}).get("n_models")
+    if not refs:
+        return f"reference-model attacks ({k} reference models): none completed"
+
+    def pct(attack: dict) -> str:
+        tpr = attack["metrics"].get("tpr_at_fpr_0.01") or {}
+        if tpr.get("mean") is None:
+            return "n/a"
+        low = "" if tpr.get("ci_low") is None else f" (CI low {100 * tpr['ci_low']:.0f}%)"
+        return f"{100 * tpr['mean']:.0f}%{low}"
+
+    auc = refs[0]["metrics"]["auc"]
+    return (f"reference-model attacks ({k} reference models, every scan tested): strongest {refs[0]['name']} "
+            f"AUC {auc['mean']:.3f}; TPR at 1% FPR: " + ", ".join(f"{a['name']} {pct(a)}" for a in refs))
 
 
 @dataclass(frozen=True)

@@ -181,11 +181,13 @@ def test_synth_command(tmp_path: Path) -> None:
 def test_demo_command_end_to_end(tmp_path: Path) -> None:
     """A reduced demo: the real command, cohort, training, TorchScript + sidecar, assessment, report."""
     out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--out", str(out), "--subjects", "24", "--epochs", "4", "--repeats", "2", "-q"])
+    result = runner.invoke(app, ["demo", "--out", str(out), "--subjects", "24", "--epochs", "4", "--repeats", "2",
+                                 "--references", "0", "-q"])
     assert result.exit_code == 0, result.output
     assert (out / "model" / "demo_brain_age_3d.pt").exists()
-    assert (out / "model" / "demo_brain_age_3d.pt.json").exists()
+    assert json.loads((out / "model" / "demo_brain_age_3d.pt.json").read_text())["recipe"]["epochs"] == 4
     report = json.loads((out / "report" / "report.json").read_text())
+    assert not any(a.get("family") == "reference" for a in report["attacks"])  # --references 0: none
     assert report["provenance"]["model"]["format"] == "torchscript"
     assert report["provenance"]["manifest"]["n_scans"] == 24
     assert {a["feature_set"] for a in report["attacks"]} >= {"prediction+label", "grad-norm", "grad:output"}
