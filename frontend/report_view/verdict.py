@@ -90,6 +90,16 @@ def verdict_view(report: dict) -> dict:
     }
 
 
+def _best_tpr_attack(report: dict) -> dict | None:
+    """The completed attack with the highest lower bound (then mean) of its TPR at 1% FPR, among
+    those where it is defined; None when no attack could measure it."""
+    measured = [a for a in D.ok_attacks(report) if D.metric(a, "tpr_at_fpr_0.01") is not None]
+    if not measured:
+        return None
+    return max(measured, key=lambda a: (D.metric(a, "tpr_at_fpr_0.01", "ci_low") or 0.0,
+                                        D.metric(a, "tpr_at_fpr_0.01") or 0.0))
+
+
 def glance_cards(report: dict) -> list[dict]:
     """A few headline numbers with a plain-language reading."""
     cards = []
@@ -108,11 +118,14 @@ def glance_cards(report: dict) -> list[dict]:
             "value": fmt_num(auc, ".2f"),
             "note": "0.5 = cannot tell members apart, 1.0 = always can",
         })
-        cards.append({
-            "label": "Members found at 1% false alarms",
-            "value": fmt_pct(tpr),
-            "note": "training scans identified while wrongly accusing only 1 in 100 others",
-        })
+        note = "training scans identified while wrongly accusing only 1 in 100 others"
+        if tpr is None:  # too few non-members in the strongest attack's test sets: the best measured one
+            measured = _best_tpr_attack(report)
+            if measured is not None:
+                tpr = D.metric(measured, "tpr_at_fpr_0.01")
+                note += (f", by {D.attack_name(measured)} ({D.FAMILY_LABELS[D.family(measured)]}, "
+                         f"{D.threat_model(measured)}): the strongest attack tested too few unseen scans to measure it")
+        cards.append({"label": "Members found at 1% false alarms", "value": fmt_pct(tpr), "note": note})
     u = D.part(report, "utility")
     if finite(u.get("mae_members")) is not None and finite(u.get("mae_nonmembers")) is not None:
         cards.append({

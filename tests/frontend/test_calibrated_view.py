@@ -181,3 +181,19 @@ def test_an_errored_reference_attack_is_shown_with_its_reason(sample):
     assert not row["ok"] and "too few OUT models" in row["error"]
     assert context["n_errored"] == 1  # the paper table's own failure only
     assert "too few OUT models" in _section(render_report_html(report, features), "calibrated")
+
+
+def test_the_glance_card_quotes_a_measured_tpr_when_the_strongest_cannot(sample):
+    """On the demo the classifier attacks' test splits hold 50 unseen scans (TPR at 1% FPR undefined);
+    the card then quotes the attack that measured it, named with its family and access."""
+    report, features = copy.deepcopy(sample[0]), sample[1]
+    for attack in report["attacks"]:
+        if attack.get("family") is None and attack["status"] == "ok":
+            attack["metrics"]["tpr_at_fpr_0.01"].update(mean=None, std=None, ci_low=None, ci_high=None, values=[])
+    Report.from_dict(report)
+    card = next(c for c in build_context(report, features)["glance"] if c["label"].startswith("Members found"))
+    lira = next(a for a in report["attacks"] if a["name"] == "lira-offline:grad-norm")
+    assert card["value"] == f"{100 * lira['metrics']['tpr_at_fpr_0.01']['mean']:.1f}%"
+    assert "by lira-offline:grad-norm (reference-based, white-box)" in card["note"]
+    full = next(c for c in build_context(*sample)["glance"] if c["label"].startswith("Members found"))
+    assert " by " not in full["note"]  # the strongest attack's own, when it has one
