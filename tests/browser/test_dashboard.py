@@ -439,7 +439,7 @@ def test_reference_models_upload_and_choice_on_the_new_assessment_form(
     assert page.locator("#reference-sets").count() == 0
     page.console_errors.clear()  # the refused upload (422)
     form.locator("input[type=file]").set_input_files(str(archive("good.zip")))
-    form.get_by_label("Name (optional)").fill("my references")
+    form.get_by_label("Reference set name (optional)").fill("my references")
     form.get_by_role("button", name="Upload and check the reference models").click()
     page.locator("#reference-sets tbody tr", has_text="my references").wait_for(timeout=120_000)
 
