@@ -143,7 +143,7 @@ def test_upload_run_and_read_the_report(page: Any, live_server: Any, model_file:
     # model: a grid typo is shown next to the grid field, then the upload succeeds
     page.get_by_role("link", name="Models").first.click()
     page.get_by_label("Model file").set_input_files(str(model_file))
-    page.get_by_label("Name (optional)").fill("tiny cnn")
+    page.get_by_label("Name (optional)", exact=True).fill("tiny cnn")
     page.get_by_label("Grid (voxels, X×Y×Z)").fill("23,27")
     page.get_by_role("button", name="Upload and check the model").click()
     grid_error = page.locator("[data-error-for='metadata.input_shape']")
@@ -167,7 +167,7 @@ def test_upload_run_and_read_the_report(page: Any, live_server: Any, model_file:
     assert [e for e in page.console_errors if "422" not in e] == []  # the refused upload
     page.console_errors.clear()
     page.locator("#archive").set_input_files(str(cohort_zip))
-    page.get_by_label("Name (optional)").fill("browser cohort")
+    page.get_by_label("Name (optional)", exact=True).fill("browser cohort")
     page.get_by_role("button", name="Upload and check the scans").click()
     page.locator("#scan-sets tbody tr", has_text="browser cohort").wait_for(timeout=60_000)
 
@@ -176,7 +176,7 @@ def test_upload_run_and_read_the_report(page: Any, live_server: Any, model_file:
     assert page.locator("input[name=feature_sets]:checked").count() == page.locator("input[name=feature_sets]").count()
     page.get_by_label("Model", exact=True).select_option(
         page.locator("#model_id option", has_text="tiny cnn").get_attribute("value"))
-    page.get_by_label("Scan set").select_option(
+    page.get_by_label("Scan set", exact=True).select_option(
         page.locator("#scan_set_id option", has_text="browser cohort").get_attribute("value"))
     page.get_by_label("Repeats").fill("2")
     page.get_by_role("button", name="Start the assessment").click()
@@ -328,7 +328,7 @@ def test_federated_assessment_shows_its_matrix_and_rounds(
     page.get_by_label("Federated learning: every round's community model").check()
     assert page.locator(".federated-only").is_visible() and page.get_by_label("Voxel size (mm)").is_disabled()
     page.get_by_label("Model file").set_input_files(str(rounds))
-    page.get_by_label("Name (optional)").fill("federation rounds")
+    page.get_by_label("Name (optional)", exact=True).fill("federation rounds")
     page.get_by_role("button", name="Upload and check the model").click()
     row = page.locator("#models tbody tr", has_text="federation rounds")
     row.wait_for(timeout=120_000)
