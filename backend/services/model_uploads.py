@@ -29,7 +29,6 @@ from typing import Any
 
 import anyio
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .. import audit
@@ -38,25 +37,27 @@ from ..auth import Principal
 from ..db.models import MODEL_KINDS, Assessment, ModelRecord, new_id
 from ..settings import Settings
 from ..storage import Storage
-from .errors import ApiError, field_error, not_found
-from .uploads import UploadedFile, archive_limits, delete_with_files, refuse_if_used, safe_filename
-
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+from .errors import ApiError, field_error
+from .uploads import (
+    ARCHIVE_SUFFIXES,
+    UploadedFile,
+    archive_limits,
+    delete_with_files,
+    owned_row,
+    refuse_if_used,
+    safe_filename,
+    viewed_row,
+)
 
 
 def owned_model(session: Session, principal: Principal, model_id: str) -> ModelRecord:
     """The caller's organisation's model ``model_id``; 404 otherwise."""
-    row = session.scalar(select(ModelRecord).where(ModelRecord.id == model_id, ModelRecord.org_id == principal.org_id))
-    if row is None:
-        raise not_found("model", model_id)
-    return row
+    return owned_row(session, principal, ModelRecord, model_id, "model")
 
 
 def view_model(session: Session, principal: Principal, model_id: str) -> ModelRecord:
     """The caller's model ``model_id`` (404 otherwise), its view recorded in the audit log."""
-    row = owned_model(session, principal, model_id)
-    audit.record(session, principal, "view", "model", model_id)
-    return row
+    return viewed_row(session, principal, ModelRecord, model_id, "model", "model")
 
 
 def parse_metadata(text: str | None) -> Any:

@@ -49,7 +49,7 @@ from ..settings import Settings
 from ..storage import Storage
 from .errors import ApiError, field_error, not_found
 from .model_uploads import parse_metadata
-from .uploads import UploadedFile, archive_limits, delete_with_files
+from .uploads import UploadedFile, archive_limits, archive_stem, delete_with_files, owned_row, viewed_row
 
 KEEP_NAME = "keep.csv"
 MAX_ID_LENGTH = 64
@@ -57,7 +57,6 @@ MAX_MODELS = 256
 """Most model files in one reference set (as many as BrainMIA would train)."""
 _NOT_MODELS = {".json", ".csv", ".txt", ".md"}  # as `brainmia assess --reference-models`
 _IGNORED_TOP = {"__MACOSX", ".DS_Store"}
-_ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".zip", ".tar")
 
 
 def reference_set_dir(storage: Storage, reference_set_id: str) -> Path:
@@ -70,18 +69,12 @@ def owned_reference_set(session: Session, principal: Principal, reference_set_id
     with a NUL byte or over 64 characters, which no row has)."""
     if "\x00" in reference_set_id or len(reference_set_id) > MAX_ID_LENGTH:
         raise not_found("reference set", reference_set_id.replace("\x00", "\\x00")[:MAX_ID_LENGTH])
-    row = session.scalar(select(ReferenceSet).where(ReferenceSet.id == reference_set_id,
-                                                    ReferenceSet.org_id == principal.org_id))
-    if row is None:
-        raise not_found("reference set", reference_set_id)
-    return row
+    return owned_row(session, principal, ReferenceSet, reference_set_id, "reference set")
 
 
 def view_reference_set(session: Session, principal: Principal, reference_set_id: str) -> ReferenceSet:
     """The caller's reference set (404 otherwise), its view recorded in the audit log."""
-    row = owned_reference_set(session, principal, reference_set_id)
-    audit.record(session, principal, "view", "reference_set", reference_set_id)
-    return row
+    return viewed_row(session, principal, ReferenceSet, reference_set_id, "reference set", "reference_set")
 
 
 def org_reference_sets(session: Session, org_id: str) -> list[ReferenceSet]:
@@ -258,14 +251,6 @@ def _check_upload(archive: Path, work: Path, scan_ids: list[str], overrides: dic
                     keep_sha256=hashlib.sha256(keep_bytes).hexdigest(), keep_hash=digest, size=size)
 
 
-def _default_name(filename: str) -> str:
-    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
-    for suffix in _ARCHIVE_SUFFIXES:
-        if base.lower().endswith(suffix):
-            return base[: -len(suffix)] or base
-    return base
-
-
 async def add_reference_set(session: Session, storage: Storage, settings: Settings, principal: Principal,
                             upload: UploadedFile, work: Path, *, scan_set_id: str | None, name: str | None,
                             metadata: str | None) -> ReferenceSet:
@@ -303,7 +288,7 @@ async def add_reference_set(session: Session, storage: Storage, settings: Settin
         published = True
         row = ReferenceSet(
             id=reference_set_id, org_id=principal.org_id, scan_set_id=scan_set.id,
-            name=((name or "").strip() or _default_name(upload.filename) or reference_set_id)[:500],
+            name=((name or "").strip() or archive_stem(upload.filename) or reference_set_id)[:500],
             root=final.relative_to(storage.root).as_posix(), model_files=checked.files, formats=checked.formats,
             model_metadata=checked.metadata, keep_sha256=checked.keep_sha256, keep_hash=checked.keep_hash,
             archive_sha256=upload.sha256, size_bytes=checked.size, created_by=principal.token_id,

@@ -37,28 +37,30 @@ from ..db.models import Assessment, ModelRecord, Organisation, ScanSet, new_id
 from ..server_manifests import allowed_manifest
 from ..settings import Settings
 from ..storage import Storage
-from .errors import ApiError, from_input_error, not_found
+from .errors import ApiError, from_input_error
 from .reference_sets import refuse_if_scan_set_has_reference_sets
-from .uploads import UploadedFile, archive_limits, delete_with_files, refuse_if_used
+from .uploads import (
+    UploadedFile,
+    archive_limits,
+    archive_stem,
+    delete_with_files,
+    owned_row,
+    refuse_if_used,
+    viewed_row,
+)
 
 MANIFEST_NAME = "manifest.csv"
 _IGNORED_TOP = {"__MACOSX", ".DS_Store"}
-_ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".zip", ".tar")
 
 
 def owned_scan_set(session: Session, principal: Principal, scan_set_id: str) -> ScanSet:
     """The caller's organisation's scan set ``scan_set_id``; 404 otherwise."""
-    row = session.scalar(select(ScanSet).where(ScanSet.id == scan_set_id, ScanSet.org_id == principal.org_id))
-    if row is None:
-        raise not_found("scan set", scan_set_id)
-    return row
+    return owned_row(session, principal, ScanSet, scan_set_id, "scan set")
 
 
 def view_scan_set(session: Session, principal: Principal, scan_set_id: str) -> ScanSet:
     """The caller's scan set ``scan_set_id`` (404 otherwise), its view recorded in the audit log."""
-    row = owned_scan_set(session, principal, scan_set_id)
-    audit.record(session, principal, "view", "scan_set", scan_set_id)
-    return row
+    return viewed_row(session, principal, ScanSet, scan_set_id, "scan set", "scan_set")
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -149,14 +151,6 @@ def _extract_and_validate(archive: Path, content: Path, settings: Settings) -> t
     return root, manifest, extracted.total_bytes
 
 
-def _default_name(filename: str) -> str:
-    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
-    for suffix in _ARCHIVE_SUFFIXES:
-        if base.lower().endswith(suffix):
-            return base[: -len(suffix)] or base
-    return base
-
-
 # --- creating ------------------------------------------------------------------------------
 
 
@@ -210,7 +204,7 @@ async def add_from_archive(session: Session, storage: Storage, settings: Setting
         root, manifest, size = await anyio.to_thread.run_sync(
             _extract_and_validate, upload.path, work / "content", settings
         )
-        display = (name or "").strip() or _default_name(upload.filename) or scan_set_id
+        display = (name or "").strip() or archive_stem(upload.filename) or scan_set_id
         Storage.publish_dir(root, final)
         published = True
         rel = final.relative_to(storage.root)

@@ -16,7 +16,12 @@ from ..archives import ArchiveLimits
 from ..db.models import Assessment
 from ..settings import Settings
 from ..storage import Storage
-from .errors import ApiError
+from .. import audit
+from ..auth import Principal
+from .errors import ApiError, not_found
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".zip", ".tar")
+"""Archive file endings accepted for uploads, longest first (so ``.tar.gz`` wins over ``.gz``)."""
 
 
 class UploadedFile(Protocol):
@@ -37,6 +42,30 @@ class UploadedFile(Protocol):
     @property
     def sha256(self) -> str:
         """Hex digest of those bytes."""
+
+
+def archive_stem(filename: str) -> str:
+    """An uploaded archive's file name without its folders and archive ending (the default name)."""
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    for suffix in ARCHIVE_SUFFIXES:
+        if base.lower().endswith(suffix):
+            return base[: -len(suffix)] or base
+    return base
+
+
+def owned_row(session: Session, principal: Principal, table: Any, object_id: str, what: str) -> Any:
+    """The caller's organisation's row ``object_id`` of ``table``; 404 naming ``what`` otherwise."""
+    row = session.scalar(select(table).where(table.id == object_id, table.org_id == principal.org_id))
+    if row is None:
+        raise not_found(what, object_id)
+    return row
+
+
+def viewed_row(session: Session, principal: Principal, table: Any, object_id: str, what: str, kind: str) -> Any:
+    """:func:`owned_row`, its view recorded in the audit log as object type ``kind``."""
+    row = owned_row(session, principal, table, object_id, what)
+    audit.record(session, principal, "view", kind, object_id)
+    return row
 
 
 def safe_filename(name: str | None, default: str) -> str:
