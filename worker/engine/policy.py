@@ -10,14 +10,13 @@ a ``policy`` table; omitted fields keep their defaults. Example (TOML)::
 
 from __future__ import annotations
 
-import json
 import math
-import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import InputError
+from .table_files import read_table_file
 
 LEVELS: tuple[str, ...] = ("low", "medium", "high")
 """Risk levels, in increasing order."""
@@ -114,23 +113,7 @@ def load_policy(path: str | Path) -> Policy:
     Raises:
         InputError: unreadable file, syntax error, unknown or invalid field.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the policy file ({exc.strerror or exc})") from None
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".json":
-            data = json.loads(text)
-        elif suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            raise InputError(f"{path}: a policy file must end in .json or .toml")
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"{path}: not valid {suffix[1:].upper()}: {exc}") from None
-    if isinstance(data, Mapping) and set(data) == {"policy"}:
-        data = data["policy"]
+    data = read_table_file(path, "policy", "policy")
     try:
         return Policy.from_dict(data)
     except InputError as exc:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ..errors import InputError
 from ..models import ARCHITECTURES, build_architecture
 from ..models.metadata import sidecar_path
+from ..table_files import read_table_file
 from ..training import TrainingOptions
 
 RECIPE_HASH_VERSION = 1
@@ -169,23 +169,7 @@ def load_recipe(path: str | Path) -> Recipe:
     Raises:
         InputError: unreadable file, syntax error, unknown or invalid field (file and field named).
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the recipe file ({getattr(exc, 'strerror', None) or exc})") from None
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".json":
-            data = json.loads(text)
-        elif suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            raise InputError(f"{path}: a recipe file must end in .json or .toml")
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"{path}: not valid {suffix[1:].upper()}: {exc}") from None
-    if isinstance(data, Mapping) and set(data) == {"recipe"}:
-        data = data["recipe"]
+    data = read_table_file(path, "recipe", "recipe")
     return recipe_from_dict(data, str(path))
 
 
