@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         heartbeat_timeout_s: a running job whose worker has not reported for this long is
             considered dead and re-queued or failed.
         max_attempts: how many times a job is started before a dead worker fails it.
+        db_retry_s: a job's database write (claim, progress, heartbeat, final state) that fails
+            because the database is unreachable is retried for this long before the attempt is
+            given up (handed back, not counted); a claim still failing puts the message back.
+        reconcile_interval_s: seconds between two comparisons of the queued jobs with the
+            broker's messages (:mod:`backend.reconcile`).
+        requeue_after_s: a queued job with no message in the broker for this long is sent again.
         chromium_path: headless Chromium that prints reports to PDF (env ``BRAINMIA_CHROMIUM``);
             defaults to ``chromium``, ``chromium-browser`` or ``google-chrome`` on PATH.
     """
@@ -105,6 +111,9 @@ class Settings(BaseSettings):
     trusted_origins: list[str] = Field(default_factory=list)
     heartbeat_timeout_s: float = 120.0
     max_attempts: int = 2
+    db_retry_s: float = Field(60.0, ge=0)
+    reconcile_interval_s: float = Field(10.0, gt=0)
+    requeue_after_s: float = Field(30.0, ge=0)
     chromium_path: str | None = Field(
         default_factory=find_chromium, validation_alias=AliasChoices("BRAINMIA_CHROMIUM", "chromium_path")
     )
