@@ -36,7 +36,7 @@ from .common import (
     requested_options,
     show_inputs,
 )
-from .references import ReferenceFlags
+from .references import ReferenceFlags, show_training_estimate
 from .summary import print_federated, print_summary
 
 if TYPE_CHECKING:
@@ -150,6 +150,8 @@ def _assess_centralised(inputs: AssessInputs, model: Path | None, predictions: P
         if inputs.references is not None:
             options = inputs.references.supplied(options)
         show_inputs(scans, loaded)
+        show_training_estimate(scans, options, loaded.metadata if loaded is not None else None,
+                               cache=inputs.run.cache(), device=device)
         with progress_bar(not inputs.run.quiet) as bar:
             result = run_assessment(
                 scans,
@@ -219,6 +221,8 @@ def features(
         scans = load_manifest(manifest)
         loaded = host.load(model, ModelFlags(input_shape, voxel_size, normalize, arch, arch_options).overrides())
         show_inputs(scans, loaded)
+        show_training_estimate(scans, options, loaded.metadata if loaded is not None else None,
+                               cache=inputs.run.cache(), device=device)
         with progress_bar(not quiet) as bar:
             table = extract_features(
                 loaded,

@@ -75,3 +75,27 @@ class ReferenceFlags:
         reference = ReferenceOptions(models=files, keep_csv=self.keep,
                                      attacks=tuple(self.attacks) if self.attacks else None, seed=options.seed)
         return replace(options, reference=reference)
+
+
+def show_training_estimate(manifest: Any, options: Any, metadata: Any, *, cache: Any, device: str) -> None:
+    """Say on stderr, before anything runs, how long training the reference models will take.
+
+    Measured: a few training steps of the recipe's model on the manifest's first scans (nothing is
+    printed without trained references; stored models are not counted).
+    """
+    from worker.engine.reference.estimate import estimate_setup
+    from worker.engine.reference.run import trained_setup
+
+    from ..progress import stderr
+
+    reference = getattr(options, "reference", None)
+    if reference is None or reference.models or metadata is None:
+        return
+    setup = trained_setup(manifest, reference, metadata, cache, with_volumes=False)
+    estimate = estimate_setup(setup, metadata, cache=cache, device=device)
+    if estimate is None:
+        stderr.print(f"reference models: all {setup.n_models} already trained (taken from the store)", highlight=False,
+                     soft_wrap=True)
+    else:
+        stderr.print(f"reference models: {estimate.describe()}", highlight=False, soft_wrap=True)
+

@@ -4,6 +4,7 @@ supplied with keep.csv; the quantile attacks run by default."""
 from __future__ import annotations
 
 import csv
+import re
 import json
 import os
 import subprocess
@@ -65,12 +66,19 @@ def test_trained_references_run_every_reference_attack_and_are_reused(
     refs = report["provenance"]["references"]
     assert refs["source"] == "trained" and refs["n_models"] == 2 and len(refs["keep_hash"]) == 64
     assert refs["recipe"]["epochs"] == 1 and refs["reused"] == 0
+    # the training time was estimated from a measured run and said before anything ran
+    assert re.search(r"reference models: training 2 reference models \(1 epochs on 30 scans each\): about \d+ (s|min)",
+                     done.stderr), done.stderr[-2000:]
+    assert done.stderr.index("reference models: training") < done.stderr.index("AUC")  # before the results
+    assert refs["estimated_s"] > 0 and refs["training_s"] > 0
     # the same recipe, scans and seed: the stored references are reused, not retrained
     again = _assess(tmp_path, data, "--model", str(plain_model), "--manifest", str(tiny_cohort), "--out",
                     str(tmp_path / "r2"), "--reference", "2", "--recipe", str(recipe_file), "--no-quantile")
     assert again.returncode in (0, 1), again.stderr[-3000:]
     second = _report(tmp_path / "r2")
     assert second["provenance"]["references"]["reused"] == 2
+    assert "reference models: all 2 already trained" in again.stderr
+    assert second["provenance"]["references"]["estimated_s"] is None
     assert not any(a["name"].startswith("qmia") for a in second["attacks"])
 
 

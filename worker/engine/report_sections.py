@@ -301,6 +301,9 @@ class ReferencesProvenance(_Open):
         reused: trained references taken from the store instead of trained again.
         train_mae: each trained reference's MAE on its own training scans.
         layers: the layers of the white-box (``:grad-norm``) variants.
+        estimated_s: the training time estimated from a short measured run before training
+            (None when every model was reused).
+        training_s: the measured wall time of obtaining the trained references.
     """
 
     source: Optional[Literal["trained", "supplied"]] = None
@@ -310,6 +313,8 @@ class ReferencesProvenance(_Open):
     reused: Optional[int] = None
     train_mae: Optional[list[Num]] = None
     layers: Optional[list[str]] = None
+    estimated_s: Optional[Num] = None
+    training_s: Optional[Num] = None
 
 
 class Provenance(_Open):

@@ -11,13 +11,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..cache import VolumeCache
 from ..errors import InputError
 from ..models import ModelMetadata
-from ..training import augment_batch, loss_per_scan, make_optimizer
+from ..training import augment_batch, load_volumes, loss_per_scan, make_optimizer
 from .recipe import Recipe
 from .training import build_reference, check_inputs
 
@@ -35,6 +37,7 @@ class TrainingEstimate:
         n_models: reference models.
         workers: workers training in parallel.
         device: where the steps were measured.
+        epochs: passes over the training scans per model.
     """
 
     seconds: float
@@ -45,6 +48,23 @@ class TrainingEstimate:
     n_models: int
     workers: int
     device: str
+    epochs: int = 0
+
+    def describe(self) -> str:
+        """One sentence for a person: what will be trained, and about how long it takes."""
+        models = f"{self.n_models} reference model{'s' if self.n_models != 1 else ''}"
+        where = f"{self.workers} worker{'s' if self.workers != 1 else ''} on {self.device}"
+        return (f"training {models} ({self.epochs} epochs on {self.n_train} scans each): about "
+                f"{format_duration(self.seconds)} with {where} (measured {self.scans_per_second:.1f} scans/s)")
+
+
+def format_duration(seconds: float) -> str:
+    """``"40 s"``, ``"12 min"``, ``"3.5 h"``."""
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _sync(device: str) -> None:
@@ -122,7 +142,29 @@ def measure_training(
         n_models=int(n_models),
         workers=int(workers),
         device=device,
+        epochs=int(recipe.epochs),
     )
+
+
+def estimate_setup(setup: Any, metadata: ModelMetadata, *, cache: VolumeCache | None = None, workers: int = 1,
+                   device: str = "cpu", steps: int = 3) -> TrainingEstimate | None:
+    """The estimate for the reference models of a :class:`~.run.TrainedSetup` not yet in its store.
+
+    Only the scans of the measured batches are conformed (the setup's volumes when already loaded).
+
+    Returns:
+        None when every model is stored (nothing to train).
+    """
+    missing = setup.missing()
+    if not missing:
+        return None
+    batch = max(1, min(setup.recipe.batch_size, len(setup.records)))
+    sample = min(len(setup.records), batch * (steps + 1))
+    volumes = setup.volumes[:sample] if setup.volumes is not None else load_volumes(
+        setup.records[:sample], setup.spec, cache)
+    n_train = int(np.asarray(setup.keep[missing[0]]).sum())
+    return measure_training(setup.recipe, volumes, setup.ages[:sample], metadata=metadata, n_models=len(missing),
+                            n_train=n_train, workers=workers, device=device, steps=steps)
 
 
 def estimate_training_time(

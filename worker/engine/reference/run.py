@@ -36,6 +36,7 @@ from ..manifest import Manifest
 from ..models import ModelMetadata, load_model
 from ..training import load_volumes
 from .calibrated import available_reference_attacks, get_reference_attack, reference_target_scores, score_reference_attack
+from .estimate import estimate_setup
 from .keep import balanced_keep, keep_hash, read_keep_csv
 from .recipe import Recipe, recipe_from_dict, recipe_hash
 from .reference_signals import reference_outputs, target_layers
@@ -218,6 +219,10 @@ def _trained(features: FeatureTable, manifest: Manifest, options: ReferenceOptio
     setup = trained_setup(manifest, options, metadata, cache)
     recipe, store, n_models = setup.recipe, setup.store, setup.n_models
     models, reused, maes = [], 0, []
+    estimate = estimate_setup(setup, metadata, device=device)  # shown before the first epoch
+    if estimate is not None:
+        report("references", 0.0, estimate.describe())
+    started = time.perf_counter()
     for k in range(n_models):
         epochs = max(recipe.epochs, 1)
 
@@ -234,7 +239,9 @@ def _trained(features: FeatureTable, manifest: Manifest, options: ReferenceOptio
         maes.append(store.entry(setup.set_key, k).train_mae)
         models.append(model)
     provenance = {"keep_hash": setup.keep_hash, "set_key": setup.set_key, "recipe_hash": recipe_hash(recipe),
-                  "reused": reused, "train_mae": maes}
+                  "reused": reused, "train_mae": maes,
+                  "estimated_s": None if estimate is None else round(estimate.seconds, 1),
+                  "training_s": round(time.perf_counter() - started, 1)}
     return models, setup.keep, provenance, setup.volumes
 
 
