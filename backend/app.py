@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 from .api.errors import install_error_handlers
+from .api.openapi import INTERNAL_ERROR, operation_id
 from .api.routes import auth, health
 from .db.migrate import upgrade_database
 from .db.session import make_engine, make_sessionmaker
@@ -39,7 +40,7 @@ def api_router() -> APIRouter:
 
     router = APIRouter(prefix=API_PREFIX)
     for module in (auth, models, scan_sets, reference_sets, assessments, admin):
-        router.include_router(module.router)
+        router.include_router(module.router, responses=INTERNAL_ERROR)
     return router
 
 
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, *, start_jobs: bool = True) -> 
         version=_version(),
         summary="Membership-inference risk assessment of brain-age models",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     if settings.embedded:
         upgrade_database(settings.sqlalchemy_url)
@@ -86,7 +88,7 @@ def create_app(settings: Settings | None = None, *, start_jobs: bool = True) -> 
     app.state.session_secret = _session_secret(settings)
     install_http_security(app, settings, app.state.session_secret)
     install_error_handlers(app)
-    app.include_router(health.router)
+    app.include_router(health.router, responses=INTERNAL_ERROR)
     app.include_router(api_router())
     from .web import install_web
 

@@ -201,7 +201,7 @@ class BrainMIAClient:
         body: dict[str, Any] = {"manifest_path": manifest_path}
         if name:
             body["name"] = name
-        return self._json("POST", f"{API}/scan-sets", json=body)
+        return self._json("POST", f"{API}/scan-sets/from-path", json=body)
 
     def start_assessment(self, model_id: str, scan_set_id: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Queue an assessment; returns the job (``id``, ``state``...)."""

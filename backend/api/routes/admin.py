@@ -39,7 +39,7 @@ def create_api_token(body: TokenCreate, session: SessionDep, principal: AdminPri
 @router.delete(
     "/tokens/{token_id}",
     status_code=204,
-    responses={401: ERROR_RESPONSES[401], 403: _403, 404: ERROR_RESPONSES[404]},
+    responses={**ERROR_RESPONSES, 403: _403},
     summary="Revoke an API token",
 )
 def revoke_api_token(

@@ -13,6 +13,7 @@ from ...services import assessments as service
 from ...services import results
 from ..deps import CurrentPrincipal, JobsDep, SessionDep, SettingsDep
 from ..errors import ERROR_RESPONSES, ErrorResponse
+from ..openapi import binary_response, text_response
 from ..pagination import Limit, Offset, equal_to, page
 from ..schemas import (
     AssessmentCreate,
@@ -20,6 +21,7 @@ from ..schemas import (
     AssessmentPage,
     FigureListing,
     JobStateName,
+    Report,
     assessment_detail,
     assessment_summary,
     assessment_url,
@@ -30,7 +32,7 @@ router = APIRouter(tags=["assessments"])
 _409 = {"model": ErrorResponse, "description": "The assessment is not in a state that allows this"}
 _503 = {"model": ErrorResponse, "description": "The job queue is unreachable"}
 _503_PDF = {"model": ErrorResponse, "description": "No headless Chromium on the server to print the PDF"}
-_READ = {401: ERROR_RESPONSES[401], 404: ERROR_RESPONSES[404]}
+_READ = {**ERROR_RESPONSES}
 _DOWNLOAD = {**ERROR_RESPONSES, 409: _409}
 _REPORT_CSP = {"Content-Security-Policy": "sandbox allow-scripts allow-popups", "X-Content-Type-Options": "nosniff"}
 
@@ -124,7 +126,8 @@ def delete_assessment(
 @router.get(
     "/assessments/{assessment_id}/report.json",
     response_class=FileResponse,
-    responses={200: {"content": {"application/json": {}}}, **_DOWNLOAD},
+    responses={200: {"model": Report, "description": "report.json (`schema_version` names its version)"},
+               **_DOWNLOAD},
     summary="The report (JSON)",
 )
 def report_json(assessment_id: str, session: SessionDep, principal: CurrentPrincipal) -> FileResponse:
@@ -136,7 +139,7 @@ def report_json(assessment_id: str, session: SessionDep, principal: CurrentPrinc
 @router.get(
     "/assessments/{assessment_id}/report.html",
     response_class=FileResponse,
-    responses={200: {"content": {"text/html": {}}}, **_DOWNLOAD},
+    responses={200: text_response("text/html", "The self-contained HTML report"), **_DOWNLOAD},
     summary="The report (self-contained HTML)",
 )
 def report_html(
@@ -164,7 +167,8 @@ def report_html(
 @router.get(
     "/assessments/{assessment_id}/features.csv",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/csv": {}}}, **_DOWNLOAD},
+    responses={200: text_response("text/csv", "One row per scan (UTF-8), after `#` provenance lines"),
+               **_DOWNLOAD},
     summary="The per-scan feature table (CSV)",
 )
 def features_csv(assessment_id: str, session: SessionDep, principal: CurrentPrincipal) -> StreamingResponse:
@@ -181,7 +185,7 @@ def features_csv(assessment_id: str, session: SessionDep, principal: CurrentPrin
 @router.get(
     "/assessments/{assessment_id}/report.pdf",
     response_class=FileResponse,
-    responses={200: {"content": {"application/pdf": {}}}, **_DOWNLOAD, 503: _503_PDF},
+    responses={200: binary_response("application/pdf", "The report, A4"), **_DOWNLOAD, 503: _503_PDF},
     summary="The report (PDF)",
 )
 def report_pdf(

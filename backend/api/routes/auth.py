@@ -29,7 +29,7 @@ def same_site_json(request: Request) -> None:
         raise refused("sign-in takes an application/json body")
 
 
-@router.post("/sign-in", response_model=Me, responses={401: ERROR_RESPONSES[401], 403: _403},
+@router.post("/sign-in", response_model=Me, responses={401: ERROR_RESPONSES[401], 403: _403, 422: ERROR_RESPONSES[422]},
              dependencies=[Depends(same_site_json)], summary="Sign in with a token")
 def sign_in(body: SignIn, request: Request, session: SessionDep) -> Me:
     """Check the token and set a signed session cookie for the browser (JSON, same origin only)."""

@@ -60,7 +60,8 @@ async def upload_model(
     return model_out(row)
 
 
-@router.get("", response_model=ModelPage, summary="List models", responses={401: ERROR_RESPONSES[401]})
+@router.get("", response_model=ModelPage, summary="List models",
+             responses={401: ERROR_RESPONSES[401], 422: ERROR_RESPONSES[422]})
 def list_models(
     session: SessionDep,
     principal: CurrentPrincipal,
@@ -79,7 +80,7 @@ def list_models(
     "/{model_id}",
     response_model=ModelOut,
     summary="Get a model",
-    responses={401: ERROR_RESPONSES[401], 404: ERROR_RESPONSES[404]},
+    responses=ERROR_RESPONSES,
 )
 def get_model(model_id: str, session: SessionDep, principal: CurrentPrincipal) -> ModelOut:
     """One model of the organisation (recorded in the audit log as a view)."""
@@ -91,8 +92,7 @@ def get_model(model_id: str, session: SessionDep, principal: CurrentPrincipal) -
     status_code=204,
     summary="Delete a model",
     responses={
-        401: ERROR_RESPONSES[401],
-        404: ERROR_RESPONSES[404],
+        **ERROR_RESPONSES,
         409: {"model": ErrorResponse, "description": "An assessment still refers to the model"},
     },
 )

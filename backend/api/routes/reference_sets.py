@@ -86,7 +86,7 @@ def list_reference_sets(
     "/{reference_set_id}",
     response_model=ReferenceSetOut,
     summary="Get a reference set",
-    responses={401: ERROR_RESPONSES[401], 404: ERROR_RESPONSES[404]},
+    responses=ERROR_RESPONSES,
 )
 def get_reference_set(reference_set_id: str, session: SessionDep, principal: CurrentPrincipal) -> ReferenceSetOut:
     """One reference set of the organisation (recorded in the audit log as a view)."""
@@ -98,8 +98,7 @@ def get_reference_set(reference_set_id: str, session: SessionDep, principal: Cur
     status_code=204,
     summary="Delete a reference set",
     responses={
-        401: ERROR_RESPONSES[401],
-        404: ERROR_RESPONSES[404],
+        **ERROR_RESPONSES,
         409: {"model": ErrorResponse, "description": "An assessment still names the reference set in its options"},
     },
 )

@@ -3,6 +3,8 @@ database rows as bodies. Routes import them from here."""
 
 from __future__ import annotations
 
+from worker.engine.report_model import Report
+
 from ...services.options import AssessmentOptionsIn, FederatedOptionsIn, PolicyOptions
 from .admin import AuditEventOut, AuditPage, TokenCreate, TokenCreated, audit_event_out
 from .assessments import (
@@ -21,14 +23,14 @@ from .auth import Me, SignIn
 from .health import Health, Readiness
 from .models import MODEL_UPLOAD_BODY, ModelOut, ModelPage, model_out
 from .reference_sets import REFERENCE_SET_UPLOAD_BODY, ReferenceSetOut, ReferenceSetPage, reference_set_out
-from .scan_sets import SCAN_SET_CREATE_BODY, ScanSetFromPath, ScanSetOut, ScanSetPage, scan_set_out
+from .scan_sets import SCAN_SET_UPLOAD_BODY, ScanSetFromPath, ScanSetOut, ScanSetPage, scan_set_out
 
 __all__ = [
-    "MODEL_UPLOAD_BODY", "REFERENCE_SET_UPLOAD_BODY", "SCAN_SET_CREATE_BODY",
+    "MODEL_UPLOAD_BODY", "REFERENCE_SET_UPLOAD_BODY", "SCAN_SET_UPLOAD_BODY",
     "AssessmentCreate", "AssessmentDetail", "AssessmentOptionsIn", "AssessmentPage", "AssessmentSummary",
     "AuditEventOut", "AuditPage", "FederatedOptionsIn", "FigureListing", "Health", "JobStateName", "Me",
     "ModelOut", "ModelPage", "PolicyOptions", "Readiness", "ReferenceSetOut", "ReferenceSetPage",
-    "ScanSetFromPath", "ScanSetOut", "ScanSetPage", "SignIn", "TokenCreate", "TokenCreated",
+    "Report", "ScanSetFromPath", "ScanSetOut", "ScanSetPage", "SignIn", "TokenCreate", "TokenCreated",
     "assessment_detail", "assessment_summary", "assessment_url", "audit_event_out", "model_out",
     "reference_set_out", "result_links", "scan_set_out",
 ]

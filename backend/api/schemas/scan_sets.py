@@ -1,4 +1,4 @@
-"""Scan-set request and response bodies, the create request's description, and the view of a row."""
+"""Scan-set request and response bodies, the archive upload's description, and the view of a row."""
 
 from __future__ import annotations
 
@@ -70,12 +70,13 @@ class ScanSetFromPath(BaseModel):
     name: Text | None = Field(default=None, max_length=500)
 
 
-SCAN_SET_CREATE_BODY: dict[str, Any] = {
+SCAN_SET_UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
             "multipart/form-data": {
                 "schema": {
+                    "title": "ScanSetUpload",
                     "type": "object",
                     "required": ["archive"],
                     "properties": {
@@ -89,11 +90,12 @@ SCAN_SET_CREATE_BODY: dict[str, Any] = {
                     },
                 }
             },
-            "application/json": {"schema": ScanSetFromPath.model_json_schema()},
         },
     }
 }
-"""The two request bodies of a new scan set, for the OpenAPI document (the route reads them itself)."""
+"""The request body of an archive upload, for the OpenAPI document (the route streams it itself).
+
+One content type per operation: a server manifest is ``POST /scan-sets/from-path`` (JSON)."""
 
 
 def scan_set_out(row: ScanSet) -> ScanSetOut:
