@@ -18,18 +18,21 @@ from typing import Any, Mapping
 from .errors import InputError
 from .table_files import read_table_file
 
-LEVELS: tuple[str, ...] = ("low", "medium", "high")
-"""Risk levels, in increasing order."""
+LEVELS: tuple[str, ...] = ("low", "inconclusive", "medium", "high")
+"""Verdict levels, in increasing order (``inconclusive``: nothing reached medium, but the data
+cannot rule it out; see :mod:`worker.engine.verdict_levels`)."""
+FAIL_AT_LEVELS: tuple[str, ...] = ("low", "medium", "high")
+"""The levels ``fail_at`` may name (``inconclusive`` is governed by ``fail_on_inconclusive``)."""
 
 
 @dataclass(frozen=True)
 class Policy:
     """Thresholds of the membership-inference risk verdict.
 
-    Every threshold applies to the lower bound of an attack's 95% confidence interval
-    (``ci_low``), so a level is only reached when the data make it likely, not when one
-    lucky split does. An attack's level is the highest whose AUC or TPR threshold it
-    reaches (``>=``); the verdict's level is the highest over the completed attacks.
+    A threshold is reached when an attack's lower bound reaches it (``>=``), the bounds
+    holding over all attacks together (:mod:`worker.engine.simultaneous`); the verdict is
+    ``low`` only when the data rule the medium thresholds out, and ``inconclusive`` when they
+    cannot (:mod:`worker.engine.verdict_levels`).
 
     Attributes:
         name: a label for the policy, copied into the report.
@@ -44,6 +47,9 @@ class Policy:
         fail_on_error: an attack that could not run makes the assessment incomplete, and an
             incomplete assessment fails. Set False only to accept a partial assessment on
             purpose (a run in which no attack completed always fails).
+        fail_on_inconclusive: an ``inconclusive`` verdict (the scans could not rule medium
+            risk out) does not clear the model (default). Set False to let it pass.
+        delta: the delta of the empirical (epsilon, delta) lower bound (0 < delta < 1).
     """
 
     name: str = "default"
@@ -53,6 +59,8 @@ class Policy:
     tpr_at_1pct_fpr_high: float = 0.10
     fail_at: str = "medium"
     fail_on_error: bool = True
+    fail_on_inconclusive: bool = True
+    delta: float = 1e-5
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -70,14 +78,17 @@ class Policy:
                     f"policy field '{kind}_medium' ({getattr(self, f'{kind}_medium')}) must not "
                     f"exceed '{kind}_high' ({getattr(self, f'{kind}_high')})"
                 )
-        if self.fail_at not in LEVELS:
+        if self.fail_at not in FAIL_AT_LEVELS:
             raise InputError(
-                f"policy field 'fail_at' must be one of {', '.join(LEVELS)}, got {self.fail_at!r}"
+                f"policy field 'fail_at' must be one of {', '.join(FAIL_AT_LEVELS)}, got {self.fail_at!r}"
             )
-        if not isinstance(self.fail_on_error, bool):
-            raise InputError(
-                f"policy field 'fail_on_error' must be true or false, got {self.fail_on_error!r}"
-            )
+        for f in ("fail_on_error", "fail_on_inconclusive"):
+            if not isinstance(getattr(self, f), bool):
+                raise InputError(f"policy field '{f}' must be true or false, got {getattr(self, f)!r}")
+        d = self.delta
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < d < 1.0:
+            raise InputError(f"policy field 'delta' must be a number between 0 and 1 (exclusive), got {d!r}")
+        object.__setattr__(self, "delta", float(d))
 
     def to_dict(self) -> dict[str, Any]:
         """The policy as a JSON-ready dict."""
@@ -104,7 +115,7 @@ class Policy:
 
 DEFAULT_POLICY = Policy()
 """The default policy (high: AUC lower bound >= 0.70 or TPR@1%FPR lower bound >= 0.10;
-medium: >= 0.55 or >= 0.03; fails at medium)."""
+medium: >= 0.55 or >= 0.03; fails at medium and when inconclusive; delta 1e-5)."""
 
 
 def load_policy(path: str | Path) -> Policy:
