@@ -76,7 +76,6 @@ SCAN_SET_UPLOAD_BODY: dict[str, Any] = {
         "content": {
             "multipart/form-data": {
                 "schema": {
-                    "title": "ScanSetUpload",
                     "type": "object",
                     "required": ["archive"],
                     "properties": {
