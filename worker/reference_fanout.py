@@ -167,6 +167,7 @@ def obtain_references(resources: Resources, job: JobContext, *, worker: str, sen
     rows = job_states.open_reference_tasks(resources.factory, job.id, missing)
     job.append_log(f"references: {len(missing)} of {n} reference models to train"
                    + (" as tasks over the workers" if send else " in this worker"))
+    _say_estimate(job, plan, distributed=send is not None)
     waiter = _Waiter(resources, job, plan, send, worker)
     for row in rows:
         if row.model_index in missing and row.state == ReferenceState.QUEUED:
@@ -183,6 +184,17 @@ def obtain_references(resources: Resources, job: JobContext, *, worker: str, sen
         if queued and waiter.train_here(max(queued) if send else min(queued)):
             continue
         job.shutdown.wait(POLL_INTERVAL_S)
+
+
+def _say_estimate(job: JobContext, plan: ReferencePlan, *, distributed: bool) -> None:
+    """The training time, measured from a few steps on this worker, in the log and the progress line."""
+    from worker.engine.reference.estimate import estimate_setup
+
+    estimate = estimate_setup(plan.setup, plan.metadata, device=plan.device)
+    if estimate is not None:
+        text = estimate.describe() + ("; less as other workers take models" if distributed else "")
+        job.append_log(f"references: {text}")
+        job.progress("references", 0.0, text)
 
 
 class _Waiter:

@@ -3,6 +3,7 @@ at start, hand-back at shutdown, and the Celery configuration of both modes."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from datetime import timedelta
@@ -285,6 +286,8 @@ def test_embedded_mode_trains_the_reference_models_in_turn_then_reuses_them(app,
     assert [(r.model_index, r.state, r.attempts) for r in rows] == [(0, "succeeded", 1), (1, "succeeded", 1)]
     assert {r.worker for r in rows} == {get_row(app, first["id"]).worker}  # the job's own worker, in turn
     assert "references: 2 of 2 reference models to train in this worker" in body["log"]
+    assert re.search(r"references: training 2 reference models \(1 epochs on \d+ scans each\): about \d+ (s|min)",
+                     body["log"]), body["log"]  # estimated from a measured run before training
     assert any(b["stage"] == "references" and "trained" in b["message"] for b in seen), seen[-3:]
     report = client.get(f"/api/v1/assessments/{first['id']}/report.json").json()
     assert report["provenance"]["references"]["n_models"] == 2

@@ -389,6 +389,28 @@ def test_estimate_scales_with_models_epochs_and_workers() -> None:
         measure_training(RECIPE, x, y, metadata=METADATA, n_models=0)
 
 
+def test_estimate_of_a_setup_counts_only_models_not_stored_and_reads_as_a_sentence(tmp_path: Path) -> None:
+    from worker.engine.reference.estimate import estimate_setup, format_duration
+    from worker.engine.reference.keep import balanced_keep
+    from worker.engine.reference.run import TrainedSetup
+
+    x, y = _cohort()
+    keep = balanced_keep(4, N, 0)
+    setup = TrainedSetup(recipe=RECIPE, keep=keep, keep_hash=_keep_hash(keep), set_key="s" * 64,
+                         scan_ids=[f"id{i}" for i in range(N)], ages=y.numpy(), store=ReferenceStore(tmp_path),
+                         records=[None] * N, spec=None, volumes=x)
+    est = estimate_setup(setup, METADATA, device=None)  # None: the engine's default device (CPU here)
+    assert est is not None and est.n_models == 4 and est.n_train == N // 2 and est.device == "cpu"
+    text = est.describe()
+    assert text.startswith(f"training 4 reference models ({RECIPE.epochs} epochs on {N // 2} scans each): about ")
+    assert "with 1 worker on cpu" in text and "scans/s" in text
+    monkey_missing = setup.missing
+    setup.missing = lambda: []  # type: ignore[method-assign]
+    assert estimate_setup(setup, METADATA) is None  # everything stored: nothing to train
+    setup.missing = monkey_missing  # type: ignore[method-assign]
+    assert [format_duration(s) for s in (0.2, 40, 600, 3 * 3600)] == ["1 s", "40 s", "10 min", "3.0 h"]
+
+
 def test_recipe_from_training_options_round_trips() -> None:
     options = RECIPE.training_options(seed=3)
     back = Recipe.from_options(options, RECIPE.arch, RECIPE.arch_kwargs)

@@ -68,7 +68,7 @@ def format_duration(seconds: float) -> str:
 
 
 def _sync(device: str) -> None:
-    if device.startswith("cuda"):
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize(device)
 
 
@@ -147,7 +147,7 @@ def measure_training(
 
 
 def estimate_setup(setup: Any, metadata: ModelMetadata, *, cache: VolumeCache | None = None, workers: int = 1,
-                   device: str = "cpu", steps: int = 3) -> TrainingEstimate | None:
+                   device: str | None = "cpu", steps: int = 3) -> TrainingEstimate | None:
     """The estimate for the reference models of a :class:`~.run.TrainedSetup` not yet in its store.
 
     Only the scans of the measured batches are conformed (the setup's volumes when already loaded).
@@ -162,9 +162,9 @@ def estimate_setup(setup: Any, metadata: ModelMetadata, *, cache: VolumeCache | 
     sample = min(len(setup.records), batch * (steps + 1))
     volumes = setup.volumes[:sample] if setup.volumes is not None else load_volumes(
         setup.records[:sample], setup.spec, cache)
-    n_train = int(np.asarray(setup.keep[missing[0]]).sum())
+    n_train = int(round(float(np.asarray(setup.keep)[missing].sum(axis=1).mean())))  # about half the pool each
     return measure_training(setup.recipe, volumes, setup.ages[:sample], metadata=metadata, n_models=len(missing),
-                            n_train=n_train, workers=workers, device=device, steps=steps)
+                            n_train=n_train, workers=workers, device=device or "cpu", steps=steps)
 
 
 def estimate_training_time(
