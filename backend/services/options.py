@@ -53,6 +53,8 @@ class PolicyOptions(BaseModel):
     tpr_at_1pct_fpr_high: float | None = None
     fail_at: Literal["low", "medium", "high"] | None = None
     fail_on_error: bool | None = None
+    fail_on_inconclusive: bool | None = None
+    delta: float | None = Field(None, gt=0, lt=1, description="Delta of the empirical (epsilon, delta) bound (default 1e-5).")
 
 
 assert set(PolicyOptions.model_fields) == {f.name for f in fields(Policy)}, "PolicyOptions must mirror Policy"

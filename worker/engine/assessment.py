@@ -198,7 +198,9 @@ def run_assessment(
         run.exposure.update(refs.exposure)
         reference_provenance = refs.provenance
     report_progress("report", 0.98, "verdict and report")
-    verdict = evaluate(run.attacks, policy)
+    dp = getattr(model.metadata, "dp", None) if model is not None else None
+    verdict = evaluate(run.attacks, policy, utility=utility(features), exposure=run.exposure,
+                       dp_claim=dp.model_dump() if dp is not None else None)
     exposure = exposure_section(features, run.exposure, verdict.get("strongest_attack"))
     report = build_report(
         provenance=provenance(

@@ -29,6 +29,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score, roc_curve
 
 from .features.table import FeatureTable
+from .measurable import estimable
 
 TPR_AT_FPR: dict[str, float] = {"tpr_at_fpr_0.001": 0.001, "tpr_at_fpr_0.01": 0.01}
 """Metric name -> target false-positive rate."""
@@ -78,16 +79,6 @@ class RepeatOutcome:
     def correct(self) -> np.ndarray:
         """Whether each test prediction is right."""
         return np.asarray(self.pred).astype(int) == np.asarray(self.y).astype(int)
-
-
-def estimable(n_negatives: int, target_fpr: float) -> bool:
-    """Whether a TPR at ``target_fpr`` can be measured on ``n_negatives`` non-members.
-
-    Below ``1 / target_fpr`` non-members the only reachable FPR under the target is 0, and the
-    TPR there is decided by a handful of scans: it is reported as undefined (None), not as a
-    number a policy could act on.
-    """
-    return n_negatives * target_fpr >= 1.0 - 1e-9
 
 
 def tpr_at_fpr(y_true: np.ndarray, score: np.ndarray, target: float) -> float:

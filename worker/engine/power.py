@@ -25,7 +25,7 @@ from typing import Any
 
 from statistics import NormalDist
 
-from .metrics import estimable
+from .measurable import estimable
 from .policy import DEFAULT_POLICY, Policy
 
 ALPHA = 0.05

@@ -60,16 +60,16 @@ from .report_sections import (
     ThreatLevels,
     ThreatModel,
     Utility,
-    Verdict,
     _Open,
 )
+from .report_verdict import DPCheck, EmpiricalEpsilon, Multiplicity, PowerStatement, Verdict
 
 __all__ = [
     "AgeBin", "Attack", "AttackGroup", "AttackMetrics", "AttributeGroup", "CiGrids", "ExposedScan", "Exposure",
     "FederatedAttackSection", "FederatedSection", "Finding", "Interval", "LearnerSummary", "ManifestProvenance",
     "MetricSummary", "ModelProvenance", "PerAttacker", "PolicySettings", "Provenance", "Report",
     "RequestProvenance", "Roc", "RoundModel", "RoundPoint", "ThreatLevels", "ThreatModel", "Utility", "Verdict",
-    "attack_threat_model", "feature_set_threat_model", "is_completed", "rank_key", "ranked_attacks",
+    "DPCheck", "EmpiricalEpsilon", "Multiplicity", "PowerStatement", "attack_threat_model", "feature_set_threat_model", "is_completed", "rank_key", "ranked_attacks",
     "strongest_attack",
 ]
 

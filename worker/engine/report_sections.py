@@ -23,7 +23,7 @@ __all__ = [
     "AgeBin", "Attack", "AttackFamily", "AttackMetrics", "AttributeGroup", "CalibrationRow", "ExposedScan",
     "Exposure", "Finding", "Grid", "Interval", "Level", "ManifestProvenance", "MetricSummary", "ModelProvenance",
     "Num", "PolicySettings", "Provenance", "ReferencesProvenance", "RequestProvenance", "Roc", "RoundModel",
-    "Scalar", "Severity", "Status", "ThreatLevels", "ThreatModel", "Utility", "Verdict",
+    "Scalar", "Severity", "Status", "ThreatLevels", "ThreatModel", "Utility",
 ]
 
 
@@ -38,7 +38,7 @@ AttackFamily = Literal["classifier", "reference", "quantile"]
 """How an attack decides (``family`` of an entry; absent means ``classifier``): a classifier trained on
 part of the scans (the paper's), a calibration against reference models, or a quantile regressor."""
 Level = Literal["low", "inconclusive", "medium", "high"]
-"""Verdict levels (DESIGN.md): the engine's :data:`~worker.engine.policy.LEVELS` and ``inconclusive``."""
+"""Verdict levels (DESIGN.md), the engine's :data:`~worker.engine.policy.LEVELS`."""
 Severity = Literal["high", "medium", "low", "info"]
 Status = Literal["ok", "error"]
 Scalar = Union[str, int, float, bool, None]
@@ -205,10 +205,15 @@ class _PolicyChecked(_Open):
         return self
 
 
+_POLICY_ADDED = frozenset({"fail_on_inconclusive", "delta"})
+"""Policy fields added after reports were first written: older reports take their defaults."""
+
+
 def _policy_model() -> type[_Open]:
     """The policy as the verdict records it: the fields of :class:`~worker.engine.policy.Policy`, checked by it."""
     hints = typing.get_type_hints(Policy)
-    spec: dict[str, Any] = {f.name: (hints[f.name], ...) for f in dataclass_fields(Policy)}
+    spec: dict[str, Any] = {f.name: (hints[f.name], f.default if f.name in _POLICY_ADDED else ...)
+                            for f in dataclass_fields(Policy)}
     return create_model("PolicySettings", __base__=_PolicyChecked, __doc__="The policy used by the verdict.", **spec)
 
 
@@ -232,19 +237,6 @@ class ThreatLevels(_Open):
 
     black_box: Optional[Level] = Field(alias="black-box")
     white_box: Optional[Level] = Field(alias="white-box")
-
-
-class Verdict(_Open):
-    """The verdict: level, pass / fail, the strongest attack, findings and the policy used."""
-
-    level: Level
-    passed: bool
-    incomplete: bool
-    strongest_attack: Optional[str]
-    summary: str
-    findings: list[Finding]
-    levels_by_threat_model: ThreatLevels
-    policy: PolicySettings  # type: ignore[valid-type]
 
 
 # --------------------------------------------------------------------------- provenance, utility, exposure

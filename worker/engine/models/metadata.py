@@ -13,9 +13,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import InputError
+
+
+class DPClaim(BaseModel):
+    """A declared differential-privacy guarantee, ``(epsilon, delta)``, checked against the empirical bound."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epsilon: float = Field(gt=0, allow_inf_nan=False)
+    delta: float = Field(1e-5, ge=0, lt=1)
 
 
 class ModelMetadata(BaseModel):
@@ -30,6 +39,8 @@ class ModelMetadata(BaseModel):
         recipe: how the model was trained (the fields of
             :class:`worker.engine.reference.recipe.Recipe`), so that reference models can be
             trained the same way; checked when references are trained.
+        dp: the model's declared DP guarantee (``{"epsilon": 1, "delta": 1e-5}``), if it was
+            trained with differential privacy; the verdict checks it against the attacks.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -40,6 +51,7 @@ class ModelMetadata(BaseModel):
     arch: str | None = None
     arch_kwargs: dict[str, Any] = {}
     recipe: dict[str, Any] | None = None
+    dp: DPClaim | None = None
 
     @field_validator("voxel_size", mode="before")
     @classmethod
