@@ -17,6 +17,7 @@ from .db.migrate import upgrade_database
 from .db.session import make_engine, make_sessionmaker
 from .http_security import install_http_security
 from .jobs import JobDispatcher
+from .outage import install_outage_handlers
 from .settings import Settings, get_settings
 from .storage import Storage, clean_at_start
 
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, *, start_jobs: bool = True) -> 
     app.state.session_secret = _session_secret(settings)
     install_http_security(app, settings, app.state.session_secret)
     install_error_handlers(app)
+    install_outage_handlers(app)
     app.include_router(health.router, responses=INTERNAL_ERROR)
     app.include_router(api_router())
     from .web import install_web

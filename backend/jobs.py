@@ -10,12 +10,20 @@ Dead workers. A running job's worker touches ``heartbeat_at`` every few seconds.
 in the queue with a note in its log, otherwise it fails with the reason. A job is never left
 "running" forever. In embedded mode, jobs left queued or running by a previous process are
 recovered at start the same way.
+
+Lost messages. In distributed mode the same thread reconciles the jobs table with the broker
+(:mod:`backend.reconcile`): a job queued with no message in the broker (Redis restarted without
+persistence, a send that failed while it was down) is sent again, at start at once and then
+after ``settings.requeue_after_s``. Database outages: a pass that cannot reach the database is
+noted; once it is back, reaping waits a few heartbeats (live workers' retried beats land first)
+and a job it does re-queue says the database was unreachable, and when.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,9 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.celery_app import TASK_NAME, create_celery
+from worker.celery_app import TASK_NAME, create_celery, default_queue
 
-from .db.models import Assessment, utcnow
+from .db.models import Assessment, as_utc, utcnow
+from .db.retry import DatabaseUnavailable, is_transient
+from .reconcile import Reconciler, broker_messages
 from .services import job_states
 from .services.job_states import fmt_time
 from .services.resources import Resources
@@ -63,6 +73,10 @@ class JobDispatcher:
         self._stopping = threading.Event()
         self._reaper: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._reconciler = Reconciler(settings.requeue_after_s)
+        self._db_down_since: datetime | None = None
+        self._outage: tuple[datetime, datetime] | None = None  # the last one this process saw
+        self._db_back_at = -float("inf")  # monotonic
 
     # -- Celery ------------------------------------------------------------------------------
 
@@ -82,11 +96,18 @@ class JobDispatcher:
         """Seconds between two reaper passes (10 s, less for short heartbeat timeouts)."""
         return min(10.0, max(0.2, self.settings.heartbeat_timeout_s / 4))
 
+    @property
+    def reap_grace(self) -> float:
+        """Seconds the reaper waits after a database outage: three heartbeats (at most the timeout)."""
+        timeout = self.settings.heartbeat_timeout_s
+        return min(timeout, 3 * min(10.0, max(0.5, timeout / 4)))
+
     def start(self) -> None:
         """Start the job machinery.
 
         Embedded: the worker thread, then recovery of jobs left queued or running by a previous
-        process. Both modes: the reaper thread.
+        process. Both modes: the reaper thread (distributed: its first pass sends every queued job
+        that has no message in the broker).
         """
         self._stopping.clear()
         if self.settings.embedded:
@@ -200,13 +221,16 @@ class JobDispatcher:
         now = now or utcnow()
         cutoff = now - timedelta(seconds=self.settings.heartbeat_timeout_s)
         counts = {"requeued": 0, "failed": 0, "cancelled": 0}
+        if time.monotonic() - self._db_back_at < self.reap_grace:
+            return counts  # the database just came back: live workers' beats are on their way
         for row in job_states.running_jobs(self.factory, Assessment.heartbeat_at < cutoff):
             beat = fmt_time(row.heartbeat_at)
+            outage = self._outage_note(row.heartbeat_at)
             outcome = job_states.worker_lost(
                 self.factory, row, max_attempts=self.settings.max_attempts, cutoff=cutoff,
-                what=f"worker {row.worker} stopped reporting at {beat}",
-                fail_reason=(f"the worker running this job ({row.worker}) stopped (last heartbeat {beat}); "
-                             f"it was tried {row.attempts} time(s)"),
+                what=f"worker {row.worker} stopped reporting at {beat}{outage}",
+                fail_reason=(f"the worker running this job ({row.worker}) stopped (last heartbeat {beat})"
+                             f"{outage}; it was tried {row.attempts} time(s)"),
             )
             if not outcome:
                 continue
@@ -215,18 +239,94 @@ class JobDispatcher:
             if outcome == "requeued":
                 try:
                     self.send(row.id, row.attempts + 1)
-                except Exception:  # noqa: BLE001 - stays queued; the next start's recovery resends it
+                except Exception:  # noqa: BLE001 - stays queued; reconciliation resends it
                     logger.exception("could not re-send assessment %s", row.id)
         return counts
 
+    def _outage_note(self, heartbeat_at: datetime | None) -> str:
+        """``; the database was unreachable from A to B`` when an outage this process saw may
+        explain a missing heartbeat; else empty."""
+        if self._outage is None or heartbeat_at is None:
+            return ""
+        start, end = self._outage
+        if as_utc(heartbeat_at) < start - timedelta(seconds=self.settings.heartbeat_timeout_s):
+            return ""
+        return f"; the database was unreachable from {fmt_time(start)} to {fmt_time(end)}"
+
+    # -- reconciliation with the broker ---------------------------------------------------------
+
+    def reconcile(self, *, at_start: bool = False, now: float | None = None) -> int:
+        """One pass: queued jobs without a message in the broker are sent again
+        (:class:`backend.reconcile.Reconciler` decides which).
+
+        Args:
+            at_start: this process just started: send them at once.
+            now: monotonic time (tests).
+
+        Returns:
+            how many were sent; 0 where the broker cannot be inspected (embedded mode).
+
+        Raises:
+            Exception: the broker or the database is unreachable (the pass is tried again later).
+        """
+        inspect = broker_messages(self.celery, default_queue(self.settings), TASK_NAME)
+        if inspect is None:
+            return 0
+        messages = inspect()
+        now = time.monotonic() if now is None else now
+        due = self._reconciler.due(job_states.queued_jobs(self.factory), messages, now, at_start=at_start)
+        for assessment_id, attempt in due:
+            why = "this server started" if at_start else f"the broker had no message for it for {self.settings.requeue_after_s:g} s"
+            self.send(assessment_id, attempt)
+            self._reconciler.sent(assessment_id, now)
+            job_states.resent(self.factory, assessment_id, attempt - 1, f"no message in the broker ({why})")
+            logger.warning("assessment %s: queued with no message in the broker; sent again (attempt %d)",
+                           assessment_id, attempt)
+        return len(due)
+
+    # -- the background thread ------------------------------------------------------------------
+
     def _reap_loop(self) -> None:
-        while not self._stopping.wait(self.reap_interval):
+        at_start = not self.settings.embedded
+        last_reap = last_reconcile = -float("inf")
+        tick = min(self.reap_interval, self.settings.reconcile_interval_s)
+        while True:
+            now = time.monotonic()
             try:
-                self.reap()
-                if self.settings.embedded and self._worker is not None and not self._worker.alive():
-                    logger.error("the embedded worker thread stopped; restarting it")
-                    self._worker.stop()
-                    self._start_worker()
-            except Exception:  # noqa: BLE001 - the reaper must keep running
-                logger.exception("reaper pass failed")
+                if now - last_reap >= self.reap_interval:
+                    last_reap = now
+                    self.reap()
+                    self._database_reachable()
+                    self._check_worker()
+                if not self.settings.embedded and (at_start or now - last_reconcile >= self.settings.reconcile_interval_s):
+                    last_reconcile = now
+                    self.reconcile(at_start=at_start)
+                    at_start = False
+            except Exception as exc:  # noqa: BLE001 - the thread must keep running
+                self._pass_failed(exc)
+            if self._stopping.wait(tick):
+                return
+
+    def _check_worker(self) -> None:
+        if self.settings.embedded and self._worker is not None and not self._worker.alive():
+            logger.error("the embedded worker thread stopped; restarting it")
+            self._worker.stop()
+            self._start_worker()
+
+    def _pass_failed(self, exc: Exception) -> None:
+        if is_transient(exc) or isinstance(exc, DatabaseUnavailable):
+            if self._db_down_since is None:
+                self._db_down_since = utcnow()
+                logger.error("the database is unreachable: %s", str(exc).splitlines()[0][:300])
+        elif isinstance(exc, (OSError, ConnectionError)) or type(exc).__module__.split(".")[0] in ("kombu", "redis"):
+            logger.warning("job dispatch pass: the broker is unreachable: %s: %s", type(exc).__name__, exc)
+        else:
+            logger.exception("job dispatch pass failed")
+
+    def _database_reachable(self) -> None:
+        if self._db_down_since is not None:
+            self._outage = (self._db_down_since, utcnow())
+            self._db_back_at = time.monotonic()
+            logger.warning("the database is reachable again (unreachable since %s)", fmt_time(self._db_down_since))
+            self._db_down_since = None
 

@@ -23,7 +23,7 @@ from backend.services.resources import Resources
 from .celery_app import REFERENCE_TASK_NAME
 from .reference_fanout import ParentCheck, SendReference, reference_plan, train_model
 from .runner import Heartbeat, Stopped, heartbeat_interval, public_text, worker_name
-from .tasks import resources_for
+from .tasks import requeued_on_database_outage, resources_for
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ def run_reference_task(
     worker = worker or worker_name()
     shutdown = shutdown or threading.Event()
     factory = resources.factory
-    if not job_states.claim_reference(factory, assessment_id, model_index, attempt, worker):
+    if not job_states.claim_reference(factory, assessment_id, model_index, attempt, worker,
+                                      retry_s=resources.settings.db_retry_s, stop=shutdown.is_set):
         logger.info("reference model %d of assessment %s attempt %d: not queued for this attempt; message ignored",
                     model_index, assessment_id, attempt)
         return "skipped"
@@ -103,12 +104,13 @@ def train_reference_model(self: Any, assessment_id: str, attempt: int, model_ind
     def requeue(job_id: str, index: int, next_attempt: int) -> None:
         app.send_task(REFERENCE_TASK_NAME, args=[job_id, next_attempt, index])
 
-    return run_reference_task(
-        resources_for(app),
-        assessment_id,
-        int(attempt),
-        int(model_index),
-        worker=worker_name(self.request.hostname),
-        shutdown=app.brainmia_shutdown,
-        requeue=None if app.brainmia_settings.embedded else requeue,
-    )
+    with requeued_on_database_outage():
+        return run_reference_task(
+            resources_for(app),
+            assessment_id,
+            int(attempt),
+            int(model_index),
+            worker=worker_name(self.request.hostname),
+            shutdown=app.brainmia_shutdown,
+            requeue=None if app.brainmia_settings.embedded else requeue,
+        )

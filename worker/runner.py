@@ -12,123 +12,34 @@ prefork parent never initialises torch before forking.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
-
-from backend.db.models import ApiToken, Assessment, ModelRecord, Organisation, ScanSet, utcnow
+from backend.db.models import ApiToken, Assessment, ModelRecord, Organisation, ScanSet
+from backend.db.retry import DatabaseUnavailable
 from backend.services import options as job_options
-from backend.services.job_states import Attempt, claim
+from backend.services.job_states import claim
 from backend.services.model_hosts import model_host
 from backend.services.resources import Resources
-from backend.settings import Settings
 from backend.storage import Storage
+
+from .job_context import (  # noqa: F401 - importable from here (the tasks, the reference fan-out)
+    CANCEL_POLL_INTERVAL_S,
+    PROGRESS_MIN_INTERVAL_S,
+    Heartbeat,
+    JobContext,
+    Stopped,
+    heartbeat_interval,
+    worker_name,
+)
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_MIN_INTERVAL_S = 0.5
-CANCEL_POLL_INTERVAL_S = 1.0
-
 Requeue = Callable[[str, int], None]
 SendReference = Callable[[str, int, int], None]
-
-
-def heartbeat_interval(settings: Settings) -> float:
-    """Seconds between heartbeats: a quarter of the timeout, between 0.5 and 10 s."""
-    return min(10.0, max(0.5, settings.heartbeat_timeout_s / 4))
-
-
-def worker_name(hostname: str | None = None) -> str:
-    """``hostname:pid`` of this worker."""
-    return f"{hostname or socket.gethostname()}:{os.getpid()}"
-
-
-class Stopped(Exception):
-    """Internal: the job must stop (lost, cancelled or shutting down)."""
-
-
-class JobContext(Attempt):
-    """One running attempt of one job: throttled progress, the heartbeat and the stop check.
-
-    Args:
-        factory: session factory.
-        assessment_id: the job.
-        attempt: the attempt number this worker claimed.
-        shutdown: set when the worker is shutting down (the job is handed back).
-    """
-
-    def __init__(self, factory: sessionmaker[Session], assessment_id: str, attempt: int, shutdown: threading.Event):
-        super().__init__(factory, assessment_id, attempt)
-        self.shutdown = shutdown
-        self._lock = threading.Lock()
-        self._last_write = 0.0
-        self._last_stage: str | None = None
-        self._last_fraction = 0.0
-        self._last_cancel_check = 0.0
-        self._cancel = False
-
-    def heartbeat(self) -> bool:
-        """Touch ``heartbeat_at``."""
-        with self._lock:
-            return self.write(heartbeat_at=utcnow())
-
-    def progress(self, stage: str, fraction: float, message: str) -> None:
-        """The engine's progress callback: at most ~2 writes/s, always on a stage change."""
-        now = time.monotonic()
-        with self._lock:
-            if stage == self._last_stage and fraction < 1.0 and now - self._last_write < PROGRESS_MIN_INTERVAL_S:
-                return
-            self._last_stage, self._last_write = stage, now
-            # never backwards within an attempt: writing the results (0.99) follows the engine's 1.0
-            self._last_fraction = max(self._last_fraction, min(max(fraction, 0.0), 1.0))
-            self.write(progress=float(self._last_fraction), stage=stage[:32], message=message, heartbeat_at=utcnow())
-
-    def cancel_requested(self, fresh: bool = False) -> bool:
-        """Whether a cancel was asked for (read at most once a second unless ``fresh``)."""
-        now = time.monotonic()
-        if fresh or now - self._last_cancel_check >= CANCEL_POLL_INTERVAL_S:
-            self._last_cancel_check = now
-            value = self.cancel_flag()
-            if value is not None:
-                self._cancel = bool(value)
-        return self._cancel
-
-    def should_stop(self) -> bool:
-        """The engine's stop check: cancelled, lost or shutting down."""
-        return self.lost or self.shutdown.is_set() or self.cancel_requested()
-
-
-class Heartbeat:
-    """A daemon thread touching ``heartbeat_at`` every ``interval`` seconds while a job runs."""
-
-    def __init__(self, job: JobContext, interval: float):
-        self.job = job
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.id[:8]}", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                if not self.job.heartbeat():
-                    return
-            except Exception:  # noqa: BLE001 - a missed beat is retried; the reaper has slack
-                logger.exception("heartbeat of assessment %s failed", self.job.id)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 def stored_path(storage: Storage, path: str) -> Path:
@@ -293,7 +204,12 @@ def run_job(
 
     Returns:
         what happened: ``skipped`` (duplicate or stale message), ``succeeded``, ``failed``,
-        ``cancelled``, ``requeued`` (shutdown) or ``lost`` (the job was taken away meanwhile).
+        ``cancelled``, ``requeued`` (shutdown, or the database stayed unreachable: this attempt is
+        not counted) or ``lost`` (the job was taken away meanwhile).
+
+    Raises:
+        DatabaseUnavailable: the claim could not reach the database within ``settings.db_retry_s``
+            (nothing was changed: the caller puts the message back in the queue).
     """
     from worker.engine.attacks import AttackCancelled
     from worker.engine.errors import InputError
@@ -306,10 +222,11 @@ def run_job(
 
     worker = worker or worker_name()
     shutdown = shutdown or threading.Event()
-    if not claim(resources.factory, assessment_id, attempt, worker):
+    retry_s = resources.settings.db_retry_s
+    if not claim(resources.factory, assessment_id, attempt, worker, retry_s=retry_s, stop=shutdown.is_set):
         logger.info("assessment %s attempt %d: not queued for this attempt; message ignored", assessment_id, attempt)
         return "skipped"
-    job = JobContext(resources.factory, assessment_id, attempt, shutdown)
+    job = JobContext(resources.factory, assessment_id, attempt, shutdown, retry_s)
     tmp: Path | None = None
     inputs: _Inputs | None = None
     try:
@@ -333,11 +250,17 @@ def run_job(
                 write_outputs(result, tmp)
             except (AttackCancelled, AttacksCancelled, ExtractionCancelled, HostStopped, TrainingCancelled, Stopped):
                 return _stopped(job, requeue)
+            except DatabaseUnavailable as exc:
+                job.unavailable = job.unavailable or exc
+                return _stopped(job, requeue)
             except InputError as exc:
                 return _failed(resources, job, str(exc))
             except Exception as exc:  # noqa: BLE001 - recorded in the row for the user
                 return _failed(resources, job, f"{type(exc).__name__}: {exc}")
             return _publish(resources, job, result, tmp)
+    except DatabaseUnavailable as exc:  # the final write (failed / succeeded) could not be made
+        job.unavailable = job.unavailable or exc
+        return _stopped(job, requeue)
     finally:
         if inputs is not None and inputs.host is not None:
             inputs.host.close()
@@ -360,6 +283,8 @@ def _failed(resources: Resources, job: JobContext, error: str) -> str:
 
 
 def _stopped(job: JobContext, requeue: Requeue | None) -> str:
+    if job.unavailable is not None:
+        return _database_unavailable(job, job.unavailable, requeue)
     if job.lost:
         return "lost"
     if job.cancel_requested(fresh=True):
@@ -371,7 +296,27 @@ def _stopped(job: JobContext, requeue: Requeue | None) -> str:
     if requeue is not None:
         try:
             requeue(job.id, job.attempt)
-        except Exception:  # noqa: BLE001 - the job stays queued; recovery or the reaper resend it
+        except Exception:  # noqa: BLE001 - the job stays queued; the dispatcher's reconciliation resends it
+            logger.exception("could not re-send assessment %s", job.id)
+    return "requeued"
+
+
+def _database_unavailable(job: JobContext, error: DatabaseUnavailable, requeue: Requeue | None) -> str:
+    """The database stayed unreachable past ``db_retry_s``: the attempt is given up and handed
+    back (not counted: not the job's fault), with the reason; if even that cannot be written, the
+    job stays ``running`` and the reaper re-queues it once the database is back."""
+    logger.error("assessment %s attempt %d: %s; handing the job back", job.id, job.attempt, error)
+    reason = f"the database was unreachable for {error.seconds:.0f} s"
+    try:
+        if not job.hand_back(reason):
+            return "lost"
+    except DatabaseUnavailable:
+        logger.error("assessment %s: could not hand the job back either; the reaper re-queues it", job.id)
+        return "lost"
+    if requeue is not None:
+        try:
+            requeue(job.id, job.attempt)
+        except Exception:  # noqa: BLE001 - the job stays queued; the dispatcher's reconciliation resends it
             logger.exception("could not re-send assessment %s", job.id)
     return "requeued"
 

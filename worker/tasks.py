@@ -6,16 +6,23 @@ The job task is here; the reference-training task (one reference model) is in
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import shared_task
+from celery.exceptions import Reject
 
+from backend.db.retry import DatabaseUnavailable
 from backend.services.resources import Resources
 from backend.settings import Settings
 
 from .celery_app import REFERENCE_TASK_NAME, TASK_NAME
 from .runner import run_job, worker_name
+
+logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _cache: dict[tuple[str, str], Resources] = {}
@@ -38,6 +45,9 @@ def resources_for(app: Any) -> Resources:
 def run_assessment_job(self: Any, assessment_id: str, attempt: int) -> str:
     """Run attempt ``attempt`` of assessment ``assessment_id`` (a stale or duplicate message is a no-op).
 
+    A claim that cannot reach the database (retried for ``settings.db_retry_s``) rejects the
+    message back into the queue (late acknowledgement): a database outage loses no job.
+
     Returns:
         the outcome (``succeeded``, ``failed``, ``cancelled``, ``skipped``, ``requeued``, ``lost``).
     """
@@ -50,12 +60,24 @@ def run_assessment_job(self: Any, assessment_id: str, attempt: int) -> str:
     def send_reference(job_id: str, model_index: int, model_attempt: int) -> None:
         app.send_task(REFERENCE_TASK_NAME, args=[job_id, model_attempt, model_index])
 
-    return run_job(
-        resources_for(app),
-        assessment_id,
-        int(attempt),
-        worker=worker_name(self.request.hostname),
-        shutdown=app.brainmia_shutdown,
-        requeue=None if settings.embedded else requeue,
-        send_reference=None if settings.embedded else send_reference,
-    )
+    with requeued_on_database_outage():
+        return run_job(
+            resources_for(app),
+            assessment_id,
+            int(attempt),
+            worker=worker_name(self.request.hostname),
+            shutdown=app.brainmia_shutdown,
+            requeue=None if settings.embedded else requeue,
+            send_reference=None if settings.embedded else send_reference,
+        )
+
+
+@contextmanager
+def requeued_on_database_outage() -> Iterator[None]:
+    """A claim that could not reach the database puts its message back (``Reject(requeue=True)``:
+    the worker does not acknowledge it, the broker hands it out again)."""
+    try:
+        yield
+    except DatabaseUnavailable as exc:
+        logger.warning("%s: the message goes back to the queue", exc)
+        raise Reject(str(exc), requeue=True) from exc

@@ -76,8 +76,8 @@ def retry_transient(
     delay = FIRST_DELAY_S
     while True:
         try:
-            return fn()
-        except Exception as error:  # noqa: BLE001 - filtered just below
+            value = fn()
+        except Exception as error:  # filtered just below
             if not is_transient(error):
                 raise
             now = clock()
@@ -88,5 +88,9 @@ def retry_transient(
             elapsed = now - started
             if elapsed + delay > budget_s or (stop is not None and stop()):
                 raise DatabaseUnavailable(what, max(elapsed, 0.0), error) from error
+        else:
+            if started is not None:
+                logger.warning("database reachable again after %.1f s while %s", clock() - started, what)
+            return value
         sleep(delay)
         delay = min(delay * 2, MAX_DELAY_S)

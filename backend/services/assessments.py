@@ -51,7 +51,8 @@ def create_assessment(
         ApiError: 404 a model, scan set or reference set (``options.reference.reference_set_id``)
             not the caller's; 422 ``validation_error`` an option the engine cannot run, or a
             reference set of another scan set or input grid (naming its field); 503
-            ``queue_unavailable`` (the row is kept, failed, with the reason).
+            ``queue_unavailable`` (the row is kept, failed, with the reason; the message and the
+            detail of field ``assessment_id`` give its id).
     """
     model = owned_model(session, principal, model_id)
     scan_set = owned_scan_set(session, principal, scan_set_id)
@@ -74,7 +75,8 @@ def create_assessment(
         reason = f"could not reach the job queue: {type(exc).__name__}: {exc}"
         enqueue_failed(row, reason)
         session.commit()
-        raise ApiError(503, "queue_unavailable", reason) from None
+        raise ApiError(503, "queue_unavailable", f"{reason} (assessment {row.id} is recorded as failed)",
+                       [{"field": "assessment_id", "reason": row.id}]) from None
     return row
 
 

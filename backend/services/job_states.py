@@ -17,21 +17,22 @@ A running attempt's writes (:class:`Attempt`) are conditional on still owning th
 deleted, or claimed by another attempt notices at its next write.
 
 The reference models a job trains (one task each) have their own rows and transitions, in the
-same way: see "reference-model tasks" below.
+same way: :mod:`backend.services.reference_task_states` (its names are re-exported here).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..db.models import Assessment, ReferenceTask, as_utc, utcnow
+from ..db.models import Assessment, as_utc, utcnow
+from ..db.retry import DatabaseUnavailable, retry_transient
 
 logger = logging.getLogger(__name__)
 
@@ -78,26 +79,47 @@ def new_job(**fields: Any) -> Assessment:
 
 def enqueue_failed(row: Assessment, reason: str) -> None:
     """The job's message could not be sent: the row fails with ``reason`` (the caller commits)."""
-    row.state, row.error, row.message = JobState.FAILED, reason, reason
-    row.finished_at = utcnow()
+    row.state, row.error, row.message, row.stage = JobState.FAILED, reason, reason, "failed"
+    row.finished_at = row.finished_at or utcnow()
     row.log = (row.log or "") + log_line(f"failed: {reason}")
 
 
-def claim(factory: Factory, assessment_id: str, attempt: int, worker: str) -> bool:
-    """Take a queued job for ``attempt``; False: someone else's, stale or duplicate message."""
+def claim(factory: Factory, assessment_id: str, attempt: int, worker: str, *, retry_s: float = 0.0,
+          stop: Callable[[], bool] | None = None) -> bool:
+    """Take a queued job for ``attempt``; False: someone else's, stale or duplicate message.
+
+    A transient database error is retried for ``retry_s`` seconds (``stop`` ends that early);
+    a try that committed before its connection dropped counts as taken.
+
+    Raises:
+        DatabaseUnavailable: the database stayed unreachable (the caller puts the message back).
+    """
     now = utcnow()
-    with factory() as session, session.begin():
-        result = session.execute(
-            update(Assessment)
-            .where(Assessment.id == assessment_id, Assessment.state == JobState.QUEUED,
-                   Assessment.attempts == attempt - 1)
-            .values(
-                state=JobState.RUNNING, attempts=attempt, worker=worker[:200], started_at=now, heartbeat_at=now,
-                progress=0.0, stage="starting", message="loading the model and the manifest", error=None,
-                log=Assessment.log + log_line(f"attempt {attempt} started on worker {worker}", now),
+    worker = worker[:200]
+    tries = 0
+
+    def take() -> bool:
+        nonlocal tries
+        tries += 1
+        with factory() as session, session.begin():
+            result = session.execute(
+                update(Assessment)
+                .where(Assessment.id == assessment_id, Assessment.state == JobState.QUEUED,
+                       Assessment.attempts == attempt - 1)
+                .values(
+                    state=JobState.RUNNING, attempts=attempt, worker=worker, started_at=now, heartbeat_at=now,
+                    progress=0.0, stage="starting", message="loading the model and the manifest", error=None,
+                    log=Assessment.log + log_line(f"attempt {attempt} started on worker {worker}", now),
+                )
             )
-        )
-    return result.rowcount == 1
+            if result.rowcount == 1 or tries == 1:
+                return result.rowcount == 1
+            mine = session.execute(select(Assessment.id).where(
+                Assessment.id == assessment_id, Assessment.state == JobState.RUNNING,
+                Assessment.attempts == attempt, Assessment.worker == worker)).first()
+            return mine is not None
+
+    return retry_transient(take, budget_s=retry_s, what=f"claiming assessment {assessment_id}", stop=stop)
 
 
 # -- cancelling ---------------------------------------------------------------------------------
@@ -190,10 +212,27 @@ def worker_lost(
 
 def queued_ids(factory: Factory) -> list[str]:
     """Ids of the queued jobs, oldest first."""
+    return [job_id for job_id, _ in queued_jobs(factory)]
+
+
+def queued_jobs(factory: Factory) -> list[tuple[str, int]]:
+    """``(id, attempts)`` of the queued jobs, oldest first (their next message is for ``attempts + 1``)."""
     with factory() as session:
-        return list(session.scalars(
-            select(Assessment.id).where(Assessment.state == JobState.QUEUED).order_by(Assessment.created_at)
-        ).all())
+        return [(row.id, row.attempts) for row in session.execute(
+            select(Assessment.id, Assessment.attempts).where(Assessment.state == JobState.QUEUED)
+            .order_by(Assessment.created_at)
+        ).all()]
+
+
+def resent(factory: Factory, assessment_id: str, attempts: int, why: str) -> bool:
+    """Note in a still-queued job's log that its message was sent again, and ``why``."""
+    with factory() as session, session.begin():
+        return session.execute(
+            update(Assessment)
+            .where(Assessment.id == assessment_id, Assessment.state == JobState.QUEUED, Assessment.attempts == attempts)
+            .values(message=f"waiting for a worker (sent again: {why})"[:500],
+                    log=Assessment.log + log_line(f"sent again: {why}"))
+        ).rowcount == 1
 
 
 def next_attempt(factory: Factory, assessment_id: str) -> int | None:
@@ -209,17 +248,25 @@ def next_attempt(factory: Factory, assessment_id: str) -> int | None:
 class Attempt:
     """The writes of one running attempt of one job, each conditional on still owning it.
 
+    Each write retries transient database errors for ``retry_s`` seconds, then raises
+    :class:`~backend.db.retry.DatabaseUnavailable` (the attempt is given up: :meth:`hand_back`).
+
     Args:
         factory: session factory.
         assessment_id: the job.
         attempt: the attempt number this worker claimed.
+        retry_s: how long a write retries while the database is unreachable.
     """
 
-    def __init__(self, factory: Factory, assessment_id: str, attempt: int):
+    def __init__(self, factory: Factory, assessment_id: str, attempt: int, retry_s: float = 0.0):
         self.factory = factory
         self.id = assessment_id
         self.attempt = attempt
+        self.retry_s = retry_s
         self.lost = False
+
+    def _retry(self, fn: Callable[[], Any], what: str) -> Any:
+        return retry_transient(fn, budget_s=self.retry_s, what=f"{what} assessment {self.id} (attempt {self.attempt})")
 
     def _owned(self) -> Any:
         return (Assessment.id == self.id) & (Assessment.state == JobState.RUNNING) & (Assessment.attempts == self.attempt)
@@ -228,9 +275,12 @@ class Attempt:
         """Update the row if this attempt still owns it; False (and ``lost``) otherwise."""
         if self.lost:
             return False
-        with self.factory() as session, session.begin():
-            result = session.execute(update(Assessment).where(self._owned()).values(**values))
-        if result.rowcount == 0:
+
+        def update_row() -> int:
+            with self.factory() as session, session.begin():
+                return session.execute(update(Assessment).where(self._owned()).values(**values)).rowcount
+
+        if self._retry(update_row, "writing") == 0:
             self.lost = True
             logger.warning("assessment %s attempt %d: no longer owned by this worker", self.id, self.attempt)
         return not self.lost
@@ -241,8 +291,11 @@ class Attempt:
 
     def cancel_flag(self) -> bool | None:
         """The row's ``cancel_requested``; None (and ``lost``) when this attempt no longer owns it."""
-        with self.factory() as session:
-            value = session.scalar(select(Assessment.cancel_requested).where(self._owned()))
+        def read() -> bool | None:
+            with self.factory() as session:
+                return session.scalar(select(Assessment.cancel_requested).where(self._owned()))
+
+        value = self._retry(read, "reading")
         if value is None:
             self.lost = True
         return value
@@ -268,174 +321,37 @@ class Attempt:
         return self.append_log("cancelled at the user's request", state=JobState.CANCELLED, message="cancelled",
                                finished_at=utcnow())
 
-    def hand_back(self) -> bool:
-        """running -> queued: the worker shuts down; this attempt is not counted."""
+    def hand_back(self, reason: str = "the worker shut down") -> bool:
+        """running -> queued: the worker shuts down (or gave the attempt up for ``reason``, not
+        the job's fault); this attempt is not counted."""
         return self.append_log(
-            f"the worker shut down during attempt {self.attempt}; re-queued", state=JobState.QUEUED,
-            attempts=self.attempt - 1, stage="queued", progress=0.0, message="re-queued: the worker shut down",
+            f"{reason} during attempt {self.attempt}; re-queued", state=JobState.QUEUED,
+            attempts=self.attempt - 1, stage="queued", progress=0.0, message=f"re-queued: {reason}"[:500],
             worker=None,
         )
 
     def exists(self) -> bool:
         """Whether the job's row still exists (it may have been deleted while it ran)."""
-        with self.factory() as session:
-            return session.get(Assessment, self.id) is not None
+        def read() -> bool:
+            with self.factory() as session:
+                return session.get(Assessment, self.id) is not None
+
+        return bool(self._retry(read, "reading"))
 
 
-# -- reference-model tasks ----------------------------------------------------------------------
-#
-# One ``reference_tasks`` row per reference model a running job trains (K trained models are K
-# tasks: Celery messages ``(assessment_id, attempt, model_index)`` in distributed mode, or trained
-# one after another by the job's own worker). The trained model goes to the reference store; the
-# row records who trains it and whether that worker is alive:
-#
-#     (none) / failed / cancelled / succeeded (not in the store) --open--> queued
-#     queued  --claim_reference (attempt = attempts + 1)-----------> running
-#     running --succeed / fail / cancelled (owned by the attempt)--> succeeded / failed / cancelled
-#     running --the worker shuts down: attempt not counted---------> queued
-#     running --heartbeat older than the timeout (the job's worker
-#               checks)--------------------------------------------> queued (attempts < max) / failed
+# -- reference-model tasks (their own module, part of this state machine) -----------------------
 
+from .reference_task_states import (  # re-exported: one state machine to import
+    ReferenceAttempt,
+    ReferenceState,
+    claim_reference,
+    open_reference_tasks,
+    reference_lost,
+    reference_tasks,
+)
 
-class ReferenceState(StrEnum):
-    """The states of one reference model's training (stored as their values)."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-_REOPENED = (ReferenceState.FAILED, ReferenceState.CANCELLED, ReferenceState.SUCCEEDED)
-
-
-def reference_tasks(factory: Factory, assessment_id: str) -> list[ReferenceTask]:
-    """The job's reference-model rows (detached), by model index."""
-    with factory() as session:
-        rows = list(session.scalars(select(ReferenceTask).where(ReferenceTask.assessment_id == assessment_id)
-                                    .order_by(ReferenceTask.model_index)).all())
-        session.expunge_all()
-    return rows
-
-
-def open_reference_tasks(factory: Factory, assessment_id: str, indices: list[int]) -> list[ReferenceTask]:
-    """Queue the training of models ``indices`` (those missing from the store): new rows, and
-    rows that are not running (failed, cancelled, or succeeded but gone from the store) back to
-    ``queued``; a running one is left to its worker.
-
-    Returns:
-        the job's rows after the change.
-    """
-    wanted = set(indices)
-    for retry in (False, True):
-        try:
-            with factory() as session, session.begin():
-                have = set(session.scalars(select(ReferenceTask.model_index).where(
-                    ReferenceTask.assessment_id == assessment_id, ReferenceTask.model_index.in_(wanted))).all())
-                session.add_all(ReferenceTask(assessment_id=assessment_id, model_index=k, state=ReferenceState.QUEUED,
-                                              attempts=0, epoch=0) for k in sorted(wanted - have))
-                session.execute(
-                    update(ReferenceTask)
-                    .where(ReferenceTask.assessment_id == assessment_id, ReferenceTask.model_index.in_(have),
-                           ReferenceTask.state.in_(_REOPENED))
-                    .values(state=ReferenceState.QUEUED, worker=None, epoch=0, error=None, finished_at=None)
-                )
-            break
-        except IntegrityError:  # a row inserted meanwhile (a late attempt of the job): read again
-            if retry:
-                raise
-    return reference_tasks(factory, assessment_id)
-
-
-def claim_reference(factory: Factory, assessment_id: str, model_index: int, attempt: int, worker: str) -> bool:
-    """Take a queued model for ``attempt``; False: taken, stale or duplicate message."""
-    now = utcnow()
-    with factory() as session, session.begin():
-        result = session.execute(
-            update(ReferenceTask)
-            .where(ReferenceTask.assessment_id == assessment_id, ReferenceTask.model_index == model_index,
-                   ReferenceTask.state == ReferenceState.QUEUED, ReferenceTask.attempts == attempt - 1)
-            .values(state=ReferenceState.RUNNING, attempts=attempt, worker=worker[:200], epoch=0, error=None,
-                    heartbeat_at=now, started_at=now, finished_at=None)
-        )
-    return result.rowcount == 1
-
-
-def reference_lost(factory: Factory, row: ReferenceTask, *, cutoff: datetime, max_attempts: int,
-                   fail_reason: str) -> str | None:
-    """A running model whose heartbeat is older than ``cutoff``: re-queued below ``max_attempts``
-    attempts (the caller sends it again), else failed with ``fail_reason``.
-
-    Returns:
-        ``requeued``, ``failed``, or None when it changed meanwhile (a late heartbeat keeps it).
-    """
-    if row.attempts < max_attempts:
-        outcome, values = "requeued", dict(state=ReferenceState.QUEUED, worker=None, epoch=0)
-    else:
-        outcome, values = "failed", dict(state=ReferenceState.FAILED, error=fail_reason, finished_at=utcnow())
-    with factory() as session, session.begin():
-        changed = session.execute(
-            update(ReferenceTask)
-            .where(ReferenceTask.assessment_id == row.assessment_id, ReferenceTask.model_index == row.model_index,
-                   ReferenceTask.state == ReferenceState.RUNNING, ReferenceTask.attempts == row.attempts,
-                   ReferenceTask.heartbeat_at < cutoff)
-            .values(**values)
-        ).rowcount
-    return outcome if changed else None
-
-
-class ReferenceAttempt:
-    """The writes of one running attempt of one reference model, each conditional on owning it.
-
-    Args:
-        factory: session factory.
-        assessment_id: the job.
-        model_index: the model.
-        attempt: the attempt this worker claimed.
-    """
-
-    def __init__(self, factory: Factory, assessment_id: str, model_index: int, attempt: int):
-        self.factory = factory
-        self.assessment_id = assessment_id
-        self.model_index = model_index
-        self.attempt = attempt
-        self.id = f"{assessment_id}/{model_index}"
-        self.lost = False
-
-    def write(self, **values: Any) -> bool:
-        """Update the row if this attempt still owns it; False (and ``lost``) otherwise."""
-        if self.lost:
-            return False
-        with self.factory() as session, session.begin():
-            result = session.execute(
-                update(ReferenceTask)
-                .where(ReferenceTask.assessment_id == self.assessment_id, ReferenceTask.model_index == self.model_index,
-                       ReferenceTask.state == ReferenceState.RUNNING, ReferenceTask.attempts == self.attempt)
-                .values(**values)
-            )
-        if result.rowcount == 0:
-            self.lost = True
-            logger.warning("reference model %s attempt %d: no longer owned by this worker", self.id, self.attempt)
-        return not self.lost
-
-    def heartbeat(self, epoch: int | None = None) -> bool:
-        """Touch ``heartbeat_at`` (and record ``epoch`` epochs done)."""
-        return self.write(heartbeat_at=utcnow(), **({} if epoch is None else {"epoch": int(epoch)}))
-
-    def succeed(self) -> bool:
-        """running -> succeeded (the model is in the store)."""
-        now = utcnow()
-        return self.write(state=ReferenceState.SUCCEEDED, finished_at=now, heartbeat_at=now)
-
-    def fail(self, error: str) -> bool:
-        """running -> failed with ``error`` (the job fails with it)."""
-        return self.write(state=ReferenceState.FAILED, error=error, finished_at=utcnow())
-
-    def cancelled(self) -> bool:
-        """running -> cancelled (its job was cancelled, failed or deleted)."""
-        return self.write(state=ReferenceState.CANCELLED, finished_at=utcnow())
-
-    def hand_back(self) -> bool:
-        """running -> queued: the worker shuts down; this attempt is not counted."""
-        return self.write(state=ReferenceState.QUEUED, attempts=self.attempt - 1, worker=None, epoch=0)
+__all__ = [
+    "FINAL_STATES", "Attempt", "DatabaseUnavailable", "Factory", "JobState", "ReferenceAttempt", "ReferenceState", "cancel", "claim",
+    "claim_reference", "enqueue_failed", "fmt_time", "is_final", "log_line", "new_job", "next_attempt",
+    "open_reference_tasks", "queued_ids", "queued_jobs", "reference_lost", "resent", "reference_tasks", "running_jobs", "worker_lost",
+]

@@ -1,0 +1,228 @@
+"""Database blips: transient errors are told apart and retried for a bounded time; job writes,
+claims and the runner's job context go through a short outage and give up with the true reason
+after a long one; the reconciliation's decisions (which queued jobs to send again).
+
+The outage is real: another connection holds SQLite's exclusive lock (``database is locked``,
+an :class:`~sqlalchemy.exc.OperationalError`, as a PostgreSQL restart gives), on an engine with
+a short busy timeout. The integration tests (tests/integration/test_outages.py) stop a real
+PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, exc as sa_exc
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.db.models import Assessment, Base
+from backend.db.retry import DatabaseUnavailable, is_transient, retry_transient
+from backend.reconcile import Reconciler, _job_message
+from backend.services import job_states
+from worker.celery_app import TASK_NAME
+from worker.job_context import JobContext
+
+
+@pytest.fixture()
+def db(tmp_path: Path) -> Iterator[tuple[Path, sessionmaker[Session]]]:
+    path = tmp_path / "jobs.db"
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.05})  # no WAL: a lock blocks reads too
+    Base.metadata.create_all(engine)
+    yield path, sessionmaker(bind=engine, expire_on_commit=False)
+    engine.dispose()
+
+
+def _job(factory: sessionmaker[Session], **values: object) -> str:
+    row = job_states.new_job(org_id="o", model_id="m", scan_set_id="s", options={}, created_by=None)
+    for key, value in values.items():
+        setattr(row, key, value)
+    with factory() as session, session.begin():
+        session.add(row)
+    return row.id
+
+
+class Outage:
+    """Holds SQLite's exclusive lock from another connection for ``seconds`` (a database that is down)."""
+
+    def __init__(self, path: Path, seconds: float):
+        self.path = path
+        self.seconds = seconds
+        self.locked = threading.Event()
+        self.thread = threading.Thread(target=self._hold, daemon=True)
+
+    def _hold(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        self.locked.set()
+        time.sleep(self.seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    def __enter__(self) -> Outage:
+        self.thread.start()
+        self.locked.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thread.join(10)
+
+
+def _row(factory: sessionmaker[Session], job_id: str) -> Assessment:
+    with factory() as session:
+        row = session.get(Assessment, job_id)
+        assert row is not None
+        return row
+
+
+# -- the retry helper --------------------------------------------------------------------------
+
+
+def test_transient_errors_are_the_unreachable_database_not_bad_statements(db) -> None:  # type: ignore[no-untyped-def]
+    path, factory = db
+    job_id = _job(factory)
+    with Outage(path, 0.5), pytest.raises(sa_exc.OperationalError) as locked:
+        with factory() as session:
+            session.get(Assessment, job_id)
+    assert is_transient(locked.value)
+    with pytest.raises(sa_exc.IntegrityError) as duplicate, factory() as session, session.begin():
+        session.add(Assessment(id=job_id, org_id="o", model_id="m", scan_set_id="s", state="queued"))
+    assert not is_transient(duplicate.value)
+    refused = create_engine("postgresql+psycopg://nobody@127.0.0.1:9/none", connect_args={"connect_timeout": 1})
+    with pytest.raises(sa_exc.OperationalError) as down:
+        refused.connect()
+    assert is_transient(down.value)  # nothing listens: the server is down
+
+
+def test_retry_backs_off_then_succeeds_and_gives_up_after_its_budget() -> None:
+    clock = [0.0]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock[0] += seconds
+
+    failures = iter(range(6))
+
+    def flaky() -> str:
+        if next(failures, None) is not None:
+            raise sa_exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("server closed the connection"))
+        return "done"
+
+    assert retry_transient(flaky, budget_s=30, what="testing", sleep=sleep, clock=lambda: clock[0]) == "done"
+    assert waits == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0]  # doubling up to 2 s
+
+    def down() -> None:
+        raise sa_exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    clock[0], waits[:] = 0.0, []
+    with pytest.raises(DatabaseUnavailable) as gave_up:
+        retry_transient(down, budget_s=10, what="writing the progress of job x", sleep=sleep, clock=lambda: clock[0])
+    assert 8 <= gave_up.value.seconds <= 10 and sum(waits) <= 10
+    assert "the database was unreachable for" in str(gave_up.value) and "writing the progress of job x" in str(gave_up.value)
+    with pytest.raises(DatabaseUnavailable):  # a worker shutting down stops waiting at once
+        retry_transient(down, budget_s=60, what="claiming", stop=lambda: True, sleep=sleep, clock=lambda: clock[0])
+
+    def bug() -> None:
+        raise ValueError("not a database error")
+
+    with pytest.raises(ValueError):
+        retry_transient(bug, budget_s=60, what="x", sleep=sleep)
+
+
+# -- job writes through an outage -----------------------------------------------------------------
+
+
+def test_a_claim_and_a_running_attempt_go_through_a_short_outage(db) -> None:  # type: ignore[no-untyped-def]
+    path, factory = db
+    job_id = _job(factory)
+    with Outage(path, 1.0):
+        assert job_states.claim(factory, job_id, 1, "w1:1", retry_s=10)
+    job = JobContext(factory, job_id, 1, threading.Event(), retry_s=10)
+    with Outage(path, 1.0):
+        job.progress("features", 0.5, "half way")
+        assert job.heartbeat()
+        assert not job.should_stop()
+    row = _row(factory, job_id)
+    assert (row.state, row.attempts, row.progress, row.stage) == ("running", 1, 0.5, "features")
+    assert job.succeed(level="low", summary="ok", passed=True, result_dir="/r")
+    assert _row(factory, job_id).state == "succeeded"
+
+
+def test_a_claim_that_cannot_reach_the_database_raises_and_changes_nothing(db) -> None:  # type: ignore[no-untyped-def]
+    path, factory = db
+    job_id = _job(factory)
+    with Outage(path, 1.5), pytest.raises(DatabaseUnavailable) as gave_up:
+        job_states.claim(factory, job_id, 1, "w1:1", retry_s=0.3)
+    assert "claiming assessment" in str(gave_up.value)
+    row = _row(factory, job_id)
+    assert (row.state, row.attempts) == ("queued", 0)  # the message goes back; the job is still there to claim
+
+
+def test_a_long_outage_stops_the_engine_and_the_attempt_is_handed_back_with_the_reason(db) -> None:  # type: ignore[no-untyped-def]
+    from worker.runner import Requeue, _stopped
+
+    path, factory = db
+    job_id = _job(factory)
+    assert job_states.claim(factory, job_id, 1, "w1:1")
+    job = JobContext(factory, job_id, 1, threading.Event(), retry_s=0.3)
+    with Outage(path, 1.0):
+        job.progress("features", 0.5, "half way")  # does not raise into the engine...
+        assert job.unavailable is not None
+        assert job.should_stop()  # ...which stops at its next check
+    sent: list[tuple[str, int]] = []
+    requeue: Requeue = lambda i, a: sent.append((i, a))  # noqa: E731
+    assert _stopped(job, requeue) == "requeued"
+    row = _row(factory, job_id)
+    assert (row.state, row.attempts) == ("queued", 0), row.log  # this attempt is not counted
+    assert "the database was unreachable for" in row.message and "the database was unreachable" in row.log
+    assert sent == [(job_id, 1)]
+
+
+def test_a_refused_submit_row_is_complete(db) -> None:  # type: ignore[no-untyped-def]
+    _, factory = db
+    row = job_states.new_job(org_id="o", model_id="m", scan_set_id="s", options={}, created_by=None)
+    job_states.enqueue_failed(row, "could not reach the job queue: OperationalError: refused")
+    assert (row.state, row.stage) == ("failed", "failed")
+    assert row.finished_at is not None and row.error and "failed: could not reach" in row.log
+
+
+# -- reconciliation's decisions ---------------------------------------------------------------------
+
+
+def test_reconciler_sends_a_queued_job_without_message_after_the_limit_once_per_limit() -> None:
+    rec = Reconciler(requeue_after_s=30)
+    queued = [("a", 0), ("b", 1), ("c", 0)]
+    messages = {("a", 1), ("b", 1)}  # b's message is for a stale attempt: it would be skipped
+    assert rec.due(queued, messages, now=0) == []
+    assert rec.due(queued, messages, now=29) == []
+    assert rec.due(queued, messages, now=31) == [("b", 2), ("c", 1)]
+    rec.sent("b", 31)
+    rec.sent("c", 31)
+    assert rec.due(queued, messages | {("c", 1)}, now=40) == []  # c's message arrived
+    assert rec.due(queued, messages, now=50) == []  # b: sent 19 s ago
+    assert rec.due(queued, messages, now=62) == [("b", 2)]  # still no message 30 s after the send: again
+    assert rec.due(queued, messages, now=81) == [("b", 2), ("c", 1)]  # c's lost since 50
+    assert rec.due([], set(), now=70) == [] and rec._missing_since == {}  # ran or finished: forgotten
+
+
+def test_reconciler_at_start_sends_every_queued_job_without_message_at_once() -> None:
+    rec = Reconciler(requeue_after_s=30)
+    assert rec.due([("a", 0), ("b", 0)], {("a", 1)}, now=0, at_start=True) == [("b", 1)]
+
+
+def test_job_messages_are_read_from_kombus_redis_envelopes() -> None:
+    import base64
+    import json
+
+    body = base64.b64encode(json.dumps([["job1", 2], {}, {}]).encode()).decode()
+    envelope = {"body": body, "headers": {"task": TASK_NAME, "id": "t"}, "properties": {"body_encoding": "base64"}}
+    assert _job_message(json.dumps(envelope), TASK_NAME) == ("job1", 2)
+    assert _job_message(json.dumps([envelope, "brainmia", "brainmia"]), TASK_NAME) == ("job1", 2)  # unacked entry
+    other = dict(envelope, headers={"task": "brainmia.train_reference"})
+    assert _job_message(json.dumps(other), TASK_NAME) is None
+    assert _job_message("not json", TASK_NAME) is None
