@@ -11,23 +11,31 @@ from worker.engine.verdict import DEFAULT_POLICY, Policy, attack_level, evaluate
 
 
 def attack(name: str = "error/threshold", auc_low: float = 0.5, tpr_low: float = 0.0,
-           threat: str | None = None, auc_mean: float | None = None) -> dict:
+           threat: str | None = None, auc_mean: float | None = None, *, auc_high: float | None = None,
+           tpr_high: float | None = None, n_test: int = 200) -> dict:
+    """An attack entry; by default its upper bounds are mirrored about the mean (mean + (mean - low))."""
     fs, clf = name.split("/")
     threat = threat or ("black-box" if fs in ("error", "prediction+label") else "white-box")
 
-    def summ(lo: float, mean: float) -> dict:
-        return {"mean": mean, "std": 0.01, "ci_low": lo, "ci_high": mean + (mean - lo), "values": [mean]}
+    def summ(lo: float, mean: float, hi: float | None = None) -> dict:
+        return {"mean": mean, "std": 0.01, "ci_low": lo, "ci_high": mean + (mean - lo) if hi is None else hi,
+                "values": [mean]}
 
     return {
         "name": name, "feature_set": fs, "threat_model": threat, "classifier": clf,
-        "status": "ok", "error": None, "n_features": 1, "n_train": 100, "n_test": 100, "repeats": 5,
+        "status": "ok", "error": None, "n_features": 1, "n_train": 100, "n_test": n_test, "repeats": 5,
         "metrics": {
             "accuracy": summ(auc_low - 0.05, auc_low), "balanced_accuracy": summ(auc_low - 0.05, auc_low),
-            "auc": summ(auc_low, auc_mean if auc_mean is not None else auc_low + 0.04),
-            "tpr_at_fpr_0.001": summ(0.0, 0.001), "tpr_at_fpr_0.01": summ(tpr_low, tpr_low + 0.02),
+            "auc": summ(auc_low, auc_mean if auc_mean is not None else auc_low + 0.04, auc_high),
+            "tpr_at_fpr_0.001": summ(0.0, 0.001), "tpr_at_fpr_0.01": summ(tpr_low, tpr_low + 0.02, tpr_high),
         },
         "roc": {"fpr": [0, 1], "tpr": [0, 1]}, "by_age_bin": [], "by_attribute": {}, "duration_s": 0.1,
     }
+
+
+def clean(name: str = "error/threshold", **kw) -> dict:
+    """An attack whose 95% upper bounds are below the medium thresholds (AUC < 0.55, TPR < 3%)."""
+    return attack(name, auc_low=0.45, auc_mean=0.5, auc_high=0.54, tpr_low=0.0, tpr_high=0.025, **kw)
 
 
 def errored(name: str = "grad:output/mlp") -> dict:
@@ -36,15 +44,67 @@ def errored(name: str = "grad:output/mlp") -> dict:
     return a
 
 
-@pytest.mark.parametrize("auc_low,tpr_low,level", [
-    (0.70, 0.0, "high"), (0.6999, 0.0, "medium"), (0.55, 0.0, "medium"), (0.5499, 0.0, "low"),
-    (0.5, 0.10, "high"), (0.5, 0.0999, "medium"), (0.5, 0.03, "medium"), (0.5, 0.0299, "low"),
+# One attack: two measured metrics, so the Bonferroni bound is the 95% interval's own lower end and
+# the alarm edges are those of the tables; 'low' needs both upper bounds below medium.
+@pytest.mark.parametrize("auc,tpr,level", [
+    ((0.70, 0.74, 0.78), (0.0, 0.01, 0.02), "high"),
+    ((0.6999, 0.74, 0.78), (0.0, 0.01, 0.02), "medium"),
+    ((0.55, 0.60, 0.65), (0.0, 0.01, 0.02), "medium"),
+    ((0.5499, 0.58, 0.61), (0.0, 0.01, 0.02), "inconclusive"),  # upper bound above medium
+    ((0.45, 0.50, 0.55), (0.0, 0.01, 0.02), "inconclusive"),    # upper bound at medium: not ruled out
+    ((0.45, 0.50, 0.5499), (0.0, 0.01, 0.0299), "low"),          # both upper bounds below medium
+    ((0.45, 0.50, 0.5499), (0.0, 0.01, 0.03), "inconclusive"),
+    ((0.45, 0.50, 0.54), (0.10, 0.12, 0.14), "high"),
+    ((0.45, 0.50, 0.54), (0.0999, 0.12, 0.14), "medium"),
+    ((0.45, 0.50, 0.54), (0.03, 0.05, 0.07), "medium"),
+    ((0.45, 0.50, 0.54), (0.0299, 0.05, 0.07), "inconclusive"),
 ])
-def test_levels_at_threshold_boundaries(auc_low, tpr_low, level):
-    v = evaluate([attack(auc_low=auc_low, tpr_low=tpr_low)], DEFAULT_POLICY)
+def test_level_table_at_its_edges(auc, tpr, level):
+    a = attack(auc_low=auc[0], auc_mean=auc[1], auc_high=auc[2], tpr_low=tpr[0])
+    a["metrics"]["tpr_at_fpr_0.01"].update(ci_low=tpr[0], mean=tpr[1], ci_high=tpr[2])
+    v = evaluate([a], DEFAULT_POLICY)
     assert v["level"] == level
-    assert v["passed"] is (level == "low")  # fails at medium by default
-    assert attack_level(attack(auc_low=auc_low, tpr_low=tpr_low))[0] == level
+    assert v["passed"] is (level == "low")  # fails at medium and when inconclusive by default
+    assert v["multiplicity"]["correction"] == "bonferroni" and v["multiplicity"]["m"] == 2
+    if level == "inconclusive":
+        assert v["scans_needed"] is not None and "would settle it" in v["summary"]
+
+
+def test_unmeasurable_tpr_is_inconclusive_and_the_gate_is_configurable():
+    a = clean()
+    a["metrics"]["tpr_at_fpr_0.01"] = {"mean": None, "std": None, "ci_low": None, "ci_high": None, "values": [None]}
+    v = evaluate([a])
+    assert v["level"] == "inconclusive" and not v["passed"]
+    assert "could not be measured" in v["summary"] and "does not clear" in v["summary"]
+    lenient = evaluate([a], Policy(fail_on_inconclusive=False))
+    assert lenient["level"] == "inconclusive" and lenient["passed"] is True
+    assert evaluate([a], Policy(fail_on_inconclusive=False, fail_at="low"))["passed"] is False
+
+
+def test_power_route_clears_a_well_powered_assessment():
+    # 1200 + 1200 tested: a medium leak would be seen at 80% power, and the 80% upper bounds are below medium
+    powered = attack(auc_low=0.48, auc_mean=0.52, auc_high=0.56, tpr_low=0.0, tpr_high=0.035, n_test=2400)
+    powered["metrics"]["tpr_at_fpr_0.01"]["mean"] = 0.012
+    v = evaluate([powered])
+    assert v["level"] == "low" and v["passed"] and v["power"]["adequate"] is True
+    # the same intervals on 100 + 100 scans: no power, and the upper bounds do not rule medium out
+    assert evaluate([dict(powered, n_test=200)])["level"] == "inconclusive"
+    # powered, but the estimate sits near the threshold: its 80% upper bound is above it
+    near = attack(auc_low=0.50, auc_mean=0.54, auc_high=0.58, tpr_low=0.0, tpr_high=0.02, n_test=2400)
+    assert evaluate([near])["level"] == "inconclusive"
+
+
+def test_bounds_hold_over_all_attacks_together():
+    one = attack("grad:output/mlp", auc_low=0.56, auc_mean=0.60, auc_high=0.64)
+    assert evaluate([one])["level"] == "medium"
+    many = [attack(f"grad:output/mlp{i}", auc_low=0.56, auc_mean=0.60, auc_high=0.64) for i in range(30)]
+    for i, a in enumerate(many):
+        a["name"] = f"grad:output/mlp-{i}"
+    v = evaluate(many)
+    # 60 measured metrics: each Bonferroni lower bound 0.60 - z(1 - 0.05/60) * 0.0204 < 0.55
+    assert v["multiplicity"]["m"] == 60 and v["multiplicity"]["z"] == pytest.approx(3.14, abs=0.01)
+    assert v["level"] == "inconclusive"
+    assert "Bonferroni" in v["multiplicity"]["description"]
 
 
 def test_fail_at_high_lets_medium_pass():
@@ -62,8 +122,9 @@ def test_strongest_attack_and_findings():
     assert v["level"] == "high" and not v["passed"] and not v["incomplete"]
     first = v["findings"][0]
     assert first["severity"] == "high" and first["attack"] == "grad:output/mlp" and first["metric"] == "auc"
-    assert first["value"] == 0.77 and first["threshold"] == 0.70
-    assert "AUC 0.81 (95% CI 0.77-0.85)" in first["message"]
+    # 3 attacks x 2 metrics: the Bonferroni lower bound 0.81 - z(1 - 0.05/6) * 0.04 / 1.96
+    assert first["value"] == pytest.approx(0.81 - 2.394 * 0.04 / 1.96, abs=1e-3) and first["threshold"] == 0.70
+    assert "AUC 0.81 (95% CI 0.77-0.85)" in first["message"] and "simultaneous lower bound 0.76" in first["message"]
     assert "high-risk threshold 0.70" in first["message"]
     tpr = next(f for f in v["findings"] if f["metric"] == "tpr_at_fpr_0.01")
     assert tpr["attack"] == "grad-norm/logistic" and tpr["severity"] == "high" and tpr["threshold"] == 0.10
@@ -85,21 +146,21 @@ def test_white_box_only_leakage_recommends_not_sharing_weights():
 
 
 def test_errored_attack_is_a_finding_and_never_passes():
-    v = evaluate([attack(auc_low=0.5), errored()])
+    v = evaluate([clean(), errored()])
     assert v["level"] == "low" and v["incomplete"] is True and v["passed"] is False
     f = next(f for f in v["findings"] if f["attack"] == "grad:output/mlp")
     assert f["severity"] == "medium"
     assert "could not be run" in f["message"] and "out of memory" in f["message"]
     assert "incomplete" in v["summary"]
     # a policy may accept partial assessments on purpose, but never one with no completed attack
-    assert evaluate([attack(auc_low=0.5), errored()], Policy(fail_on_error=False))["passed"] is True
+    assert evaluate([clean(), errored()], Policy(fail_on_error=False))["passed"] is True
     assert evaluate([errored()], Policy(fail_on_error=False))["passed"] is False
     empty = evaluate([])
     assert empty["passed"] is False and empty["strongest_attack"] is None and empty["findings"]
 
 
 def test_low_risk_summary_and_utility_finding():
-    v = evaluate([attack(auc_low=0.45)], utility={"mae_members": 3.0, "mae_nonmembers": 3.4,
+    v = evaluate([clean()], utility={"mae_members": 3.0, "mae_nonmembers": 3.4,
                                                    "n_members": 10, "n_nonmembers": 10, "mae_gap": 0.4})
     assert v["passed"] and v["level"] == "low"
     assert v["summary"].startswith("Low membership-inference risk") and "passes" in v["summary"]
@@ -125,6 +186,9 @@ def test_policy_files(tmp_path):
     ({"auc_medium": 0.8}, "'auc_medium'.*must not exceed"),
     ({"fail_at": "critical"}, "'fail_at' must be one of"),
     ({"fail_on_error": "no"}, "'fail_on_error'"),
+    ({"fail_on_inconclusive": 1}, "'fail_on_inconclusive' must be true or false"),
+    ({"fail_at": "inconclusive"}, "'fail_at' must be one of low, medium, high"),
+    ({"delta": 0}, "'delta' must be a number between 0 and 1"),
     ([0.7], "table of fields"),
 ])
 def test_bad_policy_fields_are_named(tmp_path, content, pattern):
