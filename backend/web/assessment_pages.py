@@ -11,6 +11,7 @@ from .. import audit
 from ..api.deps import SessionDep
 from ..db.models import ModelRecord, ScanSet
 from ..services.job_states import JobState
+from ..services.reference_estimates import model_voxels, recipe_epochs, training_rate
 from ..services.reference_sets import org_reference_sets
 from . import queries
 from .options import assessment_form
@@ -51,10 +52,15 @@ def new_assessment(
     request: Request, session: SessionDep, user: PageUser, model_id: str | None = None, scan_set_id: str | None = None
 ) -> HTMLResponse:
     """The new-assessment form: defaults run the paper's full set of attacks and the quantile attacks;
-    reference models (trained, or a reference set of the chosen scan set) are offered."""
+    reference models (trained, or a reference set of the chosen scan set) are offered, with an
+    estimate of their training time at this server's measured rate."""
+    models = queries.org_models(session, user)
     return render(
         request, "assessment_new.html.j2", user, active="new",
-        models=queries.org_models(session, user), scan_sets=queries.org_scan_sets(session, user),
+        models=models, scan_sets=queries.org_scan_sets(session, user),
+        model_grids={m.id: (model_voxels(m.model_metadata or {}), recipe_epochs({}, m.model_metadata or {}))
+                     for m in models},
+        training_rate=training_rate(session, user.org_id),
         reference_sets=org_reference_sets(session, user.org_id),
         form=assessment_form(), selected_model=model_id or "", selected_scan_set=scan_set_id or "",
     )

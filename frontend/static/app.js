@@ -349,6 +349,36 @@
     return null;
   }
 
+  function duration(seconds) {
+    if (seconds < 90) { return Math.max(1, Math.round(seconds)) + " s"; }
+    if (seconds < 5400) { return Math.round(seconds / 60) + " min"; }
+    return (seconds / 3600).toFixed(1) + " h";
+  }
+
+  /* the training time of the trained references at this server's measured rate (per scan, epoch and
+     input voxel of the model's grid); the job measures its own steps again before it trains */
+  function showReferenceEstimate(form) {
+    var box = document.getElementById("reference-estimate");
+    if (!box) { return; }
+    var base = box.getAttribute("data-base") || box.textContent;
+    box.setAttribute("data-base", base);
+    var rate = parseFloat(box.getAttribute("data-rate"));
+    var model = $(form, "[name=model_id]"), scanSet = $(form, "[name=scan_set_id]");
+    var m = model.options[model.selectedIndex], s = scanSet.options[scanSet.selectedIndex];
+    var k = parseInt($(form, "[name=reference_models]").value, 10);
+    var epochs = m ? m.getAttribute("data-epochs") : null;
+    if ($(form, "input[name=recipe_source]:checked").value === "json") {
+      try { epochs = JSON.parse($(form, "[name=reference_recipe]").value).epochs; } catch (e) { epochs = null; }
+    }
+    epochs = parseInt(epochs, 10);
+    var voxels = m ? parseInt(m.getAttribute("data-voxels"), 10) : NaN;
+    var half = s ? Math.max(1, Math.floor(parseInt(s.getAttribute("data-scans"), 10) / 2)) : NaN;
+    if (!(rate > 0 && epochs > 0 && voxels > 0 && half > 0 && k > 0)) { box.textContent = base; return; }
+    box.textContent = "Estimated training time: about " + duration(rate * k * epochs * half * voxels) +
+      " on one worker (" + k + " models of " + epochs + " epochs on about " + half + " scans each, at the rate of the " +
+      box.getAttribute("data-rate-models") + " reference models trained here last; less with several workers). " + base;
+  }
+
   function wireReferenceChoices(form) {
     var modes = $all(form, "input[name=reference_mode]");
     if (!modes.length) { return; }
@@ -373,8 +403,12 @@
       $(form, ".no-reference-sets").hidden = visible > 0;
       var recipe = $(form, "[name=reference_recipe]");
       recipe.disabled = $(form, "input[name=recipe_source]:checked").value !== "json";
+      showReferenceEstimate(form);
     };
-    modes.concat($all(form, "input[name=recipe_source]"), [scanSet]).forEach(function (el) { el.addEventListener("change", sync); });
+    modes.concat($all(form, "input[name=recipe_source]"), [scanSet, $(form, "[name=model_id]")]).forEach(function (el) { el.addEventListener("change", sync); });
+    [$(form, "[name=reference_models]"), $(form, "[name=reference_recipe]")].forEach(function (el) {
+      el.addEventListener("input", function () { showReferenceEstimate(form); });
+    });
     sync();
   }
 

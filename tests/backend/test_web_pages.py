@@ -191,3 +191,53 @@ def test_the_new_assessment_form_offers_reference_models_and_the_quantile_attack
     assert 'id="upload-reference-set"' in scan_sets and 'data-api="/api/v1/reference-sets"' in scan_sets
     assert "our K=2 references" in scan_sets and f'data-delete="/api/v1/reference-sets/{mine}"' in scan_sets
     assert "globex references" not in scan_sets
+
+
+def _finished_reference_tasks(app: Any, org: str, inputs: dict[str, str], seconds: list[float], epochs: int) -> None:
+    """An assessment of ``org`` with one succeeded reference task per duration in ``seconds``."""
+    from datetime import timedelta
+
+    from backend.auth import get_or_create_org
+    from backend.db.models import Assessment, ReferenceTask, new_id, utcnow
+    from backend.db.session import session_scope
+    from backend.services.job_states import JobState, ReferenceState
+
+    with session_scope(app.state.sessionmaker) as session:
+        job = Assessment(id=new_id(), org_id=get_or_create_org(session, org).id, model_id=inputs["model_id"],
+                         scan_set_id=inputs["scan_set_id"], state=JobState.SUCCEEDED.value,
+                         options={"reference": {"models": len(seconds), "recipe": {"epochs": epochs}}})
+        session.add(job)
+        session.flush()
+        end = utcnow()
+        for k, s in enumerate(seconds):
+            session.add(ReferenceTask(assessment_id=job.id, model_index=k, state=ReferenceState.SUCCEEDED.value,
+                                      started_at=end - timedelta(seconds=s), finished_at=end))
+
+
+def test_the_reference_training_estimate_uses_this_servers_measured_rate(
+        app: Any, tokens: dict[str, str], job_inputs: dict[str, str]) -> None:  # noqa: F811
+    from backend.db.models import ModelRecord, ScanSet
+    from backend.db.session import session_scope
+    from backend.services.reference_estimates import model_voxels, training_rate
+
+    with session_scope(app.state.sessionmaker) as session:
+        model = session.get(ModelRecord, job_inputs["model_id"])
+        voxels = model_voxels(model.model_metadata)
+        n_scans = session.get(ScanSet, job_inputs["scan_set_id"]).n_scans
+        org_id = model.org_id
+        assert training_rate(session, org_id) is None  # nothing trained yet: no rate, no number on the page
+    page = browser(app, tokens["alice"]).get("/assessments/new").text
+    assert 'id="reference-estimate"' in page and "data-rate=" not in page and "times a few training steps" in page
+    assert f'data-voxels="{voxels}"' in page and f'data-scans="{n_scans}"' in page
+
+    _finished_reference_tasks(app, "acme", job_inputs, [4.0, 6.0, 60.0], epochs=10)  # one slowed by another job
+    with session_scope(app.state.sessionmaker) as session:
+        rate = training_rate(session, org_id)
+    assert rate is not None and rate.n_models == 3
+    # the median model's 6 s over 10 epochs of half the scan set at the model's grid
+    assert rate.seconds_per_unit == pytest.approx(6.0 / (10 * (n_scans // 2) * voxels), rel=1e-6)
+    assert rate.seconds(n_models=8, epochs=10, n_train=n_scans // 2, voxels=voxels) == pytest.approx(48.0, rel=1e-6)
+    page = browser(app, tokens["alice"]).get("/assessments/new").text
+    assert re.search(r'id="reference-estimate" aria-live="polite" data-rate="[0-9.e-]+" data-rate-models="3"', page)
+    # another organisation's models do not set this one's rate
+    assert "data-rate=" not in browser(app, tokens["mallory"]).get("/assessments/new").text

@@ -449,6 +449,20 @@ def test_reference_models_upload_and_choice_on_the_new_assessment_form(
     page.get_by_label("BrainMIA trains reference models").check()
     assert page.get_by_label("How many reference models (even)").input_value() == "8"
     assert page.get_by_label("Recipe (JSON)").is_disabled()
+    # no model trained here yet: the page says the job will measure; with a measured rate it computes
+    estimate = page.locator("#reference-estimate")
+    assert "times a few training steps" in estimate.inner_text() and "Estimated" not in estimate.inner_text()
+    voxels, half = TINY_SHAPE[0] * TINY_SHAPE[1] * TINY_SHAPE[2], len(ids) // 2
+    page.evaluate("rate => { const box = document.getElementById('reference-estimate'); box.dataset.rate = rate;"
+                  " box.dataset.rateModels = '5'; }", str(180.0 / (4 * 10 * half * voxels)))
+    page.get_by_label("Give the recipe here (JSON)").check()
+    page.get_by_label("Recipe (JSON)").fill('{"arch": "brain_age_3d", "epochs": 10}')
+    page.get_by_label("How many reference models (even)").fill("4")
+    assert estimate.inner_text().startswith(
+        f"Estimated training time: about 3 min on one worker (4 models of 10 epochs on about {half} scans each, "
+        "at the rate of the 5 reference models trained here last")
+    page.get_by_label("Use the model's recipe").check()  # this model's sidecar has none: no number
+    assert "Estimated" not in estimate.inner_text()
     page.get_by_label("How many reference models (even)").fill("3")
     page.get_by_role("button", name="Start the assessment").click()
     assert "even number" in page.locator("[data-error-for='options.reference.models']").inner_text()
