@@ -163,3 +163,24 @@ def test_a_small_assessment_through_the_generated_client(
 
         missing = _api("assessments.assessments_get").sync(client=c, assessment_id="0" * 32)
         assert isinstance(missing, models.ErrorResponse) and missing.error.code == "not_found"
+
+
+def test_the_submit_client_registers_manifests_through_from_path(live_app: tuple[Any, str, str],
+                                                                 tmp_path: Path) -> None:
+    """``backend.client`` (``brainmia submit``) calls the new operation, not the deprecated JSON form."""
+    from backend.client import BrainMIAClient
+
+    app, url, token = live_app
+    folder = make_cohort(tmp_path / "roots" / "ukb")
+    settings = app.state.settings
+    saved, settings.org_manifest_roots = settings.org_manifest_roots, {"acme": [tmp_path / "roots"]}
+    seen: list[httpx.Response] = []
+    try:
+        with BrainMIAClient(url, token) as client:
+            client._http.event_hooks["response"].append(seen.append)
+            scans = client.register_manifest(str(folder / "manifest.csv"), name="on the server")
+    finally:
+        settings.org_manifest_roots = saved
+    assert scans["source"] == "server" and scans["name"] == "on the server"
+    assert [r.request.url.path for r in seen] == ["/api/v1/scan-sets/from-path"]
+    assert "Deprecation" not in seen[0].headers
