@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import BrainMIAError, InputError
 from ..features.table import FeatureTable
 from .. import metrics as M
+from .entries import error_entry
 from .feature_sets import (
     attack_score,
     available_feature_sets,
@@ -111,14 +112,8 @@ def _error_entry(spec: AttackSpec, message: str, **known: object) -> dict:
         tm = threat_model(spec.feature_set)
     except InputError:
         tm = None
-    entry = {
-        "name": spec.name, "feature_set": spec.feature_set, "threat_model": tm,
-        "classifier": spec.classifier, "status": "error", "error": message,
-        "n_features": None, "n_train": None, "n_test": None, "repeats": None,
-        "metrics": {}, "roc": None, "by_age_bin": [], "by_attribute": {}, "duration_s": None,
-    }
-    entry.update(known)
-    return entry
+    return error_entry(spec.name, message, feature_set=spec.feature_set, threat_model=tm, classifier=spec.classifier,
+                       **known)
 
 
 def _run_one(

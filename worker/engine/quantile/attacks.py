@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics as M
+from ..attacks.entries import error_entry
 from ..attacks.scored import scored_attack_entry
 from ..errors import InputError
 from ..features.table import FeatureTable
@@ -151,13 +152,9 @@ def attacker_features(
 
 
 def _error_entry(attack: QmiaAttack | None, name: str, message: str) -> dict:
-    return {
-        "name": name, "feature_set": attack.feature_set if attack else "error",
-        "threat_model": attack.threat_model if attack else None, "classifier": "qmia",
-        "status": "error", "error": message, "n_features": None, "n_train": None, "n_test": None,
-        "repeats": None, "metrics": {}, "roc": None, "by_age_bin": [], "by_attribute": {},
-        "duration_s": None, "family": "quantile", "n_references": None,
-    }
+    return error_entry(name, message, feature_set=attack.feature_set if attack else "error",
+                       threat_model=attack.threat_model if attack else None, classifier="qmia", family="quantile",
+                       n_references=None)
 
 
 def qmia_entry(

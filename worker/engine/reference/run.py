@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..attacks.entries import error_entry
 from ..attacks.scored import scored_attack_entry
 from ..cache import VolumeCache
 from ..errors import InputError
@@ -322,12 +323,8 @@ def _error_entry(name: str, message: str, n_references: int | None) -> dict:
         feature_set, method, tm = attack.feature_set, attack.method, attack.threat_model
     except InputError:
         feature_set, method, tm = "error", name, None
-    return {
-        "name": name, "feature_set": feature_set, "threat_model": tm, "classifier": method, "status": "error",
-        "error": message, "n_features": None, "n_train": None, "n_test": None, "repeats": None, "metrics": {},
-        "roc": None, "by_age_bin": [], "by_attribute": {}, "duration_s": None, "family": "reference",
-        "n_references": n_references,
-    }
+    return error_entry(name, message, feature_set=feature_set, threat_model=tm, classifier=method, family="reference",
+                       n_references=n_references)
 
 
 def run_reference_attacks(
