@@ -44,23 +44,31 @@ def errored(name: str = "grad:output/mlp") -> dict:
     return a
 
 
-# One attack: two measured metrics, so the Bonferroni bound is the 95% interval's own lower end and
-# the alarm edges are those of the tables; 'low' needs both upper bounds below medium.
-@pytest.mark.parametrize("auc,tpr,level", [
-    ((0.70, 0.74, 0.78), (0.0, 0.01, 0.02), "high"),
-    ((0.6999, 0.74, 0.78), (0.0, 0.01, 0.02), "medium"),
-    ((0.55, 0.60, 0.65), (0.0, 0.01, 0.02), "medium"),
-    ((0.5499, 0.58, 0.61), (0.0, 0.01, 0.02), "inconclusive"),  # upper bound above medium
-    ((0.45, 0.50, 0.55), (0.0, 0.01, 0.02), "inconclusive"),    # upper bound at medium: not ruled out
-    ((0.45, 0.50, 0.5499), (0.0, 0.01, 0.0299), "low"),          # both upper bounds below medium
-    ((0.45, 0.50, 0.5499), (0.0, 0.01, 0.03), "inconclusive"),
-    ((0.45, 0.50, 0.54), (0.10, 0.12, 0.14), "high"),
-    ((0.45, 0.50, 0.54), (0.0999, 0.12, 0.14), "medium"),
-    ((0.45, 0.50, 0.54), (0.03, 0.05, 0.07), "medium"),
-    ((0.45, 0.50, 0.54), (0.0299, 0.05, 0.07), "inconclusive"),
+# One attack: two measured metrics, so the Bonferroni bound is the 95% interval's own lower end (on a
+# test set large enough, 10000 + 10000, that the model standard error at the threshold does not
+# bind) and the alarm edges are those of the tables; 'low' needs both upper bounds below medium on
+# a test set too small (100 + 100) for the power route.
+BIG, SMALL = 20000, 200
+
+
+@pytest.mark.parametrize("auc,tpr,n_test,level", [
+    ((0.70, 0.74, 0.78), (0.0, 0.01, 0.02), BIG, "high"),
+    ((0.6999, 0.74, 0.78), (0.0, 0.01, 0.02), BIG, "medium"),
+    ((0.55, 0.60, 0.65), (0.0, 0.01, 0.02), BIG, "medium"),
+    ((0.5499, 0.58, 0.61), (0.0, 0.01, 0.02), SMALL, "inconclusive"),  # upper bound above medium
+    ((0.45, 0.50, 0.55), (0.0, 0.01, 0.02), SMALL, "inconclusive"),    # upper bound at medium: not ruled out
+    ((0.45, 0.50, 0.5499), (0.0, 0.01, 0.0299), SMALL, "low"),          # both upper bounds below medium
+    ((0.45, 0.50, 0.5499), (0.0, 0.01, 0.03), SMALL, "inconclusive"),
+    ((0.45, 0.50, 0.54), (0.10, 0.12, 0.14), BIG, "high"),
+    ((0.45, 0.50, 0.54), (0.0999, 0.12, 0.14), BIG, "medium"),
+    ((0.45, 0.50, 0.54), (0.03, 0.05, 0.07), BIG, "medium"),
+    ((0.45, 0.50, 0.54), (0.0299, 0.05, 0.07), SMALL, "inconclusive"),
+    # the same interval on 100 + 100 scans: the model standard error at 0.70 (0.037) is larger
+    # than the interval's (0.020), so the bound is 0.74 - 1.96 * 0.037 = 0.67: medium, not high
+    ((0.70, 0.74, 0.78), (0.0, 0.01, 0.02), SMALL, "medium"),
 ])
-def test_level_table_at_its_edges(auc, tpr, level):
-    a = attack(auc_low=auc[0], auc_mean=auc[1], auc_high=auc[2], tpr_low=tpr[0])
+def test_level_table_at_its_edges(auc, tpr, n_test, level):
+    a = attack(auc_low=auc[0], auc_mean=auc[1], auc_high=auc[2], tpr_low=tpr[0], n_test=n_test)
     a["metrics"]["tpr_at_fpr_0.01"].update(ci_low=tpr[0], mean=tpr[1], ci_high=tpr[2])
     v = evaluate([a], DEFAULT_POLICY)
     assert v["level"] == level
@@ -95,9 +103,9 @@ def test_power_route_clears_a_well_powered_assessment():
 
 
 def test_bounds_hold_over_all_attacks_together():
-    one = attack("grad:output/mlp", auc_low=0.56, auc_mean=0.60, auc_high=0.64)
+    one = attack("grad:output/mlp", auc_low=0.56, auc_mean=0.60, auc_high=0.64, n_test=BIG)
     assert evaluate([one])["level"] == "medium"
-    many = [attack(f"grad:output/mlp{i}", auc_low=0.56, auc_mean=0.60, auc_high=0.64) for i in range(30)]
+    many = [attack(f"grad:output/mlp{i}", auc_low=0.56, auc_mean=0.60, auc_high=0.64, n_test=BIG) for i in range(30)]
     for i, a in enumerate(many):
         a["name"] = f"grad:output/mlp-{i}"
     v = evaluate(many)
@@ -114,17 +122,18 @@ def test_fail_at_high_lets_medium_pass():
 
 
 def test_strongest_attack_and_findings():
-    attacks = [attack("error/threshold", 0.58), attack("grad:output/mlp", 0.77, auc_mean=0.81),
-               attack("grad-norm/logistic", 0.6, tpr_low=0.12)]
+    attacks = [attack("error/threshold", 0.58, n_test=BIG), attack("grad:output/mlp", 0.77, auc_mean=0.81),
+               attack("grad-norm/logistic", 0.6, tpr_low=0.12, n_test=BIG)]
     v = evaluate(attacks)
     json.dumps(v, allow_nan=False)
     assert v["strongest_attack"] == "grad:output/mlp"
     assert v["level"] == "high" and not v["passed"] and not v["incomplete"]
     first = v["findings"][0]
     assert first["severity"] == "high" and first["attack"] == "grad:output/mlp" and first["metric"] == "auc"
-    # 3 attacks x 2 metrics: the Bonferroni lower bound 0.81 - z(1 - 0.05/6) * 0.04 / 1.96
-    assert first["value"] == pytest.approx(0.81 - 2.394 * 0.04 / 1.96, abs=1e-3) and first["threshold"] == 0.70
-    assert "AUC 0.81 (95% CI 0.77-0.85)" in first["message"] and "simultaneous lower bound 0.76" in first["message"]
+    # 3 attacks x 2 metrics: the Bonferroni bound at 0.70 is 0.81 - z(1 - 0.05/6) * se, se the larger
+    # of the interval's 0.04 / 1.96 and the Hanley-McNeil 0.0374 of an AUC of 0.70 on 100 + 100 scans
+    assert first["value"] == pytest.approx(0.81 - 2.394 * 0.0374, abs=2e-3) and first["threshold"] == 0.70
+    assert "AUC 0.81 (95% CI 0.77-0.85)" in first["message"] and "simultaneous lower bound 0.72" in first["message"]
     assert "high-risk threshold 0.70" in first["message"]
     tpr = next(f for f in v["findings"] if f["metric"] == "tpr_at_fpr_0.01")
     assert tpr["attack"] == "grad-norm/logistic" and tpr["severity"] == "high" and tpr["threshold"] == 0.10

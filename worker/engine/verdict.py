@@ -34,7 +34,8 @@ from .policy import DEFAULT_POLICY, LEVELS, Policy, load_policy
 from .power import power_statement
 from .report_ranking import is_completed, strongest_attack
 from .simultaneous import ALPHA, CORRECTION
-from .verdict_levels import LevelDecision, decide_level, metric_level, test_sizes, thresholds
+from .simultaneous import Bound
+from .verdict_levels import LevelDecision, bound_level, decide_level, metric_level, test_sizes, thresholds
 
 __all__ = ["DEFAULT_POLICY", "LEVELS", "Policy", "attack_level", "evaluate", "load_policy", "metric_level"]
 
@@ -75,24 +76,25 @@ def _label(attack: dict) -> str:
 
 
 def attack_level(attack: dict, policy: Policy = DEFAULT_POLICY,
-                 lows: Mapping[tuple[str, str], float] | None = None) -> tuple[str, str]:
+                 bounds: Mapping[tuple[str, str], Bound] | None = None) -> tuple[str, str]:
     """The alarm level of one completed attack (``low`` / ``medium`` / ``high``) and its metric.
 
     Args:
         attack: the attack entry.
         policy: the thresholds.
-        lows: (attack, metric) -> simultaneous lower bound (:class:`LevelDecision.lows`); None
-            for the attack's own 95% ``ci_low`` (the tables' bound, uncorrected).
+        bounds: (attack, metric) -> its :class:`~worker.engine.simultaneous.Bound` (the verdict's
+            simultaneous test); None to read the attack's own 95% ``ci_low`` (the tables' bound,
+            uncorrected).
 
     Ties go to AUC.
     """
-    def low(metric: str) -> float | None:
-        if lows is not None:
-            return lows.get((attack.get("name"), metric))
-        return _metric(attack, metric)
+    def level(metric: str) -> str:
+        if bounds is not None:
+            b = bounds.get((attack.get("name"), metric))
+            return "low" if b is None else bound_level(b, policy)
+        return metric_level(_metric(attack, metric), *thresholds(metric, policy))
 
-    auc = metric_level(low("auc"), *thresholds("auc", policy))
-    tpr = metric_level(low(TPR_METRIC), *thresholds(TPR_METRIC, policy))
+    auc, tpr = level("auc"), level(TPR_METRIC)
     i = _ALARM_LEVELS.index
     return (auc, "auc") if i(auc) >= i(tpr) else (tpr, TPR_METRIC)
 
@@ -103,10 +105,10 @@ def _fmt(metric: str, value: float | None) -> str:
     return f"{value:.2f}" if metric == "auc" else f"{100 * value:.1f}%"
 
 
-def _comparison(metric: str, value: float | None, policy: Policy) -> tuple[str, float]:
-    """Plain words comparing a lower bound with the thresholds, and the threshold concerned."""
+def _comparison(metric: str, value: float | None, policy: Policy, level: str | None = None) -> tuple[str, float]:
+    """Plain words comparing a lower bound with the thresholds (at ``level``), and the threshold concerned."""
     medium, high = thresholds(metric, policy)
-    level = metric_level(value, medium, high)
+    level = metric_level(value, medium, high) if level is None else level
     if level == "high":
         return f"reaches the high-risk threshold {_fmt(metric, high)}", high
     if level == "medium":
@@ -141,11 +143,18 @@ def _severity(level: str) -> str:
     return "info" if level == "low" else level
 
 
-def _metric_finding(attack: dict, metric: str, lows: Mapping, policy: Policy, lead: str,
+def _tested_bound(bound: Bound, level: str, policy: Policy) -> float:
+    """The simultaneous lower bound at the threshold that sets ``level`` (medium's below it)."""
+    medium, high = thresholds(bound.metric, policy)
+    return bound.lower(high if level == "high" else medium)
+
+
+def _metric_finding(attack: dict, metric: str, bound: Bound, policy: Policy, lead: str,
                     recommendation: str, quiet: str) -> dict:
-    lo = lows.get((attack["name"], metric))
-    words, threshold = _comparison(metric, lo, policy)
-    sev = _severity(metric_level(lo, *thresholds(metric, policy)))
+    level = bound_level(bound, policy)
+    lo = _tested_bound(bound, level, policy)
+    words, threshold = _comparison(metric, lo, policy, level)
+    sev = _severity(level)
     return _finding(
         sev, attack, metric, lo, threshold,
         f"{lead} ({_label(attack)}{', ' + str(attack.get('threat_model')) if metric == 'auc' else ''}) "
@@ -235,7 +244,8 @@ def evaluate(
     lows = decision.lows
     findings: list[dict[str, Any]] = []
 
-    levels = {a["name"]: attack_level(a, policy, lows) for a in ok}
+    by_pair = {(b.attack, b.metric): b for b in decision.bounds}
+    levels = {a["name"]: attack_level(a, policy, by_pair) for a in ok}
     level = decision.level
     by_threat = {
         tm: max((levels[a["name"]][0] for a in ok if a.get("threat_model") == tm),
@@ -248,17 +258,19 @@ def evaluate(
 
     if strongest is not None and (strongest["name"], "auc") in lows:
         findings.append(_metric_finding(
-            strongest, "auc", lows, policy, "The strongest attack", recommendation,
+            strongest, "auc", by_pair[(strongest["name"], "auc")], policy,
+            "The strongest attack", recommendation,
             "No action needed for this attack; re-assess after retraining or adding data."))
     best_tpr = _best_tpr(ok, lows)
     if best_tpr is not None:
         findings.append(_metric_finding(
-            best_tpr, TPR_METRIC, lows, policy, "The attack with the best low-false-positive performance",
+            best_tpr, TPR_METRIC, by_pair[(best_tpr["name"], TPR_METRIC)], policy,
+            "The attack with the best low-false-positive performance",
             recommendation, "No action needed: few members can be singled out with confidence."))
     if level == "inconclusive":
         findings.append(_inconclusive_finding(decision, counts, ok))
 
-    findings.extend(_threat_model_findings(ok, levels, by_threat, policy, lows))
+    findings.extend(_threat_model_findings(ok, levels, by_threat, policy, by_pair))
 
     epsilon = empirical_epsilon(exposure, delta=policy.delta) if exposure else None
     if epsilon is not None:
@@ -316,7 +328,8 @@ def evaluate(
 
 
 def _threat_model_findings(ok: Sequence[dict], levels: dict[str, tuple[str, str]],
-                           by_threat: dict[str, str | None], policy: Policy, lows: Mapping) -> list[dict]:
+                           by_threat: dict[str, str | None], policy: Policy,
+                           bounds: Mapping[tuple[str, str], Bound]) -> list[dict]:
     def top(tm: str) -> dict:
         cands = [a for a in ok if a.get("threat_model") == tm]
         return max(cands, key=lambda a: (_ALARM_LEVELS.index(levels[a["name"]][0]), _metric(a, "auc") or 0.0))
@@ -327,8 +340,8 @@ def _threat_model_findings(ok: Sequence[dict], levels: dict[str, tuple[str, str]
             continue
         a = top(tm)
         metric = levels[a["name"]][1]
-        lo = lows.get((a["name"], metric))
-        words, threshold = _comparison(metric, lo, policy)
+        lo = _tested_bound(bounds[(a["name"], metric)], lv, policy)
+        words, threshold = _comparison(metric, lo, policy, lv)
         if tm == "black-box":
             msg = (f"Black-box leakage: an attack that needs only the model's predictions and the true "
                    f"ages ({_label(a)}) {_evidence(a, metric)}; its simultaneous lower bound "

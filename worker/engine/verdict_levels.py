@@ -27,13 +27,13 @@ from typing import Sequence
 from .policy import Policy
 from .power import min_detectable_auc, min_detectable_tpr, scans_needed
 from .report_ranking import is_completed
-from .simultaneous import METRICS, Bound, simultaneous_bounds
+from .simultaneous import METRICS, Bound, simultaneous_bounds, test_sizes
 
 _N = NormalDist()
 _Z95 = _N.inv_cdf(0.975)
 _Z80 = _N.inv_cdf(0.80)
 
-__all__ = ["Clearance", "LevelDecision", "decide_level", "metric_level", "test_sizes"]
+__all__ = ["Clearance", "LevelDecision", "bound_level", "decide_level", "metric_level", "test_sizes", "thresholds"]
 
 
 def metric_level(value: float | None, medium: float, high: float) -> str:
@@ -47,23 +47,17 @@ def metric_level(value: float | None, medium: float, high: float) -> str:
     return "low"
 
 
+def bound_level(bound: Bound, policy: Policy) -> str:
+    """``high`` / ``medium`` when the bound reaches that threshold with the family's confidence, else ``low``."""
+    medium, high = thresholds(bound.metric, policy)
+    return "high" if bound.reaches(high) else "medium" if bound.reaches(medium) else "low"
+
+
 def thresholds(metric: str, policy: Policy) -> tuple[float, float]:
     """The (medium, high) thresholds of a metric."""
     if metric == "auc":
         return policy.auc_medium, policy.auc_high
     return policy.tpr_at_1pct_fpr_medium, policy.tpr_at_1pct_fpr_high
-
-
-def test_sizes(entry: dict, counts: tuple[int, int] | None = None) -> tuple[int, int]:
-    """Members and non-members of one attack's test set (per repeat).
-
-    The classifier attacks test balanced sets (``n_test / 2`` of each); an attack that scored every
-    scan (``n_train`` 0) tested the assessment's ``counts`` when they add up to ``n_test``.
-    """
-    n_test = int(entry.get("n_test") or 0)
-    if counts is not None and not entry.get("n_train") and sum(counts) == n_test:
-        return int(counts[0]), int(counts[1])
-    return n_test // 2, n_test // 2
 
 
 def _mde(metric: str, n1: int, n0: int) -> float | None:
@@ -101,13 +95,10 @@ class LevelDecision:
     alarm: Bound | None
     bounds: list[Bound]
     z: float
+    lows: dict[tuple[str, str], float] = field(default_factory=dict)
+    """(attack, metric) -> the simultaneous lower bound that tests the metric's medium threshold."""
     clearances: list[Clearance] = field(default_factory=list)
     scans_needed: int | None = None
-
-    @property
-    def lows(self) -> dict[tuple[str, str], float]:
-        """(attack, metric) -> simultaneous lower bound."""
-        return {(b.attack, b.metric): b.low for b in self.bounds}
 
 
 def _clear(metric: str, ok: Sequence[dict], bounds: list[Bound], policy: Policy,
@@ -144,10 +135,10 @@ def settle_estimate(decision: LevelDecision, policy: Policy, n_per_group: int, e
             continue
         medium = thresholds(c.metric, policy)[0]
         cands = [power_n] if power_n is not None else []
-        mine = [b for b in decision.bounds if b.metric == c.metric and b.mean > medium and b.mean > b.low]
+        mine = [b for b in decision.bounds if b.metric == c.metric and b.mean > medium and b.mean > b.lower(medium)]
         if mine:
             top = max(mine, key=lambda b: b.mean - medium)
-            factor = ((top.mean - top.low) / (top.mean - medium)) ** 2
+            factor = ((top.mean - top.lower(medium)) / (top.mean - medium)) ** 2
             cands.append(int(math.ceil(n_per_group * factor)))
         if cands:
             needed.append(min(cands))
@@ -164,14 +155,15 @@ def decide_level(attacks: Sequence[dict], policy: Policy, *, counts: tuple[int, 
             scored every scan.
     """
     ok = [a for a in attacks if is_completed(a)]
-    bounds, z = simultaneous_bounds(ok)
-    alarm, alarm_level = None, "low"
+    bounds, z = simultaneous_bounds(ok, counts=counts)
+    alarm, alarm_level, order = None, "low", ("low", "medium", "high")
     for b in bounds:
-        lv = metric_level(b.low, *thresholds(b.metric, policy))
-        if ("low", "medium", "high").index(lv) > ("low", "medium", "high").index(alarm_level) or (
-                lv == alarm_level != "low" and alarm is not None and b.low > alarm.low):
+        lv = bound_level(b, policy)
+        if order.index(lv) > order.index(alarm_level) or (
+                lv == alarm_level != "low" and alarm is not None and b.mean > alarm.mean):
             alarm, alarm_level = b, lv
-    decision = LevelDecision(alarm_level, alarm, bounds, z)
+    lows = {(b.attack, b.metric): b.lower(thresholds(b.metric, policy)[0]) for b in bounds}
+    decision = LevelDecision(alarm_level, alarm, bounds, z, lows)
     if alarm is not None or not ok:
         return decision
     decision.clearances = [_clear(m, ok, bounds, policy, counts) for m in METRICS]
