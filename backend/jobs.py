@@ -221,9 +221,11 @@ class JobDispatcher:
         now = now or utcnow()
         cutoff = now - timedelta(seconds=self.settings.heartbeat_timeout_s)
         counts = {"requeued": 0, "failed": 0, "cancelled": 0}
+        rows = job_states.running_jobs(self.factory, Assessment.heartbeat_at < cutoff)
+        self._database_reachable()
         if time.monotonic() - self._db_back_at < self.reap_grace:
             return counts  # the database just came back: live workers' beats are on their way
-        for row in job_states.running_jobs(self.factory, Assessment.heartbeat_at < cutoff):
+        for row in rows:
             beat = fmt_time(row.heartbeat_at)
             outage = self._outage_note(row.heartbeat_at)
             outcome = job_states.worker_lost(
@@ -274,7 +276,9 @@ class JobDispatcher:
             return 0
         messages = inspect()
         now = time.monotonic() if now is None else now
-        due = self._reconciler.due(job_states.queued_jobs(self.factory), messages, now, at_start=at_start)
+        queued = job_states.queued_jobs(self.factory)
+        self._database_reachable()
+        due = self._reconciler.due(queued, messages, now, at_start=at_start)
         for assessment_id, attempt in due:
             why = "this server started" if at_start else f"the broker had no message for it for {self.settings.requeue_after_s:g} s"
             self.send(assessment_id, attempt)
@@ -296,7 +300,6 @@ class JobDispatcher:
                 if now - last_reap >= self.reap_interval:
                     last_reap = now
                     self.reap()
-                    self._database_reachable()
                     self._check_worker()
                 if not self.settings.embedded and (at_start or now - last_reconcile >= self.settings.reconcile_interval_s):
                     last_reconcile = now
