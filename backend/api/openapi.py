@@ -20,8 +20,10 @@ from .errors import ErrorResponse
 
 INTERNAL_ERROR: dict[int | str, dict[str, Any]] = {
     500: {"model": ErrorResponse, "description": "Unexpected server error (code `internal_error`)"},
+    503: {"model": ErrorResponse, "description": "The database is unreachable for now (code `database_unavailable`, "
+                                                 "with `Retry-After`): nothing was changed, try again"},
 }
-"""Declared on every operation (the app's last-resort handler answers it)."""
+"""Declared on every operation (the app's last-resort handler answers 500, :mod:`backend.outage` 503)."""
 
 
 def _words(text: str) -> list[str]:
