@@ -37,7 +37,7 @@ from .common import (
     show_inputs,
 )
 from .references import ReferenceFlags, show_training_estimate
-from .summary import print_federated, print_summary
+from .summary import print_federated, print_power, print_summary
 
 if TYPE_CHECKING:
     from ..services.options import AssessmentOptionsIn
@@ -150,6 +150,7 @@ def _assess_centralised(inputs: AssessInputs, model: Path | None, predictions: P
         if inputs.references is not None:
             options = inputs.references.supplied(options)
         show_inputs(scans, loaded)
+        print_power(scans.n_members, scans.n_nonmembers, options)
         show_training_estimate(scans, options, loaded.metadata if loaded is not None else None,
                                cache=inputs.run.cache(), device=device)
         with progress_bar(not inputs.run.quiet) as bar:

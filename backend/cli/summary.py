@@ -28,6 +28,7 @@ def print_summary(report: dict[str, Any], paths: dict[str, Path]) -> None:
         f"({'passes' if verdict['passed'] else 'fails'} the policy) - {verdict.get('summary', '')}",
         highlight=False,
     )
+    _verdict_details(verdict)
     for rank, attack in enumerate(ranked_attacks(report)[:TOP_ATTACKS]):
         acc, auc = attack["metrics"].get("accuracy") or {}, attack["metrics"].get("auc") or {}
         stderr.print(
@@ -42,6 +43,34 @@ def print_summary(report: dict[str, Any], paths: dict[str, Path]) -> None:
         stderr.print(f"  [red]attacks that failed:[/] {', '.join(errored)}", highlight=False)
     for name, path in paths.items():
         typer.echo(f"{name}: {path}")
+
+
+def print_power(n_members: int, n_nonmembers: int, options: Any) -> None:
+    """Before a run: the smallest AUC and TPR at 1% FPR the scan set can detect, warned in yellow when too large."""
+    from worker.engine.power import planned_power
+
+    stmt = planned_power(n_members, n_nonmembers, options.policy, every_scan=bool(options.quantile or options.reference),
+                         train_size=options.train_size)
+    colour = "green" if stmt["adequate"] else "yellow"
+    stderr.print(f"power: [{colour}]{stmt['message']}[/]", highlight=False)
+
+
+def _verdict_details(verdict: dict[str, Any]) -> None:
+    """The correction, the inconclusive reason, the empirical epsilon and a DP claim's check."""
+    multiplicity = verdict.get("multiplicity")
+    if multiplicity:
+        stderr.print(f"  bounds over all attacks: {multiplicity['correction']} over {multiplicity['m']} attack metrics "
+                     f"(z = {multiplicity['z']:.2f})", highlight=False)
+    if verdict.get("level") == "inconclusive" and verdict.get("scans_needed"):
+        stderr.print(f"  [magenta]inconclusive:[/] about {verdict['scans_needed']} members and as many non-members "
+                     "would settle it", highlight=False)
+    eps = verdict.get("epsilon")
+    if eps:
+        stderr.print(f"  empirical privacy: {eps['message']}", highlight=False)
+    dp = verdict.get("dp_claim")
+    if dp:
+        stderr.print(f"  {'[red]' if dp['contradicted'] else ''}DP claim: {dp['message']}{'[/]' if dp['contradicted'] else ''}",
+                     highlight=False)
 
 
 def _number(value: float | None, spec: str, scale: float = 1.0) -> str:

@@ -23,6 +23,8 @@ POLICY = {
     "tpr_at_1pct_fpr_high": 0.2,
     "fail_at": "high",
     "fail_on_error": True,
+    "fail_on_inconclusive": True,
+    "delta": 1e-5,
 }
 #: a fast assessment: one feature set, one classifier, two splits
 FAST = {"feature_sets": ["error"], "classifiers": ["threshold"], "repeats": 2}

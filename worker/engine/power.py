@@ -39,7 +39,7 @@ _N = NormalDist()
 
 __all__ = [
     "ALPHA", "POWER", "auc_se", "min_detectable_auc", "min_detectable_tpr", "planned_test_sizes",
-    "power_statement", "scans_needed", "tpr_se",
+    "planned_power", "power_statement", "scans_needed", "tpr_se",
 ]
 
 
@@ -187,3 +187,17 @@ def power_statement(n_members: int, n_nonmembers: int, policy: Policy = DEFAULT_
         "min_detectable_auc": auc, "min_detectable_tpr_at_fpr_0.01": tpr,
         "adequate": adequate, "warnings": warnings, "scans_needed": needed, "message": message,
     }
+
+
+def planned_power(n_members: int, n_nonmembers: int, policy: Policy | None = None, *, every_scan: bool,
+                  train_size: int | None = None) -> dict[str, Any]:
+    """The power statement of an assessment before it runs (:func:`power_statement` on its largest test set).
+
+    Args:
+        n_members, n_nonmembers: the scan set.
+        policy: the thresholds (None: the default policy).
+        every_scan: quantile or reference-model attacks will run (they test every scan).
+        train_size: the classifier attacks' training split per group (None: half the smaller group).
+    """
+    t1, t0 = planned_test_sizes(n_members, n_nonmembers, every_scan=every_scan, train_size=train_size)
+    return power_statement(n_members, n_nonmembers, policy or DEFAULT_POLICY, test_members=t1, test_nonmembers=t0)
