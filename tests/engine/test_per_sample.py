@@ -8,12 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from worker.engine.features.per_sample import (
-    FunctionalModel,
-    layer_aliases,
-    param_modules,
-    per_sample_loss_grads,
-)
+from worker.engine.features.methods import JACOBIAN_METHODS
+from worker.engine.features.per_sample import FunctionalModel, layer_aliases, param_modules
+
+METHODS = sorted(JACOBIAN_METHODS)
 from worker.engine.models import BrainAge3D, BrainAgeSliceMean
 
 SHAPE = (20, 24, 20)
@@ -60,6 +58,14 @@ def _models() -> dict[str, nn.Module]:
     }
 
 
+def per_sample_loss_grads(model: FunctionalModel, x: torch.Tensor, ages: torch.Tensor,
+                          method: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per-sample gradients of the squared error by one of the exact methods."""
+    jac, pred = JACOBIAN_METHODS[method](model, x)
+    scale = 2.0 * (pred - ages)
+    return {n: g * scale.view(-1, *([1] * (g.dim() - 1))) for n, g in jac.items()}, pred
+
+
 def _batch(n: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     return torch.randn(n, 1, *SHAPE, generator=g), 45 + 35 * torch.rand(n, generator=g)
@@ -74,18 +80,20 @@ def _assert_equal(batched: dict[str, torch.Tensor], reference: list[dict[str, to
             assert torch.allclose(batched[name][i], g, rtol=1e-4, atol=1e-5 * scale), (name, i)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", ["brain_age_3d", "brain_age_slice_mean", "batchnorm_eval"])
-def test_per_sample_gradients_equal_batch_size_one_loop(name: str) -> None:
+def test_per_sample_gradients_equal_batch_size_one_loop(name: str, method: str) -> None:
     module = _models()[name].eval()
     x, ages = _batch()
-    grads, pred = per_sample_loss_grads(FunctionalModel(module), x, ages)
+    grads, pred = per_sample_loss_grads(FunctionalModel(module), x, ages, method)
     with torch.no_grad():
         assert torch.allclose(pred, module(x), rtol=1e-5, atol=1e-4)
     _assert_equal(grads, _loop_grads(module, x, ages))
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind", ["script", "trace", "export"])
-def test_per_sample_gradients_on_serialised_formats(kind: str, tmp_path: Path) -> None:
+def test_per_sample_gradients_on_serialised_formats(kind: str, method: str, tmp_path: Path) -> None:
     eager = _models()["brain_age_3d"].eval()
     x, ages = _batch()
     if kind == "script":
@@ -96,7 +104,7 @@ def test_per_sample_gradients_on_serialised_formats(kind: str, tmp_path: Path) -
         path = tmp_path / "m.pt2"
         torch.export.save(torch.export.export(eager, (x[:1],)), path)
         module = torch.export.load(path).module()
-    grads, _ = per_sample_loss_grads(FunctionalModel(module), x, ages)
+    grads, _ = per_sample_loss_grads(FunctionalModel(module), x, ages, method)
     _assert_equal(grads, _loop_grads(eager, x, ages))
     # the substituted parameters are restored after the call
     for (n, p), (_, q) in zip(module.named_parameters(), eager.named_parameters()):

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import extractors as _extractors  # noqa: F401  (registers the built-ins)
+from .methods import AUTO, MethodChooser
 from .per_sample import FunctionalModel, layer_aliases, param_modules
 from .registry import FEATURE_EXTRACTORS, BatchContext
 
@@ -42,22 +43,25 @@ class BatchComputer:
         module: the model (eval mode, parameters not requiring grad).
         device: where the batches are computed.
         placed: the module is already on ``device`` (an exported program is placed when loaded).
+        method: how per-sample gradients are computed: ``auto`` (the fastest exact method,
+            measured once per model structure, grid and device; :mod:`.methods`), ``vmap`` or ``loop``.
     """
 
-    def __init__(self, module: nn.Module, device: str, placed: bool = False):
+    def __init__(self, module: nn.Module, device: str, placed: bool = False, method: str = AUTO):
         self.device = device
         self.module = module if placed else module.to(device)
         self.fmodel = FunctionalModel(self.module)
         self.modules = param_modules(self.module)
         self.aliases = layer_aliases(self.modules)
         self.paths = [m.path for m in self.modules]
+        self.chooser = MethodChooser(self.fmodel, device, method)
 
     def compute(self, x: torch.Tensor, ages: torch.Tensor, white_box: bool, layers: Sequence[str]) -> dict[str, np.ndarray]:
         """Features of one batch (see :class:`Computer`)."""
         x = x.to(self.device, non_blocking=True)
         ages = ages.to(self.device)
         if white_box:
-            jac, pred = self.fmodel.prediction_jacobian(x)
+            jac, pred = self.chooser.jacobian(x)
         else:
             jac, pred = None, self.fmodel.predict(x)
         ctx = BatchContext(pred=pred, ages=ages, jac=jac, modules=self.modules, aliases=self.aliases,

@@ -114,13 +114,14 @@ class FunctionalModel:
                 return self.module(x)
         return functional_call(self.module, dict(params), (x,))
 
-    def _predict_one(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def predict_one(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The prediction (a scalar) for one scan ``(1, X, Y, Z)``, run as a batch of one."""
         return self(params, x.unsqueeze(0)).reshape(())
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predictions ``(B,)`` for a batch ``(B, 1, X, Y, Z)``, without gradients."""
         with torch.no_grad():
-            return vmap(self._predict_one, in_dims=(None, 0))(self.params, x)
+            return vmap(self.predict_one, in_dims=(None, 0))(self.params, x)
 
     def prediction_jacobian(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Per-sample gradients of the prediction with respect to every parameter.
@@ -129,7 +130,7 @@ class FunctionalModel:
             ``(jac, pred)``: ``jac[name]`` has shape ``(B, *param.shape)`` and holds
             d prediction_i / d param for each sample i; ``pred`` has shape ``(B,)``.
         """
-        return vmap(grad_and_value(self._predict_one), in_dims=(None, 0))(self.params, x)
+        return vmap(grad_and_value(self.predict_one), in_dims=(None, 0))(self.params, x)
 
 
 def per_sample_loss_grads(

@@ -1,0 +1,112 @@
+"""The exact per-sample gradient methods and the measured choice between them."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from worker.engine.errors import InputError
+from worker.engine.features import methods
+from worker.engine.features.batch import BatchComputer
+from worker.engine.features.methods import JACOBIAN_METHODS, MethodChooser, loop_jacobian, vmap_jacobian
+from worker.engine.features.per_sample import FunctionalModel
+from worker.engine.models import BrainAge3D
+
+SHAPE = (16, 20, 16)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    methods.clear_method_cache()
+    yield
+    methods.clear_method_cache()
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    module = BrainAge3D(channels=(4, 8, 8), mean_age=60.0, age_scale=5.0).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def _batch(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(n, 1, *SHAPE, generator=g), 45 + 35 * torch.rand(n, generator=g)
+
+
+def _assert_same_features(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert set(a) == set(b)
+    scale = max(float(np.abs(v).max()) for v in b.values())
+    for name in a:
+        assert np.allclose(a[name], b[name], rtol=1e-4, atol=1e-5 * scale), name
+
+
+def test_every_method_gives_the_same_features() -> None:
+    module = _model()
+    x, ages = _batch()
+    layers = ["blocks.block1.conv", "conv6", "output"]
+    by_method = {name: BatchComputer(module, "cpu", method=name).compute(x, ages, True, layers)
+                 for name in [*JACOBIAN_METHODS, "auto"]}
+    for name, values in by_method.items():
+        _assert_same_features(values, by_method["loop"])
+    with torch.no_grad():
+        assert np.allclose(by_method["loop"]["prediction"], module(x).numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_loop_matches_vmap_jacobian_exactly_in_shape_and_value() -> None:
+    fmodel = FunctionalModel(_model())
+    x, _ = _batch(3)
+    jac_v, pred_v = vmap_jacobian(fmodel, x)
+    jac_l, pred_l = loop_jacobian(fmodel, x)
+    assert torch.allclose(pred_v, pred_l, rtol=1e-5, atol=1e-5)
+    # rounding is relative to the largest entry (a conv bias before an instance norm has a true
+    # gradient of 0 and only rounding noise)
+    scale = max(float(g.abs().max()) for g in jac_v.values())
+    for name, g in jac_v.items():
+        assert jac_l[name].shape == g.shape
+        assert torch.allclose(jac_l[name], g, rtol=1e-4, atol=1e-5 * scale), name
+
+
+def test_auto_measures_once_then_reuses_the_choice() -> None:
+    fmodel = FunctionalModel(_model())
+    x, _ = _batch()
+    chooser = MethodChooser(fmodel, "cpu")
+    for _ in range(methods.MAX_ROUNDS):
+        chooser.jacobian(x)
+    chosen = chooser.method
+    assert chosen in JACOBIAN_METHODS
+    assert list(methods.chosen_methods().values()) == [chosen]
+    # a new run on the same structure, grid, batch and device reuses it without measuring
+    again = MethodChooser(FunctionalModel(_model()), "cpu")
+    again.jacobian(x)
+    assert again.method == chosen and again._times == {name: [] for name in JACOBIAN_METHODS}
+    # another grid is measured on its own
+    other = MethodChooser(fmodel, "cpu")
+    other.jacobian(torch.randn(4, 1, 24, 20, 16))
+    assert len(methods.chosen_methods()) in (1, 2) and other._key != again._key
+
+
+def test_auto_picks_the_faster_exact_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exact method made three times slower than the loop is never the one chosen."""
+
+    def slow(fmodel: FunctionalModel, x: torch.Tensor):
+        start = time.perf_counter()
+        result = loop_jacobian(fmodel, x)
+        time.sleep(2 * (time.perf_counter() - start) + 0.01 * x.shape[0])
+        return result
+
+    monkeypatch.setattr(methods, "JACOBIAN_METHODS", {"slow": slow, "loop": loop_jacobian})
+    chooser = MethodChooser(FunctionalModel(_model()), "cpu")
+    x, _ = _batch()
+    while chooser.method is None:
+        chooser.jacobian(x)
+    assert chooser.method == "loop"
+
+
+def test_unknown_method_is_refused() -> None:
+    with pytest.raises(InputError, match="unknown gradient method 'fast'"):
+        MethodChooser(FunctionalModel(_model()), "cpu", method="fast")
