@@ -47,6 +47,22 @@ def _finding_detail(finding: dict) -> str:
     return "; ".join(detail)
 
 
+def _statistics(v: dict) -> dict:
+    """The verdict's statistics in words: the correction, power, empirical epsilon, a DP claim's check."""
+    mult, power, eps, dp = (D.part(v, k) for k in ("multiplicity", "power", "epsilon", "dp_claim"))
+    out: dict = {"multiplicity": str(mult.get("description") or "") if isinstance(mult, dict) else "",
+                 "power": str(power.get("message") or "") if isinstance(power, dict) else "",
+                 "power_adequate": power.get("adequate") if isinstance(power, dict) else None,
+                 "scans_needed": v.get("scans_needed"), "epsilon": None, "dp_claim": None}
+    if isinstance(eps, dict) and finite(eps.get("epsilon")) is not None:
+        out["epsilon"] = {"value": fmt_num(eps.get("epsilon"), ".2f"), "ceiling": fmt_num(eps.get("ceiling"), ".2f"),
+                          "delta": f"{float(eps.get('delta') or 0):g}", "message": str(eps.get("message") or ""),
+                          "correction": str(eps.get("correction") or "")}
+    if isinstance(dp, dict) and dp.get("message"):
+        out["dp_claim"] = {"contradicted": bool(dp.get("contradicted")), "message": str(dp["message"])}
+    return out
+
+
 def verdict_view(report: dict) -> dict:
     """The verdict section: level and its text, policy result, findings most severe first."""
     v = D.part(report, "verdict")
@@ -87,6 +103,7 @@ def verdict_view(report: dict) -> dict:
         "findings": findings,
         "policy": [(str(k), setting_value(val)) for k, val in policy.items()]
         if isinstance(policy, dict) else [],
+        **_statistics(v),
     }
 
 
@@ -126,6 +143,14 @@ def glance_cards(report: dict) -> list[dict]:
                 note += (f", by {D.attack_name(measured)} ({D.FAMILY_LABELS[D.family(measured)]}, "
                          f"{D.threat_model(measured)}): the strongest attack tested too few unseen scans to measure it")
         cards.append({"label": "Members found at 1% false alarms", "value": fmt_pct(tpr), "note": note})
+    eps = D.part(D.part(report, "verdict"), "epsilon")
+    if isinstance(eps, dict) and finite(eps.get("epsilon")) is not None:
+        cards.append({
+            "label": "Empirical privacy (epsilon, lower bound)",
+            "value": f"epsilon >= {float(eps['epsilon']):.2f}",
+            "note": (f"at best this private (delta {float(eps.get('delta') or 0):g}); the most these scans could "
+                     f"show is {fmt_num(eps.get('ceiling'), '.2f')}"),
+        })
     u = D.part(report, "utility")
     if finite(u.get("mae_members")) is not None and finite(u.get("mae_nonmembers")) is not None:
         cards.append({

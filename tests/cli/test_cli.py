@@ -88,9 +88,11 @@ def test_model_that_never_saw_the_members_scores_near_chance(
     tiny_cohort: Path, unseen_model: Path, tmp_path: Path
 ) -> None:
     code, report = _assess(tiny_cohort, unseen_model, tmp_path, "--classifier", "threshold", "--classifier", "logistic")
-    assert code == 0, report["_output"]
-    assert report["verdict"]["level"] == "low"
-    assert report["verdict"]["passed"] is True
+    # never medium or high; a tiny cohort cannot rule medium out, so inconclusive (exit 1) unless it is low
+    level = report["verdict"]["level"]
+    assert level in ("low", "inconclusive"), report["_output"]
+    assert code == (0 if level == "low" else 1), report["_output"]
+    assert report["verdict"]["passed"] is (level == "low")
     ok = [a for a in report["attacks"] if a["status"] == "ok"]
     assert ok
     for attack in ok:

@@ -127,9 +127,11 @@ def test_assess_federated_passes_when_the_victims_were_never_seen(demo, tmp_path
         writer.writeheader()
         writer.writerows(rows)
     code, report, output = _assess(tmp_path / "out", str(out / "rounds"), "--manifest", str(manifest))
-    assert code == 0, output
     overall = report["federated"]["overall"]
-    assert report["verdict"]["level"] == "low" and report["verdict"]["passed"] is True
+    # never medium or high; a small federation cannot rule medium out, so inconclusive (exit 1) unless low
+    level = report["verdict"]["level"]
+    assert level in ("low", "inconclusive") and code == (0 if level == "low" else 1), output
+    assert report["verdict"]["passed"] is (level == "low")
     assert overall["auc"]["ci_low"] <= 0.5 <= overall["auc"]["ci_high"]
 
 
