@@ -80,6 +80,32 @@ def create_assessment(
     return row
 
 
+def dry_run_assessment(
+    session: Session, principal: Principal, *, model_id: str, scan_set_id: str, options: AssessmentOptionsIn,
+) -> dict:
+    """Check an assessment as :func:`create_assessment` does and state its power, without creating a job.
+
+    Returns:
+        ``dry_run``, ``model_id``, ``scan_set_id`` and ``power``
+        (:func:`worker.engine.power.planned_power` for the scan set, the options' policy and test sets).
+
+    Raises:
+        ApiError: as :func:`create_assessment` (404, 422), never 503.
+    """
+    from worker.engine.power import planned_power
+
+    model = owned_model(session, principal, model_id)
+    scan_set = owned_scan_set(session, principal, scan_set_id)
+    try:
+        check_options(options, n_members=scan_set.n_members, n_nonmembers=scan_set.n_nonmembers)
+    except OptionError as exc:
+        raise field_error(exc.field, exc.reason) from None
+    power = planned_power(scan_set.n_members, scan_set.n_nonmembers, options.engine_policy(),
+                          every_scan=bool(options.quantile or options.reference is not None),
+                          train_size=options.train_size)
+    return {"dry_run": True, "model_id": model.id, "scan_set_id": scan_set.id, "power": power}
+
+
 def cancel_assessment(session: Session, principal: Principal, jobs: JobDispatcher, assessment_id: str) -> Assessment:
     """Cancel a job: a queued one at once, a running one at its worker's next check.
 

@@ -56,7 +56,7 @@ def test_report_pdf_has_the_verdict_first_and_is_cached(shared_job) -> None:  # 
     assert f"brainmia-{job_id}-report.pdf" in response.headers["content-disposition"]
     reader = PdfReader(io.BytesIO(response.content))
     first = reader.pages[0].extract_text()
-    level = {"low": "Low risk", "medium": "Medium risk", "high": "High risk"}[shared_job.job["verdict_level"]]
+    level = {"low": "Low risk", "inconclusive": "Inconclusive", "medium": "Medium risk", "high": "High risk"}[shared_job.job["verdict_level"]]
     assert "Verdict" in first and level in first, first[:500]
     report = client.get(f"{API}/{job_id}/report.json").json()
     text = "".join(page.extract_text() for page in reader.pages)

@@ -20,6 +20,7 @@ from .assessments import (
     result_links,
 )
 from .auth import Me, SignIn
+from .dry_run import AssessmentDryRun
 from .health import Health, Readiness
 from .models import MODEL_UPLOAD_BODY, ModelOut, ModelPage, model_out
 from .reference_sets import REFERENCE_SET_UPLOAD_BODY, ReferenceSetOut, ReferenceSetPage, reference_set_out
@@ -27,7 +28,7 @@ from .scan_sets import SCAN_SET_UPLOAD_BODY, ScanSetFromPath, ScanSetOut, ScanSe
 
 __all__ = [
     "MODEL_UPLOAD_BODY", "REFERENCE_SET_UPLOAD_BODY", "SCAN_SET_UPLOAD_BODY",
-    "AssessmentCreate", "AssessmentDetail", "AssessmentOptionsIn", "AssessmentPage", "AssessmentSummary",
+    "AssessmentCreate", "AssessmentDetail", "AssessmentDryRun", "AssessmentOptionsIn", "AssessmentPage", "AssessmentSummary",
     "AuditEventOut", "AuditPage", "FederatedOptionsIn", "FigureListing", "Health", "JobStateName", "Me",
     "ModelOut", "ModelPage", "PolicyOptions", "Readiness", "ReferenceSetOut", "ReferenceSetPage",
     "Report", "ScanSetFromPath", "ScanSetOut", "ScanSetPage", "SignIn", "TokenCreate", "TokenCreated",
