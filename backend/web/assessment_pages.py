@@ -54,10 +54,14 @@ def new_assessment(
     """The new-assessment form: defaults run the paper's full set of attacks and the quantile attacks;
     reference models (trained, or a reference set of the chosen scan set) are offered, with an
     estimate of their training time at this server's measured rate."""
-    models = queries.org_models(session, user)
+    from worker.engine.power import planned_power
+
+    models, scan_sets = queries.org_models(session, user), queries.org_scan_sets(session, user)
     return render(
         request, "assessment_new.html.j2", user, active="new",
-        models=models, scan_sets=queries.org_scan_sets(session, user),
+        models=models, scan_sets=scan_sets,
+        scan_set_power={s.id: planned_power(s.n_members, s.n_nonmembers, every_scan=True)["message"]
+                        for s in scan_sets if s.n_members and s.n_nonmembers},
         model_grids={m.id: (model_voxels(m.model_metadata or {}), recipe_epochs({}, m.model_metadata or {}))
                      for m in models},
         training_rate=training_rate(session, user.org_id),

@@ -456,7 +456,8 @@
           tpr_at_1pct_fpr_medium: Number($(form, "[name=tpr_at_1pct_fpr_medium]").value),
           tpr_at_1pct_fpr_high: Number($(form, "[name=tpr_at_1pct_fpr_high]").value),
           fail_at: $(form, "[name=fail_at]").value,
-          fail_on_error: $(form, "[name=fail_on_error]").checked
+          fail_on_error: $(form, "[name=fail_on_error]").checked,
+          fail_on_inconclusive: $(form, "[name=fail_on_inconclusive]").checked
         },
         quantile: $(form, "[name=quantile]").checked
       };
