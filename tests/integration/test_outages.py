@@ -2,14 +2,13 @@
 
 Each scenario leaves no job ``queued`` or ``running`` once the services are back:
 
-- Redis killed and started again without persistence while jobs are queued: the API's
-  reconciliation sends their lost messages again;
+- Redis killed and started again without persistence while a job is queued, and a worker sent
+  SIGTERM while Redis is down (the job it hands back cannot be re-sent): the API's reconciliation
+  sends both again once Redis is back; a submit meanwhile is refused with the id of its failed row;
 - PostgreSQL stopped (immediate shutdown) for a few seconds with a job running and one queued,
   a worker starting during the outage: every endpoint answers 503 ``database_unavailable``,
   the running job keeps its attempt, the claim of the queued one is retried (its message is not
-  dropped);
-- a worker sent SIGTERM while Redis is down: the job it hands back (its re-send fails) is sent
-  again once Redis is back.
+  dropped).
 
 This module has its own Redis and PostgreSQL (it kills and restarts them); the stacks come from
 the suite's ``make_stack`` with short heartbeat and reconciliation intervals.
@@ -41,9 +40,9 @@ from tests.integration.conftest import (
     wait_for,
 )
 
-FAST = {"repeats": 1, "classifiers": ["threshold"], "quantile": False}
+FAST = {"repeats": 1, "classifiers": ["threshold"], "feature_sets": ["error"], "quantile": False}
 # long enough on 2 cores that the job is still running when an outage starts
-SLOW = {"repeats": 12, "classifiers": ["mlp", "logistic"], "quantile": False}
+SLOW = {"repeats": 4, "classifiers": ["mlp", "logistic"], "quantile": False}
 SETTINGS = {"heartbeat_timeout_s": 10, "reconcile_interval_s": 0.5, "requeue_after_s": 2}
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -182,26 +181,6 @@ def _wait_running(stack: Stack, job_id: str) -> None:
 # -- the scenarios ---------------------------------------------------------------------------------
 
 
-def test_jobs_queued_when_redis_is_lost_are_sent_again(make_stack, outage_redis: RestartableRedis,  # type: ignore[no-untyped-def]
-                                                        tiny_model: Path, small_archive: Path) -> None:
-    stack: Stack = make_stack(workers=0, **SETTINGS)
-    with BrainMIAClient(stack.url, stack.token) as client:
-        model_id, scans_id = _inputs(client, tiny_model, small_archive)
-        ids = [client.start_assessment(model_id, scans_id, FAST)["id"] for _ in range(2)]
-    assert {j["state"] for j in _jobs(stack, ids)} == {"queued"}  # no worker yet: their messages wait in Redis
-
-    outage_redis.kill()  # no persistence: the two messages are gone
-    outage_redis.start()
-    lost_at = time.monotonic()
-    stack.start_worker()
-    jobs = _all_final(stack, ids, timeout=120)
-    took = time.monotonic() - lost_at
-    print(f"\nqueued jobs lost with Redis: all final {took:.1f} s after its restart (worker start included)")
-    assert [j["state"] for j in jobs] == ["succeeded", "succeeded"], jobs
-    assert all(j["attempts"] == 1 for j in jobs), jobs
-    assert all("sent again: no message in the broker" in j["log"] for j in jobs), [j["log"] for j in jobs]
-
-
 def test_a_postgres_outage_costs_no_attempt_and_drops_no_message(make_stack, outage_postgres: RestartablePostgres,  # type: ignore[no-untyped-def]
                                                                  tiny_model: Path, small_archive: Path) -> None:
     stack: Stack = make_stack(workers=1, **SETTINGS)
@@ -241,24 +220,38 @@ def test_a_postgres_outage_costs_no_attempt_and_drops_no_message(make_stack, out
     assert second.alive(), second.tail()
 
 
-def test_a_job_handed_back_while_redis_is_down_is_sent_again(make_stack, outage_redis: RestartableRedis,  # type: ignore[no-untyped-def]
-                                                             tiny_model: Path, small_archive: Path) -> None:
+def test_jobs_whose_messages_redis_lost_are_sent_again(make_stack, outage_redis: RestartableRedis,  # type: ignore[no-untyped-def]
+                                                       tiny_model: Path, small_archive: Path) -> None:
+    """A job queued when Redis dies (no persistence: its message is gone), and a job its worker
+    hands back (SIGTERM) while Redis is down (the re-send fails), both run once Redis is back."""
     stack: Stack = make_stack(workers=1, **SETTINGS)
     with BrainMIAClient(stack.url, stack.token) as client:
         model_id, scans_id = _inputs(client, tiny_model, small_archive)
-        job_id = client.start_assessment(model_id, scans_id, SLOW)["id"]
-    _wait_running(stack, job_id)
+        running = client.start_assessment(model_id, scans_id, SLOW)["id"]
+        _wait_running(stack, running)
+        queued = client.start_assessment(model_id, scans_id, FAST)["id"]  # its message waits in Redis
+    first = stack.workers[0]
 
     outage_redis.kill()
-    first = stack.workers[0]
-    first.stop(signal.SIGTERM, timeout=60)  # hands the job back; its re-send fails: Redis is down
-    job = _jobs(stack, [job_id])[0]
-    assert job["state"] == "queued" and "the worker shut down" in job["log"], job
-    outage_redis.start()
+    first.stop(signal.SIGTERM, timeout=60)  # hands its job back; the re-send fails: Redis is down
+    jobs = _jobs(stack, [running, queued])
+    assert [j["state"] for j in jobs] == ["queued", "queued"], jobs
+    assert "the worker shut down" in jobs[0]["log"], jobs[0]
+    with stack.client() as http:  # a submit now is refused; its row is complete and the answer names it
+        refused = http.post("/api/v1/assessments", json={"model_id": model_id, "scan_set_id": scans_id, "options": FAST})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_unavailable", refused.text
+        (detail,) = refused.json()["error"]["details"]
+        failed = http.get(f"/api/v1/assessments/{detail['reason']}").raise_for_status().json()
+    assert detail["field"] == "assessment_id" and detail["reason"] in refused.json()["error"]["message"]
+    assert (failed["state"], failed["stage"]) == ("failed", "failed") and failed["finished_at"], failed
+    assert "could not reach the job queue" in failed["error"]
+
+    outage_redis.start()  # empty: no message for either job
     back_at = time.monotonic()
-    stack.start_worker()
-    (job,) = _all_final(stack, [job_id], timeout=180)
-    print(f"\nhanded back while Redis was down: {job['state']} {time.monotonic() - back_at:.1f} s after its restart")
-    assert job["state"] == "succeeded", job
-    assert job["attempts"] == 1, job["log"]  # the handed-back attempt is not counted
-    assert "sent again: no message in the broker" in job["log"], job["log"]
+    stack.start_worker(wait=False)  # (busy at once with a re-sent job, a solo worker answers no ping)
+    jobs = _all_final(stack, [running, queued], timeout=240)
+    print(f"\nmessages lost with Redis: {[(j['state'], j['attempts']) for j in jobs]}, final "
+          f"{time.monotonic() - back_at:.1f} s after its restart (a worker start included)")
+    assert [j["state"] for j in jobs] == ["succeeded", "succeeded"], jobs
+    assert [j["attempts"] for j in jobs] == [1, 1], [j["log"] for j in jobs]  # a handed-back attempt is not counted
+    assert all("sent again: no message in the broker" in j["log"] for j in jobs), [j["log"] for j in jobs]
