@@ -33,6 +33,9 @@ class Settings(BaseSettings):
         host / port: where ``brainmia serve`` listens.
         device: ``cpu``, ``cuda``...; empty picks CUDA when present.
         batch_size: scans per vectorised feature-extraction pass.
+        loader_workers: data-loader processes decoding and conforming scans in parallel
+            during feature extraction (0: in the job's process; unset: the cores minus one,
+            at most 16).
         max_model_bytes: largest accepted model upload.
         model_check_timeout_s: an uploaded model is run once in a child process limited to this
             many seconds (wall clock and CPU time) per model file...
@@ -89,6 +92,7 @@ class Settings(BaseSettings):
     port: int = 8000
     device: str | None = None
     batch_size: int = 8
+    loader_workers: int | None = Field(None, ge=0)
     max_model_bytes: int = 2 * GiB
     model_check_timeout_s: float = 120.0
     model_check_memory_mb: int = 6144

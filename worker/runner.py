@@ -156,7 +156,8 @@ def _load_inputs(resources: Resources, assessment_id: str, job: JobContext) -> _
     device = pick_device(options.device or settings.device)
     known = set(ModelMetadata.model_fields)
     overrides = {k: v for k, v in (model_row.model_metadata or {}).items() if k in known} or None
-    extraction = ExtractionOptions(white_box=True, batch_size=options.batch_size or settings.batch_size, device=device)
+    extraction = ExtractionOptions(white_box=True, batch_size=options.batch_size or settings.batch_size, device=device,
+                                   num_workers=settings.loader_workers)
     if model_row.kind == "federated_rounds" and model_row.rounds:
         if any(r.learner is not None for r in manifest.records):
             engine = job_options.engine_options(options, extraction=extraction, federated=True)

@@ -21,6 +21,7 @@ from .common import (
     CacheOpt,
     DeviceOpt,
     LayersOpt,
+    LoaderWorkersOpt,
     ManifestOpt,
     ModelFlags,
     ModelOpt,
@@ -95,12 +96,13 @@ def assess(
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
+    loader_workers: LoaderWorkersOpt = None,
 ) -> None:
     """Run the full assessment: exit 0 when the verdict passes the policy, 1 when it fails, 2 on bad input or error."""
     from worker.engine.errors import InputError
 
     model_flags = ModelFlags(input_shape, voxel_size, normalize, arch, arch_options)
-    run = RunFlags(device, batch_size, layer, cache_dir, no_cache, quiet)
+    run = RunFlags(device, batch_size, layer, cache_dir, no_cache, quiet, loader_workers)
     asked = {"feature_sets": feature_set, "classifiers": classifier, "repeats": repeats, "seed": seed,
              "quantile": False if no_quantile else None}
     references = ReferenceFlags(reference, recipe, reference_models, keep, reference_attack)
@@ -212,12 +214,13 @@ def features(
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
+    loader_workers: LoaderWorkersOpt = None,
 ) -> None:
     """Compute the per-scan feature table only."""
     from worker.engine.features import extract_features
     from worker.engine.manifest import load_manifest
 
-    run = RunFlags(device, batch_size, layer, cache_dir, no_cache, quiet)
+    run = RunFlags(device, batch_size, layer, cache_dir, no_cache, quiet, loader_workers)
     with errors_exit_2(), confined_model_host(pick_device(device)) as host:
         scans = load_manifest(manifest)
         loaded = host.load(model, ModelFlags(input_shape, voxel_size, normalize, arch, arch_options).overrides())

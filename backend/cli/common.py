@@ -33,6 +33,7 @@ ArchKwOpt = Annotated[Optional[str], typer.Option("--arch-options", help='Archit
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1... (default: CUDA when present).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Scans per vectorised pass.")]
 LayersOpt = Annotated[Optional[list[str]], typer.Option("--layer", help="Layer whose full per-sample gradient is kept (repeatable; aliases first_conv, last_conv, output or a module path).")]
+LoaderWorkersOpt = Annotated[Optional[int], typer.Option("--loader-workers", min=0, help="Processes decoding scans in parallel (0: none; default: $BRAINMIA_LOADER_WORKERS or the cores minus one, at most 16).")]
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Conformed-volume cache (default: $BRAINMIA_CACHE_DIR or ~/.brainmia/cache/volumes).")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not cache conformed volumes.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
@@ -134,8 +135,8 @@ class ModelFlags:
 
 @dataclass(frozen=True)
 class RunFlags:
-    """``--device``, ``--batch-size``, ``--layer``, ``--cache-dir``, ``--no-cache``, ``--quiet``:
-    where and how features are computed."""
+    """``--device``, ``--batch-size``, ``--layer``, ``--cache-dir``, ``--no-cache``, ``--quiet``,
+    ``--loader-workers``: where and how features are computed."""
 
     device: str | None = None
     batch_size: int = 8
@@ -143,16 +144,21 @@ class RunFlags:
     cache_dir: Path | None = None
     no_cache: bool = False
     quiet: bool = False
+    loader_workers: int | None = None
 
     def extraction(self, device: str, white_box: bool = True) -> Any:
         """The engine's ``ExtractionOptions`` on ``device`` (resolved by :func:`pick_device`)."""
         from worker.engine.features import DEFAULT_LAYERS, ExtractionOptions
 
+        from ..settings import get_settings
+
+        workers = self.loader_workers if self.loader_workers is not None else get_settings().loader_workers
         return ExtractionOptions(
             white_box=white_box,
             layers=tuple(self.layers) if self.layers else DEFAULT_LAYERS,
             batch_size=self.batch_size,
             device=device,
+            num_workers=workers,
         )
 
     def cache(self) -> Any:

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 from tests.engine.conftest_scans import real_t1_dir, write_phantom  # noqa: F401  (fixture)
 from worker.engine.cache import VolumeCache
-from worker.engine.dataset import ScanDataset, make_loader
+from worker.engine.dataset import (
+    MAX_LOADER_WORKERS,
+    ScanDataset,
+    default_loader_workers,
+    in_flight_batches,
+    loader_workers,
+    make_loader,
+)
 from worker.engine.errors import ScanError
 from worker.engine.manifest import load_manifest
 from worker.engine.volumes import ConformSpec, load_conformed
@@ -80,3 +91,54 @@ def test_real_scans_dataset(real_t1_dir):  # noqa: F811
     m = load_manifest(real_t1_dir / "manifest.csv")
     x, i = ScanDataset(m.records[:1], ConformSpec())[0]
     assert x.shape == (1, 91, 109, 91) and i == 0 and torch.isfinite(x).all()
+
+
+def test_loader_workers_rule(monkeypatch):
+    assert default_loader_workers() == max(0, min(len(os.sched_getaffinity(0)) - 1, MAX_LOADER_WORKERS))
+    assert loader_workers(None, 100, 8) == min(default_loader_workers(), 13)
+    assert loader_workers(3, 100, 8) == 3
+    assert loader_workers(8, 20, 8) == 3  # no more workers than batches
+    assert loader_workers(4, 8, 8) == 0  # one batch: nothing to overlap
+    assert loader_workers(0, 100, 8) == 0
+    with pytest.raises(ValueError, match="loader workers must be 0 or more"):
+        loader_workers(-1, 100, 8)
+    # a Celery prefork child is daemonic and may not start processes: decode in process
+    monkeypatch.setattr(multiprocessing, "current_process", lambda: SimpleNamespace(daemon=True))
+    assert loader_workers(3, 100, 8) == 0
+
+
+def test_in_flight_batches_are_bounded():
+    assert in_flight_batches(0) == 1
+    assert [in_flight_batches(w) for w in (1, 2, 3)] == [2, 4, 6]
+    assert in_flight_batches(MAX_LOADER_WORKERS) == MAX_LOADER_WORKERS
+
+
+def test_workers_share_the_cache_and_report_its_counts(manifest, tmp_path):
+    cache = VolumeCache(tmp_path / "cache")
+    ds = ScanDataset(manifest.records, SPEC, cache)
+    cold = list(make_loader(ds, batch_size=2, num_workers=2))
+    assert (cache.stats.misses, cache.stats.hits) == (5, 0)  # counted in the workers, added here
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 5
+    warm = list(make_loader(ds, batch_size=2, num_workers=2))
+    assert (cache.stats.misses, cache.stats.hits) == (5, 5)
+    for (x, _), (y, _) in zip(cold, warm):
+        assert torch.equal(x, y)
+
+
+def test_concurrent_writers_of_one_entry(tmp_path):
+    """Workers conforming the same scan at once (copies: the cache keys by content) all write its
+    entry: atomic renames leave one whole entry and no temporary files."""
+    write_phantom(tmp_path / "same.nii.gz", seed=7)
+    for i in range(6):
+        (tmp_path / f"copy{i}.nii.gz").write_bytes((tmp_path / "same.nii.gz").read_bytes())
+    rows = "".join(f"c{i},copy{i}.nii.gz,{50 + i},{i % 2}\n" for i in range(6))
+    (tmp_path / "manifest.csv").write_text("scan_id,path,age,member\n" + rows)
+    records = load_manifest(tmp_path / "manifest.csv").records
+    cache = VolumeCache(tmp_path / "cache")
+    batches = list(make_loader(ScanDataset(records, SPEC, cache), batch_size=1, num_workers=3))
+    expected = load_conformed(tmp_path / "same.nii.gz", SPEC)
+    for x, _ in batches:
+        np.testing.assert_array_equal(x[0, 0].numpy(), expected)
+    files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert len(files) == 1 and files[0].suffix == ".npy" and not files[0].name.startswith(".tmp")
+    np.testing.assert_array_equal(np.load(files[0]), expected)

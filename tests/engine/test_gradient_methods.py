@@ -11,7 +11,12 @@ import torch
 from worker.engine.errors import InputError
 from worker.engine.features import methods
 from worker.engine.features.batch import BatchComputer
-from worker.engine.features.methods import JACOBIAN_METHODS, MethodChooser, loop_jacobian, vmap_jacobian
+from worker.engine.features.methods import (
+    JACOBIAN_METHODS,
+    MethodChooser,
+    loop_jacobian,
+    vmap_jacobian,
+)
 from worker.engine.features.per_sample import FunctionalModel
 from worker.engine.models import BrainAge3D
 

@@ -9,7 +9,11 @@ import torch
 from torch import nn
 
 from worker.engine.features.methods import JACOBIAN_METHODS
-from worker.engine.features.per_sample import FunctionalModel, layer_aliases, param_modules
+from worker.engine.features.per_sample import (
+    FunctionalModel,
+    layer_aliases,
+    param_modules,
+)
 
 METHODS = sorted(JACOBIAN_METHODS)
 from worker.engine.models import BrainAge3D, BrainAgeSliceMean

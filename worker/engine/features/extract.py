@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from ..cache import VolumeCache
-from ..dataset import ScanDataset, make_loader
+from ..dataset import ScanDataset, loader_workers, make_loader
 from ..errors import BrainMIAError, InputError
 from ..manifest import Manifest, ScanRecord
 from ..models.loading import LoadedModel
@@ -35,14 +35,16 @@ class ExtractionOptions:
         layers: layers (aliases or module paths) whose full per-sample gradient is kept.
         batch_size: scans per vectorised pass.
         device: ``cpu``, ``cuda``, ``cuda:1``...; None picks CUDA when present.
-        num_workers: data-loader processes decoding scans.
+        num_workers: data-loader processes decoding and conforming scans in parallel (0: in
+            this process; None: the cores minus one, capped; see
+            :func:`~worker.engine.dataset.loader_workers`).
     """
 
     white_box: bool = True
     layers: Sequence[str] = DEFAULT_LAYERS
     batch_size: int = 8
     device: str | None = None
-    num_workers: int = 0
+    num_workers: int | None = None
 
 
 @contextmanager
@@ -147,7 +149,8 @@ def extract_features(
 
     records = manifest.records
     dataset = ScanDataset(records, model.metadata.conform_spec(), cache)
-    loader = make_loader(dataset, batch_size=options.batch_size, num_workers=options.num_workers)
+    workers = loader_workers(options.num_workers, len(records), options.batch_size)
+    loader = make_loader(dataset, batch_size=options.batch_size, num_workers=workers)
     ages_all = torch.tensor([r.age for r in records], dtype=torch.float32)
 
     columns: dict[str, list[np.ndarray]] = {}
