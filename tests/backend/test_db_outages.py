@@ -226,3 +226,49 @@ def test_job_messages_are_read_from_kombus_redis_envelopes() -> None:
     other = dict(envelope, headers={"task": "brainmia.train_reference"})
     assert _job_message(json.dumps(other), TASK_NAME) is None
     assert _job_message("not json", TASK_NAME) is None
+
+
+# -- a claim that cannot reach the database puts its message back ----------------------------------
+
+
+def test_a_worker_puts_back_the_message_of_a_claim_the_database_refused(tmp_path: Path) -> None:
+    """A real Celery worker (the embedded one, in-memory broker) on a database that refuses
+    connections: the job's message is rejected back into the queue and delivered again, never
+    acknowledged and dropped."""
+    import socket
+
+    from celery.signals import task_prerun
+
+    from backend.db.session import make_engine, make_sessionmaker
+    from backend.services.resources import Resources
+    from backend.settings import Settings
+    from backend.storage import Storage
+    from worker.celery_app import create_celery
+    from worker.embedded import EmbeddedWorker
+
+    with socket.socket() as sock:  # a port nothing listens on: the database server is down
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = Settings(data_dir=tmp_path, database_url=f"postgresql+psycopg://x@127.0.0.1:{port}/none", db_retry_s=0.3)
+    assert settings.embedded  # no broker URL: the in-memory transport
+    app = create_celery(settings)
+    engine = make_engine(settings.sqlalchemy_url)
+    app.brainmia_resources = Resources(settings, make_sessionmaker(engine), Storage(settings.storage_dir))
+    deliveries: list[str] = []
+
+    def count(task_id: str | None = None, **_: object) -> None:
+        deliveries.append(str(task_id))
+
+    task_prerun.connect(count, weak=False)
+    worker = EmbeddedWorker(app, 1)
+    worker.start()
+    try:
+        sent = app.send_task(TASK_NAME, args=["job-1", 1])
+        deadline = time.monotonic() + 20
+        while deliveries.count(sent.id) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+        task_prerun.disconnect(count)
+        engine.dispose()
+    assert deliveries.count(sent.id) >= 3, deliveries  # the same message, delivered again and again

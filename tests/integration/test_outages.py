@@ -181,6 +181,7 @@ def _wait_running(stack: Stack, job_id: str) -> None:
 # -- the scenarios ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~70 s on 2 idle cores (a worker started during the outage, two jobs)
 def test_a_postgres_outage_costs_no_attempt_and_drops_no_message(make_stack, outage_postgres: RestartablePostgres,  # type: ignore[no-untyped-def]
                                                                  tiny_model: Path, small_archive: Path) -> None:
     stack: Stack = make_stack(workers=1, **SETTINGS)
@@ -220,6 +221,7 @@ def test_a_postgres_outage_costs_no_attempt_and_drops_no_message(make_stack, out
     assert second.alive(), second.tail()
 
 
+@pytest.mark.slow  # ~70 s on 2 idle cores (a worker started after the restart, two jobs)
 def test_jobs_whose_messages_redis_lost_are_sent_again(make_stack, outage_redis: RestartableRedis,  # type: ignore[no-untyped-def]
                                                        tiny_model: Path, small_archive: Path) -> None:
     """A job queued when Redis dies (no persistence: its message is gone), and a job its worker
