@@ -272,3 +272,34 @@ def test_a_worker_puts_back_the_message_of_a_claim_the_database_refused(tmp_path
         task_prerun.disconnect(count)
         engine.dispose()
     assert deliveries.count(sent.id) >= 3, deliveries  # the same message, delivered again and again
+
+
+# -- the dispatcher after an outage ---------------------------------------------------------------
+
+
+def test_after_an_outage_the_reaper_waits_for_live_workers_then_names_the_outage(db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from backend.db.models import utcnow
+    from backend.jobs import JobDispatcher
+    from backend.settings import Settings
+    from backend.storage import Storage
+
+    _, factory = db
+    settings = Settings(data_dir=tmp_path, heartbeat_timeout_s=10)
+    jobs = JobDispatcher(settings, factory, Storage(settings.storage_dir))
+    silent = _job(factory, state="running", attempts=1, worker="w1:1", heartbeat_at=utcnow() - timedelta(seconds=30))
+    jobs._pass_failed(sa_exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused")))
+    assert jobs._db_down_since is not None
+    jobs._db_down_since -= timedelta(seconds=25)  # down for the last 25 s: the job's beat stopped 5 s before
+    assert jobs.reap() == {"requeued": 0, "failed": 0, "cancelled": 0}  # back just now: beats are on their way
+    assert _row(factory, silent).state == "running"
+    assert jobs.reap_grace == 7.5  # three heartbeats of 2.5 s
+    jobs._db_back_at -= jobs.reap_grace  # the grace is over and the job still says nothing
+    assert jobs.reap()["requeued"] == 1
+    row = _row(factory, silent)
+    assert row.state == "queued" and "the database was unreachable from" in row.log, row.log
+    long_dead = _job(factory, state="running", attempts=1, worker="w2:1", heartbeat_at=utcnow() - timedelta(hours=1))
+    assert jobs.reap()["requeued"] == 1
+    assert "unreachable" not in _row(factory, long_dead).log  # it stopped long before the outage
+    assert jobs.reconcile() == 0  # embedded: the in-process queue loses no message
