@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout for threads."""
+    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout for threads,
+    PostgreSQL a pre-ping and a connect timeout."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -27,7 +28,10 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # a dead connection is noticed at checkout (pre-ping); a server that does not answer at all (a
+    # network partition) fails a connect within 10 s, so the retries of backend.db.retry keep their pace
+    connect_args = {"connect_timeout": 10} if url.startswith("postgresql") else {}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
