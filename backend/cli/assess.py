@@ -225,8 +225,6 @@ def features(
         scans = load_manifest(manifest)
         loaded = host.load(model, ModelFlags(input_shape, voxel_size, normalize, arch, arch_options).overrides())
         show_inputs(scans, loaded)
-        show_training_estimate(scans, options, loaded.metadata if loaded is not None else None,
-                               cache=inputs.run.cache(), device=device)
         with progress_bar(not quiet) as bar:
             table = extract_features(
                 loaded,
