@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.db.models import ApiToken, Assessment, ModelRecord, Organisation, ScanSet
-from backend.db.retry import DatabaseUnavailable
+from backend.db.retry import DatabaseUnavailable, is_transient, retry_transient
 from backend.services import options as job_options
 from backend.services.job_states import claim
 from backend.services.model_hosts import model_host
@@ -149,7 +149,8 @@ def _load_inputs(resources: Resources, assessment_id: str, job: JobContext) -> _
     from worker.engine.features import ExtractionOptions, pick_device
     from worker.engine.models import ModelMetadata
 
-    row, model_row, scan_set = job_rows(resources, assessment_id)
+    row, model_row, scan_set = retry_transient(lambda: job_rows(resources, assessment_id), what=f"reading assessment {assessment_id}",
+                                               budget_s=resources.settings.db_retry_s)
     options = job_options.read_stored(row.options)
     settings = resources.settings
     manifest = job_manifest(resources, scan_set)
@@ -243,7 +244,8 @@ def run_job(
                     result = inputs.run(resources, job)
                 finally:
                     inputs.host.close()  # the model's process ends before anything is published
-                result.report.setdefault("provenance", {})["request"] = _request(resources, assessment_id)
+                result.report.setdefault("provenance", {})["request"] = retry_transient(
+                    lambda: _request(resources, assessment_id), budget_s=retry_s, what=f"reading assessment {assessment_id}")
                 job.progress("writing", 0.99, "writing report.json, report.html, features.csv")
                 tmp = resources.storage.temp_dir()
                 from frontend.export import write_outputs  # torch: not before a prefork worker forks
@@ -257,6 +259,9 @@ def run_job(
             except InputError as exc:
                 return _failed(resources, job, str(exc))
             except Exception as exc:  # noqa: BLE001 - recorded in the row for the user
+                if is_transient(exc):  # a database blip is not the job's fault: handed back, not failed
+                    job.unavailable = job.unavailable or DatabaseUnavailable(f"running assessment {job.id}", 0, exc)
+                    return _stopped(job, requeue)
                 return _failed(resources, job, f"{type(exc).__name__}: {exc}")
             return _publish(resources, job, result, tmp)
     except DatabaseUnavailable as exc:  # the final write (failed / succeeded) could not be made
@@ -307,7 +312,8 @@ def _database_unavailable(job: JobContext, error: DatabaseUnavailable, requeue: 
     back (not counted: not the job's fault), with the reason; if even that cannot be written, the
     job stays ``running`` and the reaper re-queues it once the database is back."""
     logger.error("assessment %s attempt %d: %s; handing the job back", job.id, job.attempt, error)
-    reason = f"the database was unreachable for {error.seconds:.0f} s"
+    reason = "the database was unreachable" + (f" for {error.seconds:.0f} s" if error.seconds >= 1 else "") + \
+        (f" ({error.cause})" if error.cause else "")
     try:
         if not job.hand_back(reason):
             return "lost"

@@ -179,7 +179,8 @@ def test_a_long_outage_stops_the_engine_and_the_attempt_is_handed_back_with_the_
     assert _stopped(job, requeue) == "requeued"
     row = _row(factory, job_id)
     assert (row.state, row.attempts) == ("queued", 0), row.log  # this attempt is not counted
-    assert "the database was unreachable for" in row.message and "the database was unreachable" in row.log
+    assert row.message.startswith("re-queued: the database was unreachable") and "database is locked" in row.message
+    assert "the database was unreachable" in row.log
     assert sent == [(job_id, 1)]
 
 
