@@ -95,6 +95,8 @@ def _side(report: dict, label: str) -> dict[str, Any]:
         "mae_members": mae_m,
         "mae_nonmembers": mae_n,
         "gap": (mae_n - mae_m) if mae_m is not None and mae_n is not None else None,
+        "epsilon": finite(D.part(v, "epsilon").get("epsilon")),
+        "epsilon_ceiling": finite(D.part(v, "epsilon").get("ceiling")),
         "model_sha256": str(D.part(prov, "model").get("sha256") or "n/a"),
         "manifest_sha256": str(D.part(prov, "manifest").get("sha256") or "n/a"),
         "created_at": str(prov.get("created_at") or "n/a"),
@@ -125,8 +127,21 @@ def _headline(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
         row("Strongest attack accuracy", "strongest_acc", ".1f", 100, "%", metric="accuracy"),
         row("Strongest attack AUC", "strongest_auc", ".3f", metric="auc"),
         row("Error gap, unseen minus training scans (years)", "gap", ".2f"),
+        _epsilon_row(a, b),
         {**row("Model error on unseen scans (MAE, years)", "mae_nonmembers", ".2f"), "direction": "info"},
     ]
+
+
+def _epsilon_row(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The empirical epsilon lower bounds with their ceilings (plain: each bound has its own confidence)."""
+    def text(side: dict[str, Any]) -> str:
+        if side["epsilon"] is None:
+            return "n/a"
+        ceiling = "" if side["epsilon_ceiling"] is None else f" (at most {side['epsilon_ceiling']:.2f} measurable)"
+        return f">= {side['epsilon']:.2f}{ceiling}"
+
+    delta = "–" if a["epsilon"] is None or b["epsilon"] is None else f"{b['epsilon'] - a['epsilon']:+.2f}"
+    return {"label": "Empirical epsilon (lower bound)", "a": text(a), "b": text(b), "delta": delta, "direction": "info"}
 
 
 def _figure(build: Any) -> dict[str, Any]:

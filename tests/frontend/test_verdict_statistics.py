@@ -51,3 +51,16 @@ def test_inconclusive_report_says_how_many_scans_would_settle_it():
     for key in ("multiplicity", "power", "scans_needed", "epsilon", "dp_claim"):
         report["verdict"].pop(key)
     assert "How sure is this verdict?" not in render_report_html(report, features)
+
+
+def test_compare_page_shows_both_empirical_epsilons():
+    from frontend.compare import build_comparison
+
+    report, features = make_sample(400, errored=False)
+    ok = [a for a in report["attacks"] if a["status"] == "ok"]
+    before = dict(report, verdict=evaluate(ok, Policy(), utility=report["utility"],
+                                           exposure=_exposure(report, features)))
+    after = dict(report, verdict=evaluate(ok, Policy(), utility=report["utility"]))  # no per-scan scores
+    row = next(h for h in build_comparison(before, after, features, features)["headline"]
+               if h["label"].startswith("Empirical epsilon"))
+    assert row["a"].startswith(">= ") and "measurable" in row["a"] and row["b"] == "n/a" and row["delta"] == "–"
