@@ -55,6 +55,8 @@ def run_assessment_job(self: Any, assessment_id: str, attempt: int) -> str:
     settings: Settings = app.brainmia_settings
 
     def requeue(job_id: str, next_attempt: int) -> None:
+        if settings.embedded and app.brainmia_shutdown.is_set():
+            return  # the in-process queue ends with the process: the next start's recovery sends it
         app.send_task(TASK_NAME, args=[job_id, next_attempt])
 
     def send_reference(job_id: str, model_index: int, model_attempt: int) -> None:
@@ -67,7 +69,7 @@ def run_assessment_job(self: Any, assessment_id: str, attempt: int) -> str:
             int(attempt),
             worker=worker_name(self.request.hostname),
             shutdown=app.brainmia_shutdown,
-            requeue=None if settings.embedded else requeue,
+            requeue=requeue,
             send_reference=None if settings.embedded else send_reference,
         )
 
