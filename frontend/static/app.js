@@ -252,6 +252,12 @@
           throw bad;
         }
       }
+      var dpEpsilon = $(form, "[name='metadata.dp.epsilon']").value.trim();
+      if (dpEpsilon) {
+        metadata.dp = { epsilon: Number(dpEpsilon) };
+        var dpDelta = $(form, "[name='metadata.dp.delta']").value.trim();
+        if (dpDelta) { metadata.dp.delta = Number(dpDelta); }
+      }
       data.append("metadata", JSON.stringify(metadata));
       return { body: data };
     }, reload);
