@@ -63,7 +63,7 @@ def _verdict_details(verdict: dict[str, Any]) -> None:
                      f"(z = {multiplicity['z']:.2f})", highlight=False)
     if verdict.get("level") == "inconclusive" and verdict.get("scans_needed"):
         stderr.print(f"  [magenta]inconclusive:[/] about {verdict['scans_needed']} members and as many non-members "
-                     "would settle it", highlight=False)
+                     "in all would settle it", highlight=False)
     eps = verdict.get("epsilon")
     if eps:
         stderr.print(f"  empirical privacy: {eps['message']}", highlight=False)
