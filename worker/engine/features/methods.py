@@ -1,18 +1,22 @@
 """Exact per-sample gradient methods, and the choice of the fastest one per model, grid and device.
 
-Two exact methods compute the same per-sample Jacobian ``d prediction_i / d parameter``:
+Three exact methods compute the same per-sample Jacobian ``d prediction_i / d parameter``:
 
 - ``vmap``: one vectorised ``torch.func`` pass over the batch (fastest on GPUs, 4-5x over a loop);
 - ``loop``: one functional forward and backward per scan (batch of one), which on a CPU runs at
-  the speed of a plain batched training step or faster, where ``vmap``'s batched kernels lose.
+  the speed of a plain batched training step or faster for large models, where ``vmap`` loses;
+- ``hooks``: one batched forward and backward, per-sample weight gradients formed from each
+  layer's input and output gradient (:mod:`.hooks`; eager Conv/Linear models only).
 
-Both call the model on one scan at a time (see :mod:`.per_sample`), so both are exact for every
-model format, and agree to float32 rounding. Which is faster depends on the model, the grid and
-the device, and no rule holds across them (measured: the paper's 3D-CNN at 2 mm on a CPU favours the
-loop by 1.6x; a small 4 mm model on the same CPU favours ``vmap`` by 1.5x), so, like cuDNN's
-benchmark mode, :class:`MethodChooser` times each method on the first batches of a run (each
-timed batch's result is used, so the cost is one extra pass of the slower method) and keeps the
-faster for that (model structure, grid, batch size, device), in this process.
+``vmap`` and ``loop`` call the model on one scan at a time (see :mod:`.per_sample`), so they are
+exact for every model format; ``hooks`` is exact when samples do not interact, which is checked,
+not assumed: while measuring, every method's result is compared with the loop's, and a method that
+differs is not used for that model. Which is fastest depends on the model, the grid and the device
+and no rule holds across them (the paper's 3D-CNN at 2 mm on a CPU favours the loop over ``vmap`` by
+1.6x; a small 4 mm model on the same CPU favours ``vmap`` by 1.5x), so, like cuDNN's benchmark
+mode, :class:`MethodChooser` times each method on the first batches of a run (each timed batch's
+result is used, so the cost is one extra pass of each slower method, up to three rounds) and keeps
+the fastest for that (model structure, grid, batch size, device), in this process.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from torch.func import grad_and_value
 
 from ..errors import InputError
+from .hooks import hooks_jacobian, hooks_supported
 from .per_sample import FunctionalModel
 
 Jacobian = tuple[dict[str, torch.Tensor], torch.Tensor]
@@ -64,7 +69,23 @@ def loop_jacobian(fmodel: FunctionalModel, x: torch.Tensor) -> Jacobian:
     return jac, torch.stack(preds)
 
 
-JACOBIAN_METHODS: dict[str, JacobianFn] = {"vmap": vmap_jacobian, "loop": loop_jacobian}
+JACOBIAN_METHODS: dict[str, JacobianFn] = {"vmap": vmap_jacobian, "loop": loop_jacobian, "hooks": hooks_jacobian}
+REFERENCE = "loop"
+"""The method every other is checked against while measuring (the batch-of-one loop)."""
+
+
+def available_methods(fmodel: FunctionalModel) -> list[str]:
+    """The methods that can run on this model (``hooks`` only on eligible eager models)."""
+    return [name for name in JACOBIAN_METHODS if name != "hooks" or hooks_supported(fmodel)]
+
+
+def _agree(a: Jacobian, b: Jacobian) -> bool:
+    """Whether two Jacobians agree to float32 rounding (relative to the largest entry)."""
+    scale = max(float(g.abs().max()) for g in b[0].values()) if b[0] else 1.0
+    if not torch.allclose(a[1], b[1], rtol=1e-4, atol=1e-4):
+        return False
+    return all(a[0][n].shape == g.shape and torch.allclose(a[0][n], g, rtol=1e-3, atol=1e-4 * scale)
+               for n, g in b[0].items())
 
 _CHOSEN: dict[tuple[str, ...], str] = {}
 
@@ -107,11 +128,13 @@ class MethodChooser:
     def __init__(self, fmodel: FunctionalModel, device: str, method: str = AUTO):
         if method != AUTO and method not in JACOBIAN_METHODS:
             raise InputError(f"unknown gradient method '{method}': use auto, {', '.join(JACOBIAN_METHODS)}")
+        if method == "hooks" and not hooks_supported(fmodel):
+            raise InputError("gradient method 'hooks' needs an eager model of Conv and Linear layers")
         self.fmodel = fmodel
         self.device = device
         self.fixed = None if method == AUTO else method
         self._key: tuple[str, ...] | None = None
-        self._times: dict[str, list[float]] = {name: [] for name in JACOBIAN_METHODS}
+        self._times: dict[str, list[float]] = {}
         self._warm = False
 
     @property
@@ -130,6 +153,11 @@ class MethodChooser:
             return JACOBIAN_METHODS[method](self.fmodel, x)
         return self._measure(x)
 
+    def _candidates(self) -> list[str]:
+        if not self._times and not self._warm:
+            self._times = {name: [] for name in available_methods(self.fmodel)}
+        return list(self._times)
+
     def _timed(self, name: str, x: torch.Tensor) -> Jacobian:
         _sync(self.device)
         start = time.perf_counter()
@@ -140,23 +168,28 @@ class MethodChooser:
 
     def _measure(self, x: torch.Tensor) -> Jacobian:
         """Time every method on this batch (order alternating by round); decide when clear."""
+        names = self._candidates()
         if not self._warm:  # first calls pay one-off costs (allocator, kernels, thread pools)
-            for fn in JACOBIAN_METHODS.values():
-                fn(self.fmodel, x[:1])
+            for name in names:
+                JACOBIAN_METHODS[name](self.fmodel, x[:1])
             self._warm = True
-        names = list(JACOBIAN_METHODS)
         rounds = len(self._times[names[0]])
         if rounds % 2:
             names.reverse()
-        result = None
-        for name in names:
-            result = self._timed(name, x)
+        results = {name: self._timed(name, x) for name in names}
+        reference = results.get(REFERENCE)
+        for name, value in results.items():  # a method is used only where it matches the loop
+            if reference is not None and name != REFERENCE and not _agree(value, reference):
+                logger.warning("per-sample gradients by %s differ from the batch-of-one loop on this model: "
+                               "not used", name)
+                del self._times[name]
+        result = reference if reference is not None else results[names[-1]]
         best = {name: min(t) for name, t in self._times.items()}
         ranked = sorted(best, key=best.__getitem__)
-        if best[ranked[1]] >= CLEAR_MARGIN * best[ranked[0]] or rounds + 1 >= MAX_ROUNDS:
+        if (len(ranked) == 1 or best[ranked[1]] >= CLEAR_MARGIN * best[ranked[0]]
+                or rounds + 1 >= MAX_ROUNDS):
             assert self._key is not None
             _CHOSEN[self._key] = ranked[0]
             logger.info("per-sample gradients by %s (s/scan: %s) for grid %s, batch %s on %s", ranked[0],
                         ", ".join(f"{n} {t:.4f}" for n, t in best.items()), *self._key[1:])
-        assert result is not None
         return result
