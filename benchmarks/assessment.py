@@ -1,0 +1,154 @@
+"""End to end: N synthetic 1 mm scans assessed with the paper's 3D-CNN at 2 mm, stage by stage.
+
+Writes N scans like the real T1s (182 x 218 x 182 int16, 1 mm; seeded from ``../shared/data/real-t1``
+when present, each with its own noise and intensity scale), a manifest (half members) and the
+paper's 3D-CNN (random weights, sidecar: 91 x 109 x 91 at 2 mm, z-scored). Then, with 1 and with 2
+data-loader worker processes, on a fresh conformed-volume cache each time:
+
+  decode cold   every scan read, conformed to 2 mm and cached, by the loader alone;
+  decode warm   the same from the cache;
+  features      the assessment's feature extraction (white-box, the fastest exact method; scans
+                from the warm cache, decoded by the workers while the model computes);
+  attacks       the paper's attacks and the quantile attacks on the feature table;
+  report        verdict and report.
+
+The model runs in this process (a job runs it in the confined host, which adds one copy of each
+batch). The last line is ``ratio_two_workers_to_one=X ratio_decode_to_features=Y``: X the cold
+decode time with 2 workers over that with 1 (target <= 0.6 where 2 cores are free), Y the cold
+decode time with 2 workers over the features time.
+
+Usage: python benchmarks/assessment.py [--scans 20] [--device cpu|cuda] [--batch-size 8] [--workers 1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from worker.engine.assessment import AssessmentOptions, run_assessment
+from worker.engine.cache import VolumeCache
+from worker.engine.dataset import ScanDataset, make_loader
+from worker.engine.features import ExtractionOptions
+from worker.engine.manifest import load_manifest
+from worker.engine.models import BrainAge3D, ModelMetadata, load_model, write_sidecar
+
+REAL_T1 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real-t1"
+SHAPE_1MM = (182, 218, 182)
+AFFINE_1MM = np.array([[-1.0, 0, 0, 90], [0, 1, 0, -126], [0, 0, 1, -72], [0, 0, 0, 1]])
+
+
+def _seeds() -> list[tuple[np.ndarray, np.ndarray]]:
+    """The real T1s as (int16 volume, affine), or one smooth synthetic head when absent."""
+    files = sorted(REAL_T1.glob("*.nii.gz")) if REAL_T1.is_dir() else []
+    seeds = []
+    for path in files:
+        img = nib.load(path)
+        seeds.append((np.asarray(img.dataobj, dtype=np.int16), img.affine))
+    if not seeds:
+        grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE_1MM], indexing="ij"))
+        radius = np.sqrt(((grid / np.array([0.8, 0.85, 0.8])[:, None, None, None]) ** 2).sum(0))
+        head = np.where(radius < 1, 600 + 400 * np.cos(6 * radius), 0).astype(np.int16)
+        seeds.append((head, AFFINE_1MM))
+    return seeds
+
+
+def write_scans(folder: Path, n: int, seed: int = 0) -> Path:
+    """N scans and their manifest (ages 45-80, alternate members); returns the manifest path."""
+    rng = np.random.default_rng(seed)
+    seeds = _seeds()
+    rows = []
+    for i in range(n):
+        base, affine = seeds[i % len(seeds)]
+        mask = base > 0
+        volume = base.astype(np.float32) * rng.uniform(0.9, 1.1)
+        volume[mask] += rng.normal(0, 15, int(mask.sum())).astype(np.float32)
+        nib.Nifti1Image(np.clip(volume, -32768, 32767).astype(np.int16), affine).to_filename(folder / f"s{i:04d}.nii.gz")
+        rows.append(f"s{i:04d},s{i:04d}.nii.gz,{rng.uniform(45, 80):.1f},{i % 2}\n")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("scan_id,path,age,member\n" + "".join(rows))
+    return manifest
+
+
+def write_model(folder: Path) -> Path:
+    """The paper's 3D-CNN (random weights, output bias at the mean age) with its 2 mm sidecar."""
+    torch.manual_seed(0)
+    path = folder / "paper_3d.pt"
+    torch.save(BrainAge3D(mean_age=62.0, age_scale=10.0).state_dict(), path)
+    write_sidecar(path, ModelMetadata(input_shape=(91, 109, 91), voxel_size=(2.0, 2.0, 2.0), normalize="zscore",
+                                      arch="brain_age_3d"))
+    return path
+
+
+def decode(manifest, spec, cache: VolumeCache, workers: int, batch_size: int) -> float:
+    """Seconds to read and conform every scan through the loader."""
+    start = time.perf_counter()
+    for _ in make_loader(ScanDataset(manifest.records, spec, cache), batch_size=batch_size, num_workers=workers):
+        pass
+    return time.perf_counter() - start
+
+
+def assess(model, manifest, cache: VolumeCache, workers: int, args: argparse.Namespace) -> dict[str, float]:
+    """Stage times (features, attacks, report) of one assessment, from its progress calls."""
+    marks: dict[str, float] = {}
+
+    def progress(stage: str, _fraction: float, _message: str) -> None:
+        marks.setdefault(stage, time.perf_counter())
+
+    options = AssessmentOptions(repeats=args.repeats, extraction=ExtractionOptions(
+        batch_size=args.batch_size, device=args.device, num_workers=workers))
+    run_assessment(manifest, model=model, options=options, cache=cache, progress=progress)
+    return {"features": marks["attacks"] - marks["features"], "attacks": marks["report"] - marks["attacks"],
+            "report": marks["done"] - marks["report"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scans", type=int, default=20, help="scans (20: the fewest the quantile attacks take)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="attack repeats")
+    parser.add_argument("--workers", default="1,2", help="loader worker counts to compare")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--keep", type=Path, default=None, help="write the scans here (default: a temporary folder)")
+    args = parser.parse_args()
+    counts = [int(w) for w in args.workers.split(",")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        manifest = load_manifest(write_scans(folder, args.scans))
+        model = load_model(write_model(folder), device=args.device)
+        print(f"wrote {args.scans} scans of {SHAPE_1MM} int16 and the model in {time.perf_counter() - start:.1f} s; "
+              f"device={args.device} batch_size={args.batch_size} torch_threads={torch.get_num_threads()}")
+        spec = model.metadata.conform_spec()
+        start = time.perf_counter()
+        computer = model.computer(args.device)  # the one-off choice of the gradient method, outside the stages
+        while computer.chooser.method is None:
+            computer.compute(torch.randn(args.batch_size, 1, *spec.shape), torch.full((args.batch_size,), 60.0),
+                             True, list(computer.aliases.values()))
+        print(f"gradient method {computer.chooser.method}, chosen in {time.perf_counter() - start:.1f} s")
+        results: dict[int, dict[str, float]] = {}
+        for workers in counts:
+            cache = VolumeCache(Path(tmp) / f"cache-{workers}")
+            row = {"decode_cold": decode(manifest, spec, cache, workers, args.batch_size),
+                   "decode_warm": decode(manifest, spec, cache, workers, args.batch_size)}
+            row.update(assess(model, manifest, cache, workers, args))
+            results[workers] = row
+            total = row["features"] + row["attacks"] + row["report"]
+            print(f"workers={workers} " + " ".join(f"{k}={v:.2f}s" for k, v in row.items())
+                  + f" | decode cold {args.scans / row['decode_cold']:.1f} scans/s, warm "
+                  f"{args.scans / row['decode_warm']:.1f} scans/s, features {args.scans / row['features']:.2f} scans/s, "
+                  f"assessment (warm cache) {args.scans / total:.2f} scans/s")
+    one, two = results[counts[0]], results[counts[-1]]
+    print(f"ratio_two_workers_to_one={two['decode_cold'] / one['decode_cold']:.3f} "
+          f"ratio_decode_to_features={two['decode_cold'] / two['features']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
