@@ -77,6 +77,7 @@ class JobDispatcher:
         self._db_down_since: datetime | None = None
         self._outage: tuple[datetime, datetime] | None = None  # the last one this process saw
         self._db_back_at = -float("inf")  # monotonic
+        self._broker_down = False
 
     # -- Celery ------------------------------------------------------------------------------
 
@@ -275,6 +276,9 @@ class JobDispatcher:
         if inspect is None:
             return 0
         messages = inspect()
+        if self._broker_down:
+            logger.warning("job dispatch: the broker is reachable again")
+            self._broker_down = False
         now = time.monotonic() if now is None else now
         queued = job_states.queued_jobs(self.factory)
         self._database_reachable()
@@ -322,7 +326,9 @@ class JobDispatcher:
                 self._db_down_since = utcnow()
                 logger.error("the database is unreachable: %s", str(exc).splitlines()[0][:300])
         elif isinstance(exc, (OSError, ConnectionError)) or type(exc).__module__.split(".")[0] in ("kombu", "redis"):
-            logger.warning("job dispatch pass: the broker is unreachable: %s: %s", type(exc).__name__, exc)
+            if not self._broker_down:  # said once per outage, not at every pass
+                logger.warning("job dispatch: the broker is unreachable: %s: %s", type(exc).__name__, exc)
+            self._broker_down = True
         else:
             logger.exception("job dispatch pass failed")
 

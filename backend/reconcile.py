@@ -71,6 +71,7 @@ class RedisMessages:
             Exception: the broker is unreachable (the caller skips this pass).
         """
         with self.app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
             channel = conn.default_channel
             client = channel.client
             with client.pipeline(transaction=True) as pipe:
