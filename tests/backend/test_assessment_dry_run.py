@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from backend.db.models import Assessment
 from backend.db.session import session_scope
-from tests.backend.job_fixtures import FAST_OPTIONS, job_cohort, job_inputs, job_model_file
+from tests.backend.job_fixtures import (
+    FAST_OPTIONS,
+    job_cohort,
+    job_inputs,
+    job_model_file,
+)
 
 __all__ = ["job_cohort", "job_inputs", "job_model_file"]  # fixtures used here
 

@@ -7,7 +7,12 @@ import json
 import pytest
 
 from worker.engine.errors import InputError
-from worker.engine.verdict import DEFAULT_POLICY, Policy, attack_level, evaluate, load_policy
+from worker.engine.verdict import (
+    DEFAULT_POLICY,
+    Policy,
+    evaluate,
+    load_policy,
+)
 
 
 def attack(name: str = "error/threshold", auc_low: float = 0.5, tpr_low: float = 0.0,

@@ -16,7 +16,7 @@ from scipy.stats import rankdata
 from tests.engine.test_feature_sets import make_table
 from worker.engine import metrics as M
 from worker.engine.attacks import AttackSpec, run_attacks
-from worker.engine.quantile.attacks import QMIA_ATTACKS, run_qmia_attacks
+from worker.engine.quantile.attacks import run_qmia_attacks
 from worker.engine.verdict import evaluate
 
 _N = NormalDist()

@@ -24,7 +24,8 @@ assumption of one-run audits (ML Privacy Meter's ``audit.py``).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import beta
@@ -39,8 +40,15 @@ QUANTILES: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 
 """Score quantiles tried as thresholds (label-free)."""
 
 __all__ = [
-    "ALPHA", "DELTA", "QUANTILES", "check_dp_claim", "clopper_pearson_upper", "epsilon_ceiling",
-    "epsilon_from_rates", "epsilon_lower_bound", "empirical_epsilon",
+    "ALPHA",
+    "DELTA",
+    "QUANTILES",
+    "check_dp_claim",
+    "clopper_pearson_upper",
+    "empirical_epsilon",
+    "epsilon_ceiling",
+    "epsilon_from_rates",
+    "epsilon_lower_bound",
 ]
 
 

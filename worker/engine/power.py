@@ -21,9 +21,8 @@ one (a well-powered assessment that found nothing is ``low``).
 from __future__ import annotations
 
 import math
-from typing import Any
-
 from statistics import NormalDist
+from typing import Any
 
 from .measurable import estimable
 from .policy import DEFAULT_POLICY, Policy
@@ -38,8 +37,16 @@ _MAX_SCANS = 10**7
 _N = NormalDist()
 
 __all__ = [
-    "ALPHA", "POWER", "auc_se", "min_detectable_auc", "min_detectable_tpr", "planned_test_sizes",
-    "planned_power", "power_statement", "scans_needed", "tpr_se",
+    "ALPHA",
+    "POWER",
+    "auc_se",
+    "min_detectable_auc",
+    "min_detectable_tpr",
+    "planned_power",
+    "planned_test_sizes",
+    "power_statement",
+    "scans_needed",
+    "tpr_se",
 ]
 
 

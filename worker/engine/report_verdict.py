@@ -6,8 +6,6 @@ four-level verdict are optional, so reports written before it still load.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import Field
 
 from .report_sections import Finding, Level, Num, PolicySettings, ThreatLevels, _Open
@@ -35,8 +33,8 @@ class PowerStatement(_Open):
     min_detectable_auc: Num
     min_detectable_tpr: Num = Field(None, alias="min_detectable_tpr_at_fpr_0.01")
     adequate: bool
-    warnings: list[str] = []
-    scans_needed: Optional[int] = None
+    warnings: list[str] = Field(default_factory=list)
+    scans_needed: int | None = None
     message: str
 
 
@@ -47,7 +45,7 @@ class EmpiricalEpsilon(_Open):
     ceiling: Num
     delta: float
     confidence: float
-    attack: Optional[str]
+    attack: str | None
     correction: str
     n_members: int
     n_nonmembers: int
@@ -76,13 +74,13 @@ class Verdict(_Open):
     level: Level
     passed: bool
     incomplete: bool
-    strongest_attack: Optional[str]
+    strongest_attack: str | None
     summary: str
     findings: list[Finding]
     levels_by_threat_model: ThreatLevels
     policy: PolicySettings  # type: ignore[valid-type]
-    multiplicity: Optional[Multiplicity] = None
-    power: Optional[PowerStatement] = None
-    scans_needed: Optional[int] = None
-    epsilon: Optional[EmpiricalEpsilon] = None
-    dp_claim: Optional[DPCheck] = None
+    multiplicity: Multiplicity | None = None
+    power: PowerStatement | None = None
+    scans_needed: int | None = None
+    epsilon: EmpiricalEpsilon | None = None
+    dp_claim: DPCheck | None = None

@@ -25,9 +25,9 @@ interval (:func:`worker.engine.metrics.summarize`). The verdict makes two kinds 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Sequence
 
 from .power import auc_se, tpr_se
 from .report_ranking import is_completed

@@ -27,15 +27,22 @@ not be shared).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .epsilon import check_dp_claim, empirical_epsilon
 from .policy import DEFAULT_POLICY, LEVELS, Policy, load_policy
 from .power import power_statement
 from .report_ranking import is_completed, strongest_attack
-from .simultaneous import ALPHA, CORRECTION
-from .simultaneous import Bound
-from .verdict_levels import LevelDecision, bound_level, decide_level, metric_level, test_sizes, thresholds
+from .simultaneous import ALPHA, CORRECTION, Bound
+from .verdict_levels import (
+    LevelDecision,
+    bound_level,
+    decide_level,
+    metric_level,
+    test_sizes,
+    thresholds,
+)
 
 __all__ = ["DEFAULT_POLICY", "LEVELS", "Policy", "attack_level", "evaluate", "load_policy", "metric_level"]
 

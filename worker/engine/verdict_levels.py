@@ -20,9 +20,9 @@ For the AUC and the TPR at 1% FPR (``m`` measured (attack, metric) pairs in all)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Sequence
 
 from .policy import Policy
 from .power import min_detectable_auc, min_detectable_tpr, scans_needed
@@ -113,8 +113,8 @@ def _clear(metric: str, ok: Sequence[dict], bounds: list[Bound], policy: Policy,
     if mine and len(mine) == len(ok) and all(b.ci_high < medium for b in mine.values()):
         out.cleared, out.route = True, "bounds"
         return out
-    powered = [b for name, b in mine.items()
-               if (lambda d: d is not None and d <= medium)(_mde(metric, *sizes[name]))]
+    mdes = {name: _mde(metric, *sizes[name]) for name in mine}
+    powered = [b for name, b in mine.items() if mdes[name] is not None and mdes[name] <= medium]
     if powered and all(b.mean + _Z80 * max(b.ci_high - b.mean, 0.0) / _Z95 < medium for b in powered):
         out.cleared, out.route = True, "power"
     return out
@@ -139,7 +139,7 @@ def settle_estimate(decision: LevelDecision, policy: Policy, n_per_group: int, e
         if mine:
             top = max(mine, key=lambda b: b.mean - medium)
             factor = ((top.mean - top.lower(medium)) / (top.mean - medium)) ** 2
-            cands.append(int(math.ceil(n_per_group * factor)))
+            cands.append(math.ceil(n_per_group * factor))
         if cands:
             needed.append(min(cands))
     return max(needed) if needed else None
