@@ -8,7 +8,8 @@ Each scenario leaves no job ``queued`` or ``running`` once the services are back
 - PostgreSQL stopped (immediate shutdown) for a few seconds with a job running and one queued,
   a worker starting during the outage: every endpoint answers 503 ``database_unavailable``,
   the running job keeps its attempt, the claim of the queued one is retried (its message is not
-  dropped).
+  dropped);
+- an API restart sends at once the queued jobs Redis holds no message for, and only those.
 
 This module has its own Redis and PostgreSQL (it kills and restarts them); the stacks come from
 the suite's ``make_stack`` with short heartbeat and reconciliation intervals.
@@ -257,3 +258,33 @@ def test_jobs_whose_messages_redis_lost_are_sent_again(make_stack, outage_redis:
     assert [j["state"] for j in jobs] == ["succeeded", "succeeded"], jobs
     assert [j["attempts"] for j in jobs] == [1, 1], [j["log"] for j in jobs]  # a handed-back attempt is not counted
     assert all("sent again: no message in the broker" in j["log"] for j in jobs), [j["log"] for j in jobs]
+
+
+def test_an_api_start_sends_again_only_the_queued_jobs_redis_has_no_message_for(make_stack, tiny_model: Path,  # type: ignore[no-untyped-def]
+                                                                               small_archive: Path) -> None:
+    import redis
+
+    # requeue_after_s is long: only the start's reconciliation may send anything here
+    stack: Stack = make_stack(workers=0, **(SETTINGS | {"requeue_after_s": 600}))
+    broker = redis.Redis.from_url(stack.env["BRAINMIA_BROKER_URL"])
+    with BrainMIAClient(stack.url, stack.token) as client:
+        model_id, scans_id = _inputs(client, tiny_model, small_archive)
+        job_id = client.start_assessment(model_id, scans_id, FAST)["id"]
+    assert broker.llen("brainmia") == 1
+
+    def restart_api() -> None:
+        assert stack.api is not None
+        stack.api.stop()
+        stack.start_api()
+        time.sleep(2)  # its first pass runs at once; give it time
+
+    restart_api()  # the message is still there: nothing sent
+    assert broker.llen("brainmia") == 1
+    assert "sent again" not in _jobs(stack, [job_id])[0]["log"]
+
+    broker.delete("brainmia")  # the message is lost (as in a Redis restart without persistence)
+    restart_api()
+    wait_for(lambda: broker.llen("brainmia") == 1, 30, "the job's message to be sent again", diagnostics=stack.diagnostics)
+    job = _jobs(stack, [job_id])[0]
+    assert job["state"] == "queued" and "sent again: no message in the broker (this server started)" in job["log"], job
+    broker.close()
