@@ -304,3 +304,32 @@ def test_after_an_outage_the_reaper_waits_for_live_workers_then_names_the_outage
     assert jobs.reap()["requeued"] == 1
     assert "unreachable" not in _row(factory, long_dead).log  # it stopped long before the outage
     assert jobs.reconcile() == 0  # embedded: the in-process queue loses no message
+
+
+def test_a_database_error_in_a_request_is_a_503_with_the_error_body_or_page(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+    from backend.settings import Settings
+
+    app = create_app(Settings(data_dir=tmp_path), start_jobs=False)
+    refused = sa_exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    def database_down() -> None:
+        raise refused
+
+    def bad_statement() -> None:
+        raise sa_exc.ProgrammingError("SELEC 1", {}, ValueError("syntax error"))
+
+    app.add_api_route("/api/v1/test-down", database_down)
+    app.add_api_route("/test-down", database_down)
+    app.add_api_route("/api/v1/test-bug", bad_statement)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        api = client.get("/api/v1/test-down")
+        page = client.get("/test-down", headers={"Accept": "text/html"})
+        bug = client.get("/api/v1/test-bug")
+    assert api.status_code == 503 and api.headers["retry-after"] == "5"
+    assert api.json()["error"]["code"] == "database_unavailable"
+    assert page.status_code == 503 and "text/html" in page.headers["content-type"]
+    assert "Service unavailable" in page.text and "database is unreachable" in page.text
+    assert bug.status_code == 500 and bug.json()["error"]["code"] == "internal_error"  # a bug stays a bug
