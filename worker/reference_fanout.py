@@ -285,7 +285,7 @@ class _Waiter:
         attempt = row.attempts + 1
         if not job_states.claim_reference(self.resources.factory, self.job.id, k, attempt, self.worker):
             return False
-        model = ReferenceAttempt(self.resources.factory, self.job.id, k, attempt)
+        model = ReferenceAttempt(self.resources.factory, self.job.id, k, attempt, self.resources.settings.db_retry_s)
         self.local = k
 
         def between_epochs() -> None:  # the others' progress and dead workers, while this one trains

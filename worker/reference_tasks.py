@@ -62,7 +62,7 @@ def run_reference_task(
         logger.info("reference model %d of assessment %s attempt %d: not queued for this attempt; message ignored",
                     model_index, assessment_id, attempt)
         return "skipped"
-    model = job_states.ReferenceAttempt(factory, assessment_id, model_index, attempt)
+    model = job_states.ReferenceAttempt(factory, assessment_id, model_index, attempt, resources.settings.db_retry_s)
     parent = ParentCheck(resources, assessment_id)
     with Heartbeat(model, heartbeat_interval(resources.settings)):
         try:

@@ -147,10 +147,13 @@ class ReferenceAttempt:
         assessment_id: the job.
         model_index: the model.
         attempt: the attempt this worker claimed.
+        retry_s: how long a write retries while the database is unreachable (then
+            :class:`~backend.db.retry.DatabaseUnavailable`).
     """
 
-    def __init__(self, factory: Factory, assessment_id: str, model_index: int, attempt: int):
+    def __init__(self, factory: Factory, assessment_id: str, model_index: int, attempt: int, retry_s: float = 0.0):
         self.factory = factory
+        self.retry_s = retry_s
         self.assessment_id = assessment_id
         self.model_index = model_index
         self.attempt = attempt
@@ -161,14 +164,18 @@ class ReferenceAttempt:
         """Update the row if this attempt still owns it; False (and ``lost``) otherwise."""
         if self.lost:
             return False
-        with self.factory() as session, session.begin():
-            result = session.execute(
-                update(ReferenceTask)
-                .where(ReferenceTask.assessment_id == self.assessment_id, ReferenceTask.model_index == self.model_index,
-                       ReferenceTask.state == ReferenceState.RUNNING, ReferenceTask.attempts == self.attempt)
-                .values(**values)
-            )
-        if result.rowcount == 0:
+
+        def update_row() -> int:
+            with self.factory() as session, session.begin():
+                return session.execute(
+                    update(ReferenceTask)
+                    .where(ReferenceTask.assessment_id == self.assessment_id,
+                           ReferenceTask.model_index == self.model_index,
+                           ReferenceTask.state == ReferenceState.RUNNING, ReferenceTask.attempts == self.attempt)
+                    .values(**values)
+                ).rowcount
+
+        if retry_transient(update_row, budget_s=self.retry_s, what=f"writing reference model {self.id}") == 0:
             self.lost = True
             logger.warning("reference model %s attempt %d: no longer owned by this worker", self.id, self.attempt)
         return not self.lost
