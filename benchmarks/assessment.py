@@ -5,7 +5,8 @@ when present, each with its own noise and intensity scale), a manifest (half mem
 paper's 3D-CNN (random weights, sidecar: 91 x 109 x 91 at 2 mm, z-scored). Then, with 1 and with 2
 data-loader worker processes, on a fresh conformed-volume cache each time:
 
-  decode cold   every scan read, conformed to 2 mm and cached, by the loader alone;
+  decode cold   every scan read, conformed to 2 mm and cached, by the loader alone (in batches of
+                ``--decode-batch-size``, 2: a few scans split evenly between the workers);
   decode warm   the same from the cache;
   features      the assessment's feature extraction (white-box, the fastest exact method; scans
                 from the warm cache, decoded by the workers while the model computes);
@@ -112,6 +113,7 @@ def main() -> None:
     parser.add_argument("--scans", type=int, default=20, help="scans (20: the fewest the quantile attacks take)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="attack repeats")
+    parser.add_argument("--decode-batch-size", type=int, default=2, help="loader batch of the decode stages")
     parser.add_argument("--workers", default="1,2", help="loader worker counts to compare")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--keep", type=Path, default=None, help="write the scans here (default: a temporary folder)")
@@ -136,8 +138,8 @@ def main() -> None:
         results: dict[int, dict[str, float]] = {}
         for workers in counts:
             cache = VolumeCache(Path(tmp) / f"cache-{workers}")
-            row = {"decode_cold": decode(manifest, spec, cache, workers, args.batch_size),
-                   "decode_warm": decode(manifest, spec, cache, workers, args.batch_size)}
+            row = {"decode_cold": decode(manifest, spec, cache, workers, args.decode_batch_size),
+                   "decode_warm": decode(manifest, spec, cache, workers, args.decode_batch_size)}
             row.update(assess(model, manifest, cache, workers, args))
             results[workers] = row
             total = row["features"] + row["attacks"] + row["report"]
