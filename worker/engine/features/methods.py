@@ -18,7 +18,7 @@ gradients off by 0.6% of their largest entry against float64, where batch-of-one
 and no rule holds across them (the paper's 3D-CNN at 2 mm on a CPU favours the loop over ``vmap`` by
 1.6x; a small 4 mm model on the same CPU favours ``vmap`` by 1.5x), so, like cuDNN's benchmark
 mode, :class:`MethodChooser` times each method on the first batches of a run (each timed batch's
-result is used, so the cost is one extra pass of each slower method, up to three rounds) and keeps
+result is used, so the cost is one extra pass of each slower method, up to two rounds) and keeps
 the fastest for that (model structure, grid, batch size, device), in this process.
 """
 
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 AUTO = "auto"
 CLEAR_MARGIN = 1.25
 """One timed round decides when one method is at least this many times faster than the other."""
-MAX_ROUNDS = 3
+MAX_ROUNDS = 2
 """Rounds (each method timed once per round, order alternating) before the faster minimum wins."""
 
 
