@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import time
 from pathlib import Path
 
@@ -73,15 +74,23 @@ def _best(report: dict, family: set[str]) -> tuple[str, float, float, float | No
     return best["name"], auc["mean"], auc["ci_low"], best["metrics"]["tpr_at_fpr_0.01"]["mean"]
 
 
-def _assess(name: str, audit: Path, model_path: Path, options: AssessmentOptions, cache: VolumeCache) -> dict:
+def _assess(name: str, audit: Path, model_path: Path, options: AssessmentOptions, cache: VolumeCache,
+            out: Path) -> dict:
     start = time.perf_counter()
     result = run_assessment(load_manifest(audit), model=load_model(model_path), options=options, cache=cache)
     report = result.report
+    (out / f"{name.replace(' ', '_')}_report.json").write_text(json.dumps(report, default=str))
     print(f"{name}: assessed in {time.perf_counter() - start:.0f} s; verdict {report['verdict']['level']} "
-          f"({report['verdict']['strongest_attack']})")
+          f"({report['verdict']['strongest_attack']})", flush=True)
+    for a in report["attacks"]:
+        if a["status"] == "ok" and a.get("family") in ("quantile", "reference"):
+            auc, tpr = a["metrics"]["auc"], a["metrics"]["tpr_at_fpr_0.01"]
+            holds = "holds 0.5" if auc["ci_low"] <= 0.5 <= auc["ci_high"] else "EXCLUDES 0.5"
+            print(f"    {a['name']:28s} AUC {auc['mean']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}] {holds}; "
+                  f"TPR@1%FPR {tpr.get('mean')} [{tpr.get('ci_low')}, {tpr.get('ci_high')}]", flush=True)
     for family in ("classifier", "quantile", "reference"):
         attack, mean, low, tpr = _best(report, {family})
-        print(f"  best {family:10s} {attack:32s} AUC {mean:.3f} (lower bound {low:.3f}) TPR@1%FPR {tpr}")
+        print(f"  best {family:10s} {attack:32s} AUC {mean:.3f} (lower bound {low:.3f}) TPR@1%FPR {tpr}", flush=True)
     return report
 
 
@@ -116,8 +125,8 @@ def main() -> None:
     print(f"null target: trained on {len(null_train)} other scans (train MAE {null_mae:.2f} y)")
     options = AssessmentOptions(repeats=args.repeats, seed=args.seed, reference=ReferenceOptions(
         n_models=args.references, recipe=recipe, store_dir=args.out / "references", seed=args.seed))
-    report = _assess("target", audit, target, options, cache)
-    null_report = _assess("null target", audit, null, options, cache)
+    report = _assess("target", audit, target, options, cache, args.out)
+    null_report = _assess("null target", audit, null, options, cache, args.out)
     gain = _best(report, {"reference"})[1] - _best(report, {"classifier"})[1]
     null_gain = _best(null_report, {"reference"})[1] - _best(null_report, {"classifier"})[1]
     print(f"reference_gain={gain:.3f} null_reference_gain={null_gain:.3f}")
