@@ -87,12 +87,14 @@ def test_references_are_for_the_centralised_demo(tmp_path: Path) -> None:
 @pytest.mark.slow  # the full demo's cohort and model (200 subjects, 80 epochs) and 4 references: ~2 min
 def test_reference_attacks_find_members_at_1pct_fpr_on_the_demo_model(tmp_path_factory: pytest.TempPathFactory) -> None:
     """On the demo's overfit model (the default demo, all 200 scans tested, 100 non-members) the
-    reference attacks identify members at 1% FPR: TPR above 1% with its 95% lower bound above 1%."""
+    reference attacks identify members at 1% FPR: TPR above 1% with its 95% lower bound above 1%;
+    the verdict states an empirical epsilon with its ceiling, and contradicts a declared epsilon of 1."""
     from worker.engine.assessment import AssessmentOptions, run_assessment
     from worker.engine.cache import VolumeCache
     from worker.engine.demo import prepare_demo
     from worker.engine.metrics import estimable
     from worker.engine.models import load_model
+    from worker.engine.models.metadata import DPClaim
     from worker.engine.reference.run import ReferenceOptions
 
     out = tmp_path_factory.mktemp("full_demo")
@@ -102,7 +104,16 @@ def test_reference_attacks_find_members_at_1pct_fpr_on_the_demo_model(tmp_path_f
     assert estimable(made.manifest.n_nonmembers, 0.01)
     options = AssessmentOptions(feature_sets=["error", "grad-norm"], classifiers=["threshold"], repeats=1,
                                 reference=ReferenceOptions(n_models=DEMO_REFERENCES, store_dir=out / "refs"))
-    report = run_assessment(made.manifest, model=load_model(made.model_path), options=options, cache=cache).report
+    model = load_model(made.model_path)
+    # declared "DP, epsilon = 1" (with the demo's own delta): the demo model's leak contradicts it
+    model.metadata = model.metadata.model_copy(update={"dp": DPClaim(epsilon=1.0, delta=1e-5)})
+    report = run_assessment(made.manifest, model=model, options=options, cache=cache).report
+    eps = report["verdict"]["epsilon"]
+    assert eps is not None and 0 < eps["epsilon"] <= eps["ceiling"], eps  # a lower bound, and the most it could show
+    assert "epsilon" in eps["message"] and eps["n_members"] == made.manifest.n_members
+    claim = report["verdict"]["dp_claim"]
+    assert claim["contradicted"] and claim["empirical_epsilon"] > 1.0, claim
+    assert report["verdict"]["level"] == "high" and not report["verdict"]["passed"]
     refs = [a for a in report["attacks"] if a.get("family") == "reference" and a["status"] == "ok"]
     assert {a["name"].removesuffix(":grad-norm") for a in refs} == REFERENCE_ATTACKS
     tpr = {a["name"]: a["metrics"]["tpr_at_fpr_0.01"] for a in refs}
