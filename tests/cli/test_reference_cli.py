@@ -69,7 +69,7 @@ def test_trained_references_run_every_reference_attack_and_are_reused(
     # the training time was estimated from a measured run and said before anything ran
     assert re.search(r"reference models: training 2 reference models \(1 epochs on 30 scans each\): about \d+ (s|min)",
                      done.stderr), done.stderr[-2000:]
-    assert done.stderr.index("reference models: training") < done.stderr.index("AUC")  # before the results
+    assert done.stderr.index("reference models: training") < done.stderr.index("verdict: ")  # before the results
     assert refs["estimated_s"] > 0 and refs["training_s"] > 0
     # the same recipe, scans and seed: the stored references are reused, not retrained
     again = _assess(tmp_path, data, "--model", str(plain_model), "--manifest", str(tiny_cohort), "--out",
