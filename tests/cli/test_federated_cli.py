@@ -86,7 +86,9 @@ def test_demo_federated_trains_saves_every_round_and_reports(demo) -> None:
     assert not np.isnan(acc[~np.eye(LEARNERS, dtype=bool)]).any()
     assert section["rounds"] == ROUNDS and len(report["provenance"]["model"]["rounds"]) == ROUNDS
     assert section["overall"]["accuracy"]["mean"] > 0.5  # the learners' scans leak
-    assert report["verdict"]["level"] in ("medium", "high")
+    # never cleared: the lower bounds that hold over all attacks together may stop short of medium on
+    # this small federation (inconclusive), but never read low, and the model fails the policy
+    assert report["verdict"]["level"] in ("inconclusive", "medium", "high") and not report["verdict"]["passed"]
 
 
 def test_assess_federated_folder_archive_and_files_agree(demo, tmp_path: Path) -> None:
