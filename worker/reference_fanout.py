@@ -194,7 +194,7 @@ def _say_estimate(job: JobContext, plan: ReferencePlan, *, distributed: bool) ->
     if estimate is not None:
         text = estimate.describe() + ("; less as other workers take models" if distributed else "")
         job.append_log(f"references: {text}")
-        job.progress("references", 0.0, text)
+        job.progress("estimate", 0.0, text)  # its own stage: the first 'references' progress is always written
 
 
 class _Waiter:
