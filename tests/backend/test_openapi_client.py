@@ -15,7 +15,6 @@ import pkgutil
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cli.live_server import free_port
+from tests.cli.live_server import serving
 from tests.conftest import REPO, require
 
 from .upload_fixtures import make_cohort, make_torchscript, tar_dir, tiny_metadata
@@ -40,8 +39,6 @@ OPTIONS = {"repeats": 2, "classifiers": ["threshold", "logistic"], "device": "cp
 @pytest.fixture(scope="module")
 def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str, str]]:
     """``(app, url, token)`` of an embedded BrainMIA served on a free port."""
-    import uvicorn
-
     from backend.app import create_app
     from backend.auth import create_token
     from backend.db.session import session_scope
@@ -49,21 +46,10 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, st
 
     root = tmp_path_factory.mktemp("client_server")
     app = create_app(Settings(data_dir=root / "data", cache_dir=root / "cache", session_secret="test", device="cpu"))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
-        time.sleep(0.05)
-    with session_scope(app.state.sessionmaker) as session:
-        token = create_token(session, "pipeline", "acme")
-    try:
-        yield app, f"http://127.0.0.1:{port}", token
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with serving(app) as url:
+        with session_scope(app.state.sessionmaker) as session:
+            token = create_token(session, "pipeline", "acme")
+        yield app, url, token
 
 
 @pytest.fixture(scope="module")

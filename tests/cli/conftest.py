@@ -4,8 +4,6 @@ predictions of a leaky model for the tiny cohort."""
 from __future__ import annotations
 
 import csv
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.cli.live_server import free_port
+from tests.cli.live_server import serving
 from tests.conftest import TINY_CHANNELS, save_tiny_model
 from worker.engine.manifest import load_manifest
 from worker.engine.models import BrainAge3D
@@ -22,8 +20,6 @@ from worker.engine.models import BrainAge3D
 @pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """``(url, admin token)`` of an embedded BrainMIA (SQLite, worker thread) serving on a free port."""
-    import uvicorn
-
     from backend.app import create_app
     from backend.auth import create_token
     from backend.db.session import session_scope
@@ -31,21 +27,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
 
     root = tmp_path_factory.mktemp("submit_server")
     app = create_app(Settings(data_dir=root / "data", cache_dir=root / "cache", session_secret="test", device="cpu"))
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=uv.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
-        time.sleep(0.05)
-    with session_scope(app.state.sessionmaker) as session:
-        token = create_token(session, "pipeline", "acme", admin=True)
-    try:
-        yield f"http://127.0.0.1:{port}", token
-    finally:
-        uv.should_exit = True
-        thread.join(30)
+    with serving(app) as url:
+        with session_scope(app.state.sessionmaker) as session:
+            token = create_token(session, "pipeline", "acme", admin=True)
+        yield url, token
 
 
 @pytest.fixture(scope="package")

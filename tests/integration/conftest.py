@@ -170,24 +170,22 @@ class Service:
 # -- Redis and PostgreSQL --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private ``redis-server`` on a free port; yields ``redis://127.0.0.1:<port>`` (no db number)."""
-    exe = shutil.which("redis-server")
-    require(exe is not None, "redis-server is not installed (scripts/setup.sh --test installs it when run as root)")
+def start_redis(exe: str, port: int, folder: Path) -> Service:
+    """A ``redis-server`` without persistence on ``port``, started and answering PING.
+
+    Raises:
+        ServiceDied: it exited before answering (its log tail is in the message).
+    """
     import redis
 
-    folder = tmp_path_factory.mktemp("redis")
-    port = free_port()
     service = Service(
         "redis-server",
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(folder), "--databases", "64", "--daemonize", "no"],
         env=None, log=folder / "redis.log", cwd=folder,
     )
-    url = f"redis://127.0.0.1:{port}"
     try:
-        client = redis.Redis.from_url(url, socket_timeout=1)
+        client = redis.Redis.from_url(f"redis://127.0.0.1:{port}", socket_timeout=1)
 
         def answers() -> bool:
             if not service.alive():
@@ -196,7 +194,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
         wait_for(answers, 30, "redis-server to answer", diagnostics=service.tail)
         client.close()
-        yield url
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private ``redis-server`` on a free port; yields ``redis://127.0.0.1:<port>`` (no db number)."""
+    exe = shutil.which("redis-server")
+    require(exe is not None, "redis-server is not installed (scripts/setup.sh --test installs it when run as root)")
+    port = free_port()
+    service = start_redis(str(exe), port, tmp_path_factory.mktemp("redis"))
+    try:
+        yield f"redis://127.0.0.1:{port}"
     finally:
         service.stop()
 

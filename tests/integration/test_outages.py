@@ -34,10 +34,10 @@ from tests.conftest import require
 from tests.integration.conftest import (
     PostgresServer,
     Service,
-    ServiceDied,
     Stack,
     _pg_bindir,
     free_port,
+    start_redis,
     wait_for,
 )
 
@@ -61,24 +61,7 @@ class RestartableRedis:
         self.service: Service | None = None
 
     def start(self) -> None:
-        import redis
-
-        self.service = Service(
-            "redis-server",
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder), "--databases", "64", "--daemonize", "no"],
-            env=None, log=self.folder / "redis.log", cwd=self.folder,
-        )
-        client = redis.Redis.from_url(self.url, socket_timeout=1)
-        service = self.service
-
-        def answers() -> bool:
-            if not service.alive():
-                raise ServiceDied(f"redis-server exited\n{service.tail()}")
-            return bool(client.ping())
-
-        wait_for(answers, 30, "redis-server to answer", diagnostics=service.tail)
-        client.close()
+        self.service = start_redis(self.exe, self.port, self.folder)
 
     def kill(self) -> None:
         """SIGKILL: the queue, bindings and unacknowledged messages are gone."""
