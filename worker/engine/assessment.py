@@ -90,6 +90,7 @@ def _manifest_provenance(manifest: Manifest) -> dict[str, Any]:
         "n_scans": len(manifest.records),
         "n_members": manifest.n_members,
         "n_nonmembers": manifest.n_nonmembers,
+        **({"source": dict(manifest.source)} if manifest.source else {}),
     }
 
 

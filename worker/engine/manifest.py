@@ -5,7 +5,9 @@ A manifest is a CSV file with a header row and the columns ``scan_id`` (unique),
 are accepted), ``age`` (years) and ``member`` (``1``/``0``, ``true``/``false``,
 ``yes``/``no``, ``member``/``non-member``; member is the positive class). An optional
 ``learner`` column names the federated learner that holds the scan; every other column
-(``sex``, ``site``, ...) is kept as a slicing attribute.
+(``sex``, ``site``, ...) is kept as a slicing attribute. A manifest written for another source
+(a BIDS dataset: :mod:`worker.engine.bids`) may have ``<stem>.source.json`` beside it, a JSON
+object saying where its rows came from; it is kept as :attr:`Manifest.source` for the report.
 
 Parsing is all-or-nothing: every bad row is collected and one :class:`ManifestError`
 lists them all, each with its line number and column.
@@ -16,10 +18,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from worker.engine.csv_safety import restore_cell
 from worker.engine.errors import ManifestError, RowError
@@ -78,12 +82,16 @@ class Manifest:
         records: one record per row, in file order.
         attribute_names: the extra columns, in file order (excludes ``scan_id``,
             ``path``, ``age``, ``member`` and ``learner``).
+        source: where the rows came from when the manifest was derived (``kind`` ``bids``:
+            dataset, filter, the member list's SHA-256), from ``<stem>.source.json``; empty
+            for a manifest written by hand.
     """
 
     path: Path
     sha256: str
     records: list[ScanRecord]
     attribute_names: list[str] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_members(self) -> int:
@@ -354,7 +362,31 @@ def load_manifest(
         sha256=table.sha256,
         records=records,
         attribute_names=[name for _, name in attribute_cols],
+        source=read_source(path),
     )
+
+
+def source_path(manifest_path: Path) -> Path:
+    """The ``<stem>.source.json`` beside a manifest: where a derived manifest's rows came from."""
+    return manifest_path.with_name(manifest_path.stem + ".source.json")
+
+
+def read_source(manifest_path: Path) -> dict[str, Any]:
+    """The manifest's ``<stem>.source.json`` object, or ``{}`` when there is none.
+
+    Raises:
+        ManifestError: a source file that is not a JSON object.
+    """
+    path = source_path(manifest_path)
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(path, [RowError(1, None, f"not a readable JSON file: {exc}")]) from None
+    if not isinstance(value, dict):
+        raise ManifestError(path, [RowError(1, None, "expected a JSON object")])
+    return value
 
 
 def _membership_conflicts(records: list[ScanRecord]) -> list[RowError]:

@@ -68,6 +68,7 @@ def _manifest_provenance(manifest: Manifest) -> dict[str, Any]:
         "n_members": manifest.n_members,
         "n_nonmembers": manifest.n_nonmembers,
         "n_learners": len(learners),
+        **({"source": dict(manifest.source)} if manifest.source else {}),
     }
 
 
