@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from . import extractors as _extractors  # noqa: F401  (registers the built-ins)
+from ..models.heads import OutputHead
+from ..models.metadata import ModelMetadata
 from .methods import AUTO, MethodChooser
 from .per_sample import FunctionalModel, layer_aliases, param_modules
 from .registry import FEATURE_EXTRACTORS, BatchContext
@@ -45,10 +47,13 @@ class BatchComputer:
         placed: the module is already on ``device`` (an exported program is placed when loaded).
         method: how per-sample gradients are computed: ``auto`` (the fastest exact method,
             measured once per model structure, grid and device; :mod:`.methods`), ``vmap`` or ``loop``.
+        head: the model's output head (default: one age per scan, squared-error loss).
     """
 
-    def __init__(self, module: nn.Module, device: str, placed: bool = False, method: str = AUTO):
+    def __init__(self, module: nn.Module, device: str, placed: bool = False, method: str = AUTO,
+                 head: OutputHead | None = None):
         self.device = device
+        self.head = head if head is not None else OutputHead(ModelMetadata())
         self.module = module if placed else module.to(device)
         self.fmodel = FunctionalModel(self.module)
         self.modules = param_modules(self.module)

@@ -34,6 +34,7 @@ from torch import nn
 from ..cache import file_sha256
 from ..errors import InputError, ModelError
 from . import architectures as _architectures  # noqa: F401  (registers the built-ins)
+from .heads import OutputHead
 from .metadata import ModelMetadata, resolve_metadata
 from .registry import build_architecture
 
@@ -76,7 +77,7 @@ class LoadedModel:
         """The feature computer of this model on ``device`` (in this process)."""
         from ..features.batch import BatchComputer
 
-        return BatchComputer(self.module, device, placed=self.format == "export")
+        return BatchComputer(self.module, device, placed=self.format == "export", head=OutputHead(self.metadata))
 
 
 def _source(path: Path, data: bytes | None) -> Any:
@@ -215,7 +216,7 @@ def _first_line(exc: Exception, limit: int = 200) -> str:
 
 
 def check_output(module: nn.Module, metadata: ModelMetadata, path: Path, device: str = "cpu") -> None:
-    """Check that the model maps one conformed volume to one finite age.
+    """Check that the model maps one conformed volume to one finite age (or its declared age bins).
 
     Raises:
         ModelError: wrong input grid, wrong output shape, or non-finite output.
@@ -234,10 +235,7 @@ def check_output(module: nn.Module, metadata: ModelMetadata, path: Path, device:
         ) from None
     if not isinstance(out, torch.Tensor):
         raise ModelError(path, f"the model must return a tensor of ages, got {type(out).__name__}")
-    if out.numel() != 1:
-        raise ModelError(path, f"the model must return one age per scan, got output shape {tuple(out.shape)} for one scan")
-    if not torch.isfinite(out).all():
-        raise ModelError(path, "the model returns a non-finite age on a blank input")
+    OutputHead(metadata).check(out, path)
 
 
 def load_model(

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import InputError
 
@@ -25,6 +25,82 @@ class DPClaim(BaseModel):
 
     epsilon: float = Field(gt=0, allow_inf_nan=False)
     delta: float = Field(1e-5, ge=0, lt=1)
+
+
+class OutputSpec(BaseModel):
+    """What the model's output is: one age per scan, or scores over age bins.
+
+    Attributes:
+        kind: ``age`` (one age per scan, the default) or ``bins`` (one score per age bin; the
+            prediction is the expected age, ``sum softmax(scores) * centers``).
+        centers: the bins' centres in years; or ``start``, ``width`` and ``count`` (centres
+            ``start + width / 2 + i * width``, as SFCN's 40 one-year bins from 42 years).
+        scores: ``log_probs`` (the model ends in a log-softmax, as SFCN) or ``logits``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["age", "bins"] = "age"
+    centers: tuple[float, ...] | None = None
+    start: float | None = None
+    width: float | None = Field(None, gt=0)
+    count: int | None = Field(None, gt=1)
+    scores: Literal["log_probs", "logits"] = "log_probs"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _bins_given(self) -> "OutputSpec":
+        spaced = (self.start, self.width, self.count)
+        if self.kind == "age":
+            if self.centers is not None or any(v is not None for v in spaced):
+                raise ValueError("bin centres are given only with kind 'bins'")
+        elif self.centers is not None:
+            if any(v is not None for v in spaced):
+                raise ValueError("give either 'centers' or 'start', 'width' and 'count', not both")
+            if len(self.centers) < 2:
+                raise ValueError("'centers' needs at least two bins")
+        elif any(v is None for v in spaced):
+            raise ValueError("kind 'bins' needs 'centers', or 'start', 'width' and 'count'")
+        return self
+
+    def bin_centers(self) -> list[float]:
+        """The bins' centres in years (empty for an age output)."""
+        if self.kind == "age":
+            return []
+        if self.centers is not None:
+            return [float(c) for c in self.centers]
+        assert self.start is not None and self.width is not None and self.count is not None
+        return [self.start + self.width / 2 + i * self.width for i in range(self.count)]
+
+    @property
+    def size(self) -> int:
+        """Output values per scan."""
+        return 1 if self.kind == "age" else len(self.bin_centers())
+
+
+class LossSpec(BaseModel):
+    """The loss whose per-sample gradients are the white-box features (as the model was trained).
+
+    Attributes:
+        name: ``mse`` (squared error of the predicted age, the default) or ``soft_label_kl``
+            (KL divergence from a Gaussian soft label over the age bins, as SFCN trains; needs a
+            ``bins`` output).
+        sigma: the soft label's standard deviation in years.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["mse", "soft_label_kl"] = "mse"
+    sigma: float = Field(1.0, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
 
 
 class ModelMetadata(BaseModel):
@@ -41,6 +117,10 @@ class ModelMetadata(BaseModel):
             trained the same way; checked when references are trained.
         dp: the model's declared DP guarantee (``{"epsilon": 1, "delta": 1e-5}``), if it was
             trained with differential privacy; the verdict checks it against the attacks.
+        output: ``age`` (default) or age bins (``{"kind": "bins", "start": 42, "width": 1,
+            "count": 40}``); see :class:`OutputSpec`.
+        loss: the loss of the white-box gradients, ``mse`` (default) or ``soft_label_kl``
+            (``{"name": "soft_label_kl", "sigma": 1}``); see :class:`LossSpec`.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -52,6 +132,8 @@ class ModelMetadata(BaseModel):
     arch_kwargs: dict[str, Any] = {}
     recipe: dict[str, Any] | None = None
     dp: DPClaim | None = None
+    output: OutputSpec = OutputSpec()
+    loss: LossSpec = LossSpec()
 
     @field_validator("voxel_size", mode="before")
     @classmethod
@@ -76,6 +158,12 @@ class ModelMetadata(BaseModel):
         if any(v <= 0 for v in value):
             raise ValueError("every voxel size must be positive")
         return value
+
+    @model_validator(mode="after")
+    def _loss_fits_output(self) -> "ModelMetadata":
+        if self.loss.name == "soft_label_kl" and self.output.kind != "bins":
+            raise ValueError("loss 'soft_label_kl' needs an output of age bins (output: {\"kind\": \"bins\", ...})")
+        return self
 
     def conform_spec(self) -> Any:
         """The :class:`~worker.engine.volumes.ConformSpec` scans are conformed to."""
