@@ -168,8 +168,9 @@ class Assessment(Base):
 
 
 class ReferenceTask(Base):
-    """The training of reference model ``model_index`` of an assessment (a Celery task in
-    distributed mode, or trained by the job's own worker).
+    """One sub-task of an assessment: the training of reference model ``model_index``
+    (``kind='reference'``) or the features of scan shard ``model_index`` (``kind='shard'``); a
+    Celery task in distributed mode, or run by the job's own worker (:mod:`worker.fanout`).
 
     The trained model itself lives in the reference store (reused by any later assessment with
     the same recipe, scans and seed); this row records who trains it and whether that worker is
@@ -179,7 +180,8 @@ class ReferenceTask(Base):
         state: ``backend.services.job_states.ReferenceState``.
         worker: ``hostname:pid`` of the worker that trained (or trains) it.
         attempts: attempts started (a message carries ``attempts + 1``).
-        epoch: epochs done by the running attempt.
+        kind: ``reference`` or ``shard``.
+        epoch: epochs (reference) or scans (shard) done by the running attempt.
         heartbeat_at: the running attempt's last sign of life.
         error: why it failed.
     """
@@ -187,6 +189,7 @@ class ReferenceTask(Base):
     __tablename__ = "reference_tasks"
 
     assessment_id: Mapped[str] = mapped_column(ForeignKey("assessments.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True, default="reference", server_default="reference")
     model_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     state: Mapped[str] = mapped_column(String(16))
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)

@@ -66,7 +66,8 @@ def training_rate(session: Session, org_id: str) -> TrainingRate | None:
         .join(Assessment, Assessment.id == ReferenceTask.assessment_id)
         .join(ModelRecord, ModelRecord.id == Assessment.model_id)
         .join(ScanSet, ScanSet.id == Assessment.scan_set_id)
-        .where(Assessment.org_id == org_id, ReferenceTask.state == ReferenceState.SUCCEEDED.value,
+        .where(Assessment.org_id == org_id, ReferenceTask.kind == "reference",
+               ReferenceTask.state == ReferenceState.SUCCEEDED.value,
                ReferenceTask.started_at.is_not(None), ReferenceTask.finished_at.is_not(None))
         .order_by(ReferenceTask.finished_at.desc())
         .limit(LATEST)

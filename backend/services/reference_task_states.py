@@ -1,4 +1,6 @@
-"""The transitions of the reference models a running job trains (one ``reference_tasks`` row each).
+"""The transitions of a running job's sub-tasks (one ``reference_tasks`` row each): the reference
+models it trains (``kind='reference'``) and the shards of scans whose features it extracts
+(``kind='shard'``), both fanned out by :mod:`worker.fanout`.
 
 Part of the job state machine (:mod:`backend.services.job_states` re-exports every name here):
 the same rules, one conditional UPDATE per transition, a claim as the guard against duplicate
@@ -52,17 +54,26 @@ class ReferenceState(StrEnum):
 
 _REOPENED = (ReferenceState.FAILED, ReferenceState.CANCELLED, ReferenceState.SUCCEEDED)
 
+REFERENCE = "reference"
+"""``kind`` of a reference model's row."""
+SHARD = "shard"
+"""``kind`` of a feature shard's row (``model_index`` is the shard's index)."""
+SubtaskState = ReferenceState
+"""The states of any sub-task (the same as a reference model's)."""
 
-def reference_tasks(factory: Factory, assessment_id: str) -> list[ReferenceTask]:
-    """The job's reference-model rows (detached), by model index."""
+
+def reference_tasks(factory: Factory, assessment_id: str, kind: str = REFERENCE) -> list[ReferenceTask]:
+    """The job's rows of one ``kind`` (detached), by index."""
     with factory() as session:
-        rows = list(session.scalars(select(ReferenceTask).where(ReferenceTask.assessment_id == assessment_id)
+        rows = list(session.scalars(select(ReferenceTask).where(ReferenceTask.assessment_id == assessment_id,
+                                                                ReferenceTask.kind == kind)
                                     .order_by(ReferenceTask.model_index)).all())
         session.expunge_all()
     return rows
 
 
-def open_reference_tasks(factory: Factory, assessment_id: str, indices: list[int]) -> list[ReferenceTask]:
+def open_reference_tasks(factory: Factory, assessment_id: str, indices: list[int],
+                         kind: str = REFERENCE) -> list[ReferenceTask]:
     """Queue the training of models ``indices`` (those missing from the store): new rows, and
     rows that are not running (failed, cancelled, or succeeded but gone from the store) back to
     ``queued``; a running one is left to its worker.
@@ -75,12 +86,15 @@ def open_reference_tasks(factory: Factory, assessment_id: str, indices: list[int
         try:
             with factory() as session, session.begin():
                 have = set(session.scalars(select(ReferenceTask.model_index).where(
-                    ReferenceTask.assessment_id == assessment_id, ReferenceTask.model_index.in_(wanted))).all())
-                session.add_all(ReferenceTask(assessment_id=assessment_id, model_index=k, state=ReferenceState.QUEUED,
-                                              attempts=0, epoch=0) for k in sorted(wanted - have))
+                    ReferenceTask.assessment_id == assessment_id, ReferenceTask.kind == kind,
+                    ReferenceTask.model_index.in_(wanted))).all())
+                session.add_all(ReferenceTask(assessment_id=assessment_id, kind=kind, model_index=k,
+                                              state=ReferenceState.QUEUED, attempts=0, epoch=0)
+                                for k in sorted(wanted - have))
                 session.execute(
                     update(ReferenceTask)
-                    .where(ReferenceTask.assessment_id == assessment_id, ReferenceTask.model_index.in_(have),
+                    .where(ReferenceTask.assessment_id == assessment_id, ReferenceTask.kind == kind,
+                           ReferenceTask.model_index.in_(have),
                            ReferenceTask.state.in_(_REOPENED))
                     .values(state=ReferenceState.QUEUED, worker=None, epoch=0, error=None, finished_at=None)
                 )
@@ -88,12 +102,13 @@ def open_reference_tasks(factory: Factory, assessment_id: str, indices: list[int
         except IntegrityError:  # a row inserted meanwhile (a late attempt of the job): read again
             if retry:
                 raise
-    return reference_tasks(factory, assessment_id)
+    return reference_tasks(factory, assessment_id, kind)
 
 
 def claim_reference(factory: Factory, assessment_id: str, model_index: int, attempt: int, worker: str, *,
-                    retry_s: float = 0.0, stop: Callable[[], bool] | None = None) -> bool:
-    """Take a queued model for ``attempt``; False: taken, stale or duplicate message.
+                    retry_s: float = 0.0, stop: Callable[[], bool] | None = None, kind: str = REFERENCE) -> bool:
+    """Take a queued sub-task (by default a reference model) for ``attempt``; False: taken, stale or
+    duplicate message.
 
     Raises:
         DatabaseUnavailable: the database stayed unreachable for ``retry_s`` (the caller puts the
@@ -105,14 +120,15 @@ def claim_reference(factory: Factory, assessment_id: str, model_index: int, atte
         with factory() as session, session.begin():
             result = session.execute(
                 update(ReferenceTask)
-                .where(ReferenceTask.assessment_id == assessment_id, ReferenceTask.model_index == model_index,
+                .where(ReferenceTask.assessment_id == assessment_id, ReferenceTask.kind == kind,
+                       ReferenceTask.model_index == model_index,
                        ReferenceTask.state == ReferenceState.QUEUED, ReferenceTask.attempts == attempt - 1)
                 .values(state=ReferenceState.RUNNING, attempts=attempt, worker=worker[:200], epoch=0, error=None,
                         heartbeat_at=now, started_at=now, finished_at=None)
             )
         return result.rowcount == 1
 
-    return retry_transient(take, budget_s=retry_s, what=f"claiming reference model {model_index} of {assessment_id}",
+    return retry_transient(take, budget_s=retry_s, what=f"claiming {kind} {model_index} of {assessment_id}",
                            stop=stop)
 
 
@@ -131,7 +147,8 @@ def reference_lost(factory: Factory, row: ReferenceTask, *, cutoff: datetime, ma
     with factory() as session, session.begin():
         changed = session.execute(
             update(ReferenceTask)
-            .where(ReferenceTask.assessment_id == row.assessment_id, ReferenceTask.model_index == row.model_index,
+            .where(ReferenceTask.assessment_id == row.assessment_id, ReferenceTask.kind == row.kind,
+                   ReferenceTask.model_index == row.model_index,
                    ReferenceTask.state == ReferenceState.RUNNING, ReferenceTask.attempts == row.attempts,
                    ReferenceTask.heartbeat_at < cutoff)
             .values(**values)
@@ -140,24 +157,28 @@ def reference_lost(factory: Factory, row: ReferenceTask, *, cutoff: datetime, ma
 
 
 class ReferenceAttempt:
-    """The writes of one running attempt of one reference model, each conditional on owning it.
+    """The writes of one running attempt of one sub-task (by default a reference model), each
+    conditional on owning it.
 
     Args:
         factory: session factory.
         assessment_id: the job.
-        model_index: the model.
+        model_index: the model (or shard).
         attempt: the attempt this worker claimed.
         retry_s: how long a write retries while the database is unreachable (then
             :class:`~backend.db.retry.DatabaseUnavailable`).
+        kind: ``reference`` or ``shard``.
     """
 
-    def __init__(self, factory: Factory, assessment_id: str, model_index: int, attempt: int, retry_s: float = 0.0):
+    def __init__(self, factory: Factory, assessment_id: str, model_index: int, attempt: int, retry_s: float = 0.0,
+                 kind: str = REFERENCE):
         self.factory = factory
+        self.kind = kind
         self.retry_s = retry_s
         self.assessment_id = assessment_id
         self.model_index = model_index
         self.attempt = attempt
-        self.id = f"{assessment_id}/{model_index}"
+        self.id = f"{assessment_id}/{model_index}" if kind == REFERENCE else f"{assessment_id}/{kind}{model_index}"
         self.lost = False
 
     def write(self, **values: Any) -> bool:
@@ -169,15 +190,15 @@ class ReferenceAttempt:
             with self.factory() as session, session.begin():
                 return session.execute(
                     update(ReferenceTask)
-                    .where(ReferenceTask.assessment_id == self.assessment_id,
+                    .where(ReferenceTask.assessment_id == self.assessment_id, ReferenceTask.kind == self.kind,
                            ReferenceTask.model_index == self.model_index,
                            ReferenceTask.state == ReferenceState.RUNNING, ReferenceTask.attempts == self.attempt)
                     .values(**values)
                 ).rowcount
 
-        if retry_transient(update_row, budget_s=self.retry_s, what=f"writing reference model {self.id}") == 0:
+        if retry_transient(update_row, budget_s=self.retry_s, what=f"writing {self.kind} {self.id}") == 0:
             self.lost = True
-            logger.warning("reference model %s attempt %d: no longer owned by this worker", self.id, self.attempt)
+            logger.warning("%s %s attempt %d: no longer owned by this worker", self.kind, self.id, self.attempt)
         return not self.lost
 
     def heartbeat(self, epoch: int | None = None) -> bool:
