@@ -113,6 +113,7 @@ def run_assessment(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     reference_loader: Callable[[Path], Any] | None = None,
+    features: FeatureTable | None = None,
 ) -> AssessmentResult:
     """Run a full membership-inference assessment.
 
@@ -126,6 +127,8 @@ def run_assessment(
         progress: called with (stage, fraction 0-1, message).
         should_stop: polled between batches and attacks; True cancels.
         reference_loader: loads a user-supplied reference model (the job's confined model host).
+        features: the model's features on ``manifest``, computed beforehand (feature shards merged
+            in manifest order): not extracted again; ``model`` still gives provenance and metadata.
 
     Returns:
         the report and the per-scan feature table.
@@ -146,7 +149,11 @@ def run_assessment(
     features_share = _REF_FEATURES_SHARE if with_refs else _FEATURES_SHARE
     attacks_share = _REF_ATTACKS_SHARE if with_refs else _ATTACKS_SHARE
 
-    if model is not None:
+    if features is not None:
+        if model is None or list(features.table["scan_id"]) != [r.scan_id for r in manifest.records]:
+            raise InputError("precomputed features need the model and one row per manifest scan, in manifest order")
+        model_provenance = model.provenance()
+    elif model is not None:
         report_progress("features", 0.0, f"features of {len(manifest.records)} scans")
         features = extract_features(
             model,
