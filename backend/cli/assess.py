@@ -18,17 +18,22 @@ from .common import (
     ArchKwOpt,
     ArchOpt,
     BatchOpt,
+    BidsFilterOpt,
+    BidsOpt,
     CacheOpt,
     DeviceOpt,
     LayersOpt,
     LoaderWorkersOpt,
     ManifestOpt,
+    MembersOpt,
     ModelFlags,
     ModelOpt,
     NoCacheOpt,
+    NonMembersOpt,
     NormOpt,
     QuietOpt,
     RunFlags,
+    ScanFlags,
     ShapeOpt,
     VoxelOpt,
     confined_model_host,
@@ -49,14 +54,14 @@ class AssessInputs:
     """What the centralised and the federated assessment share.
 
     Attributes:
-        manifest: the manifest CSV.
-        out: the output folder.
+        scans: the manifest CSV, or the BIDS dataset and its member list.
+        out: the output folder (a BIDS dataset's derived manifest goes there too).
         options: the requested options (the one mapping to the engine's).
         model: overrides of the model sidecars.
         run: device, batch size, layers, cache and progress display.
     """
 
-    manifest: Path
+    scans: ScanFlags
     out: Path
     options: AssessmentOptionsIn
     model: ModelFlags
@@ -64,13 +69,21 @@ class AssessInputs:
     references: ReferenceFlags | None = None
 
 
+BIDS_MANIFEST = "bids-manifest.csv"
+"""The manifest derived from a ``--bids`` dataset, written into the output folder."""
+
+
 def assess(
-    manifest: ManifestOpt,
-    out: Annotated[Path, typer.Option("--out", help="Output folder for report.json, report.html, features.csv.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder for report.json, report.html, features.csv (and a --bids dataset's bids-manifest.csv).")],
+    manifest: ManifestOpt = None,
     rounds: Annotated[Optional[list[Path]], typer.Argument(help="With --federated: the community model of every round: a folder of round_<n>.<ext> files, an archive (.zip/.tar.gz) of them, or the model files in round order.", show_default=False)] = None,
     federated: Annotated[bool, typer.Option("--federated", help="Assess a federation: every learner attacks the others with every round's model (ROUNDS); the manifest's learner column names the learner of each member scan.")] = False,
     max_rounds: Annotated[Optional[int], typer.Option("--max-rounds", min=2, help="With --federated: rounds whose features are computed, evenly spaced, always the final one (default 20).")] = None,
     trajectory_set: Annotated[Optional[list[str]], typer.Option("--trajectory-set", help="With --federated: feature set spanning rounds (repeatable): loss-trajectory, grad-norm-trajectory (default both).")] = None,
+    bids: BidsOpt = None,
+    members: MembersOpt = None,
+    non_members: NonMembersOpt = None,
+    bids_filter: BidsFilterOpt = None,
     model: ModelOpt = None,
     predictions: Annotated[Optional[Path], typer.Option("--predictions", help="CSV scan_id,prediction in place of --model: black-box feature sets only.")] = None,
     input_shape: ShapeOpt = None,
@@ -103,6 +116,9 @@ def assess(
 
     model_flags = ModelFlags(input_shape, voxel_size, normalize, arch, arch_options)
     run = RunFlags(device, batch_size, layer, cache_dir, no_cache, quiet, loader_workers)
+    scans = ScanFlags(manifest, bids, members, non_members, bids_filter)
+    with errors_exit_2():
+        scans.check()
     asked = {"feature_sets": feature_set, "classifiers": classifier, "repeats": repeats, "seed": seed,
              "quantile": False if no_quantile else None}
     references = ReferenceFlags(reference, recipe, reference_models, keep, reference_attack)
@@ -118,13 +134,13 @@ def assess(
                 raise InputError("reference models do not go with --federated")
             options = requested_options(**asked, policy=policy,
                                         federated={"max_rounds": max_rounds, "trajectory_sets": trajectory_set})
-        passed = _assess_federated(AssessInputs(manifest, out, options, model_flags, run), rounds or [])
+        passed = _assess_federated(AssessInputs(scans, out, options, model_flags, run), rounds or [])
     else:
         with errors_exit_2():
             if (model is None) == (predictions is None):
                 raise InputError("give exactly one of --model or --predictions")
             options = requested_options(**asked, train_size=train_size, policy=policy, reference=references.request())
-        inputs = AssessInputs(manifest, out, options, model_flags, run, references)
+        inputs = AssessInputs(scans, out, options, model_flags, run, references)
         passed = _assess_centralised(inputs, model, predictions)
     raise typer.Exit(EXIT_PASS if passed else EXIT_FAIL)
 
@@ -133,14 +149,13 @@ def _assess_centralised(inputs: AssessInputs, model: Path | None, predictions: P
     """``brainmia assess --model M`` or ``--predictions CSV``; True when the verdict passes."""
     from frontend.export import write_outputs
     from worker.engine.assessment import run_assessment
-    from worker.engine.manifest import load_manifest
     from worker.engine.predictions import load_predictions
 
     from ..services.options import engine_options
 
     with errors_exit_2(), ExitStack() as stack:
         device = pick_device(inputs.run.device)
-        scans = load_manifest(inputs.manifest, check_files=model is not None)
+        scans = inputs.scans.load(inputs.out / BIDS_MANIFEST, check_files=model is not None)
         loaded = preds = None
         if model is not None:
             host = stack.enter_context(confined_model_host(device))
@@ -175,7 +190,6 @@ def _assess_federated(inputs: AssessInputs, rounds: list[Path]) -> bool:
     """``brainmia assess --federated ROUNDS``: every learner attacks the others; True when the verdict passes."""
     from frontend.export import write_outputs
     from worker.engine.federated import resolve_rounds, run_federated_assessment
-    from worker.engine.manifest import load_manifest
 
     from ..services.options import engine_options
     from .common import archive_extractor
@@ -183,7 +197,7 @@ def _assess_federated(inputs: AssessInputs, rounds: list[Path]) -> bool:
     with errors_exit_2(), tempfile.TemporaryDirectory(prefix="brainmia-rounds-") as tmp:
         device = pick_device(inputs.run.device)
         paths = resolve_rounds(rounds, extract=archive_extractor(), workdir=Path(tmp) / "rounds")
-        scans = load_manifest(inputs.manifest)
+        scans = inputs.scans.load(inputs.out / BIDS_MANIFEST)
         options = engine_options(inputs.options, extraction=inputs.run.extraction(device), federated=True)
         show_inputs(scans, None)
         stderr.print(f"rounds: {len(paths)} community models, {paths[0].name} ... {paths[-1].name}", highlight=False)
@@ -200,8 +214,12 @@ def _assess_federated(inputs: AssessInputs, rounds: list[Path]) -> bool:
 
 def features(
     model: Annotated[Path, typer.Option("--model", help="Model file.")],
-    manifest: ManifestOpt,
-    out: Annotated[Path, typer.Option("--out", help="Feature table to write (.csv or .parquet); gradient arrays go beside it as .arrays.npz.")],
+    out: Annotated[Path, typer.Option("--out", help="Feature table to write (.csv or .parquet); gradient arrays go beside it as .arrays.npz (a --bids dataset's manifest as .bids-manifest.csv).")],
+    manifest: ManifestOpt = None,
+    bids: BidsOpt = None,
+    members: MembersOpt = None,
+    non_members: NonMembersOpt = None,
+    bids_filter: BidsFilterOpt = None,
     input_shape: ShapeOpt = None,
     voxel_size: VoxelOpt = None,
     normalize: NormOpt = None,
@@ -218,11 +236,13 @@ def features(
 ) -> None:
     """Compute the per-scan feature table only."""
     from worker.engine.features import extract_features
-    from worker.engine.manifest import load_manifest
 
     run = RunFlags(device, batch_size, layer, cache_dir, no_cache, quiet, loader_workers)
+    flags = ScanFlags(manifest, bids, members, non_members, bids_filter)
+    with errors_exit_2():
+        flags.check()
     with errors_exit_2(), confined_model_host(pick_device(device)) as host:
-        scans = load_manifest(manifest)
+        scans = flags.load(out.with_name(out.stem + "." + BIDS_MANIFEST))
         loaded = host.load(model, ModelFlags(input_shape, voxel_size, normalize, arch, arch_options).overrides())
         show_inputs(scans, loaded)
         with progress_bar(not quiet) as bar:

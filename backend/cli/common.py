@@ -24,7 +24,11 @@ if TYPE_CHECKING:
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Model file: TorchScript, torch.export (.pt2), safetensors or state dict.")]
-ManifestOpt = Annotated[Path, typer.Option("--manifest", help="Manifest CSV: scan_id, path, age, member [, learner, attributes...].")]
+ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help="Manifest CSV: scan_id, path, age, member [, learner, attributes...] (or --bids).")]
+BidsOpt = Annotated[Optional[Path], typer.Option("--bids", help="A BIDS dataset in place of --manifest: subjects and ages from participants.tsv (sessions.tsv ages win), scans by --bids-filter, members from --members.")]
+MembersOpt = Annotated[Optional[Path], typer.Option("--members", help="With --bids: text file of member subject IDs (sub-01 or 01) or subject+session IDs (sub-01_ses-1, or two columns).")]
+NonMembersOpt = Annotated[Optional[Path], typer.Option("--non-members", help="With --bids: the non-member IDs (default: every other matching scan).")]
+BidsFilterOpt = Annotated[Optional[str], typer.Option("--bids-filter", help="With --bids: BIDS entities of the scans, e.g. space=MNI152NLin2009cAsym,desc=preproc (defaults suffix=T1w, datatype=anat, extension .nii/.nii.gz; scope=raw|derivatives|<pipeline>; a|b alternatives; none = absent).")]
 ShapeOpt = Annotated[Optional[str], typer.Option("--input-shape", help="Model input grid, e.g. 91x109x91 (overrides the sidecar).")]
 VoxelOpt = Annotated[Optional[float], typer.Option("--voxel-size", help="Model voxel size in mm (overrides the sidecar).")]
 NormOpt = Annotated[Optional[str], typer.Option("--normalize", help="Intensity normalisation: zscore, none, minmax, robust.")]
@@ -94,6 +98,54 @@ def pick_device(device: str | None) -> str:
     from ..settings import get_settings
 
     return engine_pick_device(device or get_settings().device)
+
+
+@dataclass(frozen=True)
+class ScanFlags:
+    """``--manifest``, or ``--bids`` with ``--members`` [``--non-members``, ``--bids-filter``]: the scans."""
+
+    manifest: Path | None = None
+    bids: Path | None = None
+    members: Path | None = None
+    non_members: Path | None = None
+    bids_filter: str | None = None
+
+    def check(self) -> None:
+        """Refuse a contradictory or incomplete choice of scans.
+
+        Raises:
+            InputError: neither or both of ``--manifest`` and ``--bids``, ``--bids`` without
+                ``--members``, or the BIDS options without ``--bids``.
+        """
+        from worker.engine.errors import InputError
+
+        if (self.manifest is None) == (self.bids is None):
+            raise InputError("give exactly one of --manifest or --bids")
+        if self.bids is None:
+            given = [flag for flag, value in (("--members", self.members), ("--non-members", self.non_members),
+                                              ("--bids-filter", self.bids_filter)) if value is not None]
+            if given:
+                raise InputError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --bids")
+        elif self.members is None:
+            raise InputError("--bids needs --members: the file of member subject (or subject+session) IDs")
+
+    def load(self, derived: Path, *, check_files: bool = True) -> Any:
+        """The manifest: ``--manifest`` loaded, or the one derived from ``--bids`` (written to ``derived``).
+
+        Raises:
+            InputError: bad options, rows, dataset or lists (each naming the row or subject).
+        """
+        from worker.engine.manifest import load_manifest
+
+        self.check()
+        if self.manifest is not None:
+            return load_manifest(self.manifest, check_files=check_files)
+        from worker.engine.bids import BidsInput, bids_manifest
+
+        spec = BidsInput(self.bids, self.members, self.non_members, self.bids_filter)  # type: ignore[arg-type]
+        manifest = bids_manifest(spec, derived)
+        stderr.print(f"BIDS dataset {self.bids}: manifest written to {manifest.path}", highlight=False)
+        return manifest
 
 
 @dataclass(frozen=True)

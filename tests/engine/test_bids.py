@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bids_dataset import PREPROC, BidsCase, bids_case  # noqa: F401  (fixture)
+from tests.bids_dataset import PREPROC, BidsCase, bids_case  # noqa: F401, F811  (fixture)
 from worker.engine.bids import BidsError, BidsInput, bids_manifest
 from worker.engine.bids_lists import DEFAULT_FILTER, parse_bids_filter, read_id_list
 from worker.engine.errors import InputError

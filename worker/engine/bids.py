@@ -139,11 +139,12 @@ def _session_ages(root: Path, label: str, subject: _Subject, problems: list[str]
 def _layout(root: Path) -> Any:
     """The pybids layout of the dataset and its derivatives."""
     from bids import BIDSLayout, BIDSLayoutIndexer
+    from bids.exceptions import PyBIDSError
 
     try:
         return BIDSLayout(root, validate=False, derivatives=True,
                           indexer=BIDSLayoutIndexer(validate=False, index_metadata=False))
-    except Exception as exc:  # pybids raises plain ValueError / BIDSValidationError / OSError
+    except (PyBIDSError, ValueError, OSError) as exc:  # e.g. a derivatives folder without dataset_description.json
         raise InputError(f"BIDS dataset {root}: cannot be read as BIDS: {exc}") from None
 
 
