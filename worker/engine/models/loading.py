@@ -6,7 +6,11 @@ Supported formats (detected from the file content, not its name):
 * ``export`` - a ``torch.export`` program (``.pt2``, ``torch.export.save``);
 * ``safetensors`` - weights of a built-in architecture;
 * ``state_dict`` - a PyTorch state dict of a built-in architecture, read with
-  ``torch.load(weights_only=True)``.
+  ``torch.load(weights_only=True)`` (inside a checkpoint dict such as Lightning's, and with the
+  prefixes of Opacus, DDP or Lightning stripped when that makes it fit: :mod:`.checkpoints`);
+* ``npz`` - a NumPy ``.npz`` of parameter arrays of a built-in architecture (a Flower round:
+  ``arr_0``, ``arr_1``... in state-dict order, or arrays named by the state-dict keys), read with
+  ``np.load(allow_pickle=False)``.
 
 No file is ever unpickled with unrestricted code execution: a pickle that names arbitrary
 Python objects (a whole pickled ``nn.Module``, or a malicious payload) is refused by the
@@ -34,14 +38,15 @@ from torch import nn
 from ..cache import file_sha256
 from ..errors import InputError, ModelError
 from . import architectures as _architectures  # noqa: F401  (registers the built-ins)
+from . import monai_nets as _monai_nets  # noqa: F401  (registers the MONAI built-ins; MONAI loads lazily)
+from .checkpoints import fit_state_dict, lightning_hint, state_from_arrays, unwrap_checkpoint
 from .heads import OutputHead
 from .metadata import ModelMetadata, resolve_metadata
 from .registry import build_architecture
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("torchscript", "export", "safetensors", "state_dict")
-_STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "weights")
+FORMATS = ("torchscript", "export", "safetensors", "state_dict", "npz")
 
 
 @dataclass
@@ -55,6 +60,8 @@ class LoadedModel:
         format: one of :data:`FORMATS`.
         path: the file it was loaded from.
         sha256: hex digest of the file.
+        weights_note: what was done to the weights' names to fit the architecture (e.g. an
+            Opacus prefix stripped), or None.
     """
 
     module: nn.Module
@@ -62,6 +69,7 @@ class LoadedModel:
     format: str
     path: Path
     sha256: str
+    weights_note: str | None = None
 
     def provenance(self) -> dict[str, Any]:
         """The model part of a report's provenance."""
@@ -71,6 +79,7 @@ class LoadedModel:
             "format": self.format,
             "architecture": self.metadata.arch,
             "metadata": json.loads(self.metadata.model_dump_json()),
+            **({"weights_note": self.weights_note} if self.weights_note else {}),
         }
 
     def computer(self, device: str) -> Any:
@@ -101,6 +110,8 @@ def detect_format(path: Path, data: bytes | None = None) -> str:
             return "torchscript"
         if any(n.endswith("data.pkl") for n in names):
             return "state_dict"
+        if names and all(n.endswith(".npy") and "/" not in n for n in names):
+            return "npz"
         raise ModelError(path, "zip archive that is neither TorchScript, a torch.export program nor a state dict")
     if data is None:
         with open(path, "rb") as fh:
@@ -116,7 +127,7 @@ def detect_format(path: Path, data: bytes | None = None) -> str:
     raise ModelError(
         path,
         "unrecognised model file: expected a TorchScript archive, a torch.export program (.pt2), "
-        "safetensors weights or a PyTorch state dict",
+        "safetensors weights, a PyTorch state dict or an .npz of parameter arrays",
     )
 
 
@@ -127,11 +138,13 @@ def _refused(path: Path, exc: Exception) -> ModelError:
         path,
         f"refused: the file needs unrestricted unpickling, which could run arbitrary code{named}; "
         "it was not loaded. Save the model as TorchScript (torch.jit.save), a torch.export program, "
-        "safetensors, or a plain state dict instead.",
+        "safetensors, or a plain state dict instead." + lightning_hint(found.group(1) if found else None),
     )
 
 
 def _load_state_dict(path: Path, fmt: str, data: bytes | None = None) -> dict[str, torch.Tensor]:
+    if fmt == "npz":
+        raise ModelError(path, "an .npz of parameter arrays is read with its architecture (_from_weights)")
     if fmt == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load, load_file
@@ -150,37 +163,41 @@ def _load_state_dict(path: Path, fmt: str, data: bytes | None = None) -> dict[st
         if "weights_only" in str(exc) or "Unsupported" in str(exc):
             raise _refused(path, exc) from None
         raise ModelError(path, f"cannot read state dict: {exc}") from None
-    if isinstance(obj, dict):
-        for key in _STATE_DICT_WRAPPERS:
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
+    obj = unwrap_checkpoint(obj)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(path, "a weights file must hold a state dict (parameter name -> tensor)")
     return obj
 
 
-def _from_weights(path: Path, fmt: str, metadata: ModelMetadata, data: bytes | None = None) -> nn.Module:
+def _from_weights(path: Path, fmt: str, metadata: ModelMetadata, data: bytes | None = None) -> tuple[nn.Module, str | None]:
     if not metadata.arch:
         raise ModelError(
             path,
             f"a {fmt} file holds weights only: give the architecture with --arch "
             "(brain_age_3d or brain_age_slice_mean) or in the sidecar's 'arch' field",
         )
-    state = _load_state_dict(path, fmt, data)
+    if fmt != "npz":
+        state = _load_state_dict(path, fmt, data)
     try:
         module = build_architecture(metadata.arch, **metadata.arch_kwargs)
     except InputError as exc:
         raise ModelError(path, str(exc)) from None
+    reference = module.state_dict()
+    if fmt == "npz":
+        state, note = state_from_arrays(_source(path, data), reference, path, metadata.arch)
+    else:
+        state, note = fit_state_dict(state, reference)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         detail = str(exc).replace("\n", " ")[:600]
         raise ModelError(path, f"weights do not fit architecture '{metadata.arch}' {metadata.arch_kwargs}: {detail}") from None
-    return module
+    return module, note
 
 
-def _load_module(path: Path, fmt: str, metadata: ModelMetadata, device: str, data: bytes | None = None) -> nn.Module:
+def _load_module(path: Path, fmt: str, metadata: ModelMetadata, device: str,
+                 data: bytes | None = None) -> tuple[nn.Module, str | None]:
+    """The module of a model file and the note on its weights' names (weights formats only)."""
     from ..sandbox.opcheck import check_operators, exported_operators, torchscript_operators
 
     if fmt == "torchscript":
@@ -189,7 +206,7 @@ def _load_module(path: Path, fmt: str, metadata: ModelMetadata, device: str, dat
         except Exception as exc:  # noqa: BLE001 - TorchScript raises many types
             raise ModelError(path, f"cannot load TorchScript archive ({_first_line(exc)})") from None
         check_operators(path, torchscript_operators(module))
-        return module
+        return module, None
     if fmt == "export":
         try:
             program = torch.export.load(_source(path, data))
@@ -198,7 +215,7 @@ def _load_module(path: Path, fmt: str, metadata: ModelMetadata, device: str, dat
                 from torch.export.passes import move_to_device_pass
 
                 program = move_to_device_pass(program, device)
-            return program.module()
+            return program.module(), None
         except pickle.UnpicklingError as exc:
             raise _refused(path, exc) from None
         except ModelError:
@@ -267,7 +284,7 @@ def load_model(
     if metadata is None:
         metadata = resolve_metadata(path, overrides)
     fmt = detect_format(path, data)
-    module = _load_module(path, fmt, metadata, device, data)
+    module, note = _load_module(path, fmt, metadata, device, data)
     if fmt != "export":  # an exported program is already specialised for inference and placed
         module = module.to(device)
         module.eval()
@@ -276,4 +293,4 @@ def load_model(
     if check:
         check_output(module, metadata, path, device)
     sha256 = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
-    return LoadedModel(module=module, metadata=metadata, format=fmt, path=path, sha256=sha256)
+    return LoadedModel(module=module, metadata=metadata, format=fmt, path=path, sha256=sha256, weights_note=note)

@@ -81,6 +81,7 @@ class HostedModel:
         sha256: digest of the file.
         aliases: ``first_conv`` / ``last_conv`` / ``output`` -> module path.
         paths: its parametrised modules' paths.
+        weights_note: what was done to the weights' names to fit the architecture, or None.
     """
 
     host: ModelHost
@@ -91,11 +92,13 @@ class HostedModel:
     aliases: dict[str, str] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)
     generation: int = 0
+    weights_note: str | None = None
 
     def provenance(self) -> dict[str, Any]:
         """The model part of a report's provenance (as :meth:`LoadedModel.provenance`)."""
         return {"path": self.path.name, "sha256": self.sha256, "format": self.format,
-                "architecture": self.metadata.arch, "metadata": json.loads(self.metadata.model_dump_json())}
+                "architecture": self.metadata.arch, "metadata": json.loads(self.metadata.model_dump_json()),
+                **({"weights_note": self.weights_note} if self.weights_note else {})}
 
     def computer(self, device: str) -> HostedModel:
         """Itself: batches are computed in the host (on the host's device)."""
@@ -310,4 +313,5 @@ class ModelHost:
         answer, _ = self.call(header, {"file": data}, what="loading and running the model once", name=path.name)
         return HostedModel(host=self, path=path, metadata=metadata, format=str(answer["format"]),
                            sha256=str(answer["sha256"]), aliases={str(k): str(v) for k, v in answer["aliases"].items()},
-                           paths=[str(p) for p in answer["paths"]], generation=self.generation)
+                           paths=[str(p) for p in answer["paths"]], generation=self.generation,
+                           weights_note=str(answer["weights_note"])[:300] if answer.get("weights_note") else None)

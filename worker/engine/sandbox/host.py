@@ -88,7 +88,8 @@ def serve(inp: Any, out: Any, device: str) -> None:
                 del arrays
                 computer = loaded.computer(device)
                 write_message(out, {"ok": True, "format": loaded.format, "sha256": loaded.sha256,
-                                    "aliases": computer.aliases, "paths": computer.paths})
+                                    "aliases": computer.aliases, "paths": computer.paths,
+                                    "weights_note": loaded.weights_note})
             elif op == "features":
                 if computer is None:
                     raise RuntimeError("no model loaded")
