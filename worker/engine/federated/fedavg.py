@@ -39,7 +39,7 @@ ROUND_FORMATS = ("torchscript", "safetensors")
 """File formats of saved rounds: ``round_001.pt`` (TorchScript) or ``round_001.safetensors``."""
 
 _SUFFIX = {"torchscript": ".pt", "safetensors": ".safetensors"}
-_ROUND_NAME = re.compile(r"^round_(\d+)\.(pt|pt2|safetensors|pth)$")
+_ROUND_NAME = re.compile(r"^round_(\d+)\.(pt|pt2|safetensors|pth|npz)$")
 _SEED_STRIDE = 1000  # local seed of learner i in round r: options.seed + 1000 r + i
 
 
@@ -241,7 +241,7 @@ def save_rounds(
 
 
 def list_rounds(folder: Path) -> list[Path]:
-    """The round models of a folder (``round_<n>.pt|.pt2|.safetensors|.pth``), by round number.
+    """The round models of a folder (``round_<n>.pt|.pt2|.safetensors|.pth|.npz``), by round number.
 
     Raises:
         InputError: no round models, or two files for the same round.

@@ -1,6 +1,6 @@
 """The round models of a federation as a user gives them: a folder, an archive, or files in order.
 
-* a **folder**: its files named ``round_<n>.<ext>`` (``.pt``, ``.pt2``, ``.safetensors``,
+* a **folder**: its files named ``round_<n>.<ext>`` (``.pt``, ``.pt2``, ``.safetensors``, ``.npz``,
   ``.pth``; any supported model format, each with its optional sidecar
   ``round_<n>.<ext>.json``), ordered by ``n``;
 * an **archive** (.zip, .tar, .tar.gz...) holding such a folder at its top or in a single top
