@@ -99,9 +99,9 @@ def test_auto_picks_the_faster_exact_method(monkeypatch: pytest.MonkeyPatch) -> 
     """An exact method made six times slower than the loop (and 200 ms a scan) is not the one
     chosen (five rounds: the minimum of each survives a busy machine's pauses)."""
 
-    def slow(fmodel: FunctionalModel, x: torch.Tensor):
+    def slow(fmodel: FunctionalModel, x: torch.Tensor, ages: torch.Tensor | None = None):
         start = time.perf_counter()
-        result = loop_jacobian(fmodel, x)
+        result = loop_jacobian(fmodel, x, ages)
         time.sleep(5 * (time.perf_counter() - start) + 0.2 * x.shape[0])
         return result
 

@@ -144,3 +144,44 @@ def minmax(volume: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     if hi == lo:
         out[...] = 0.0
     return out
+
+
+MNI182_VOXELS = 182 * 218 * 182
+"""Voxels of the 1 mm MNI152 grid (182 x 218 x 182) that SFCN's scans come in before its crop."""
+
+
+def _divided(volume: np.ndarray, mask: np.ndarray | None, count: int | None) -> np.ndarray:
+    inside = np.ones(volume.shape, dtype=bool) if mask is None else brain_mask(volume, mask)
+    total = float(volume[inside].sum(dtype=np.float64))
+    mean = total / (count if count is not None else max(1, int(inside.sum())))
+    if mean == 0 or not np.isfinite(mean):
+        return np.zeros(volume.shape, dtype=np.float32)
+    out = volume.astype(np.float32, copy=True)
+    out /= np.float32(mean)
+    if not inside.all():
+        out[~inside] = 0.0
+    return out
+
+
+@register_normalization("mean")
+def mean(volume: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Division by the mean intensity of the conformed volume (SFCN's ``data / data.mean()``).
+
+    The mean is over every voxel (background included), or over ``mask`` with voxels outside it
+    set to 0. All zeros for a volume of mean 0.
+    """
+    return _divided(volume, mask, None)
+
+
+@register_normalization("mean_mni182")
+def mean_mni182(volume: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """SFCN's preprocessing exactly, on its 160 x 192 x 160 crop: division by the mean of the full
+    182 x 218 x 182 MNI volume (``sum / 7,221,032``).
+
+    SFCN divides the 1 mm MNI-space scan by its mean and then crops the centre 160 x 192 x 160;
+    conformed scans are cropped first, so ``mean`` of the crop would be ``7221032 / 4915200``
+    = 1.47 times SFCN's for a skull-stripped scan whose cropped-away border is background (0).
+    This divides the crop's sum by the full grid's voxel count instead, which is SFCN's mean
+    whenever that border is 0. ``mask``: as for :func:`mean`, with the same voxel count.
+    """
+    return _divided(volume, mask, MNI182_VOXELS)

@@ -55,7 +55,7 @@ class BatchComputer:
         self.device = device
         self.head = head if head is not None else OutputHead(ModelMetadata())
         self.module = module if placed else module.to(device)
-        self.fmodel = FunctionalModel(self.module)
+        self.fmodel = FunctionalModel(self.module, self.head)
         self.modules = param_modules(self.module)
         self.aliases = layer_aliases(self.modules)
         self.paths = [m.path for m in self.modules]
@@ -66,11 +66,11 @@ class BatchComputer:
         x = x.to(self.device, non_blocking=True)
         ages = ages.to(self.device)
         if white_box:
-            jac, pred = self.chooser.jacobian(x)
+            jac, pred = self.chooser.jacobian(x, ages if self.head.objective_is_loss else None)
         else:
             jac, pred = None, self.fmodel.predict(x)
         ctx = BatchContext(pred=pred, ages=ages, jac=jac, modules=self.modules, aliases=self.aliases,
-                           layers=list(layers))
+                           layers=list(layers), head=self.head)
         out: dict[str, np.ndarray] = {}
         for extractor in FEATURE_EXTRACTORS.values():
             if white_box or not extractor.white_box:

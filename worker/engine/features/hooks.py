@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .per_sample import FunctionalModel
+from .per_sample import FunctionalModel, require_ages
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -72,8 +72,12 @@ def _linear_grads(sub: nn.Linear, a: torch.Tensor, g: torch.Tensor, b: int) -> l
     return out
 
 
-def hooks_jacobian(fmodel: FunctionalModel, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def hooks_jacobian(fmodel: FunctionalModel, x: torch.Tensor,
+                   ages: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Per-sample Jacobian ``(jac, pred)`` as :func:`~.methods.vmap_jacobian`, from one batched pass.
+
+    The backward pass is that of the summed per-scan objectives of the head (the predictions,
+    or the losses given ``ages``): each scan's objective depends on its own output only.
 
     Raises:
         ValueError: the model is not eligible, or calls a parametrised layer other than once.
@@ -92,11 +96,15 @@ def hooks_jacobian(fmodel: FunctionalModel, x: torch.Tensor) -> tuple[dict[str, 
     params = {name: p.detach().requires_grad_(True) for name, p in fmodel.params.items()}
     try:
         with torch.enable_grad():
-            pred = functional_call(fmodel.module, params, (x,)).reshape(x.shape[0])
+            out = functional_call(fmodel.module, params, (x,))
+            pred = fmodel.head.prediction(out)
             if any(len(calls) != 1 for calls in seen.values()):
                 raise ValueError("per-sample gradients by hooks need each layer called once per forward")
+            objective = pred
+            if fmodel.head.objective_is_loss:
+                objective = fmodel.head.objective(out, require_ages(fmodel, x, ages))
             outputs = [calls[0][1] for calls in seen.values()]
-            grads = torch.autograd.grad(pred.sum(), outputs, allow_unused=True)
+            grads = torch.autograd.grad(objective.sum(), outputs, allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()

@@ -1,6 +1,8 @@
 """Exact per-sample gradient methods, and the choice of the fastest one per model, grid and device.
 
-Three exact methods compute the same per-sample Jacobian ``d prediction_i / d parameter``:
+Three exact methods compute the same per-sample Jacobian ``d objective_i / d parameter`` of the
+model's output head (the prediction for a squared-error loss, the loss itself for SFCN's soft-label
+KL; :mod:`worker.engine.models.heads`):
 
 - ``vmap``: one vectorised ``torch.func`` pass over the batch (fastest on GPUs, 4-5x over a loop);
 - ``loop``: one functional forward and backward per scan (batch of one), which on a CPU runs at
@@ -34,10 +36,10 @@ from torch.func import grad_and_value
 
 from ..errors import InputError
 from .hooks import hooks_jacobian, hooks_supported
-from .per_sample import FunctionalModel
+from .per_sample import FunctionalModel, require_ages
 
 Jacobian = tuple[dict[str, torch.Tensor], torch.Tensor]
-JacobianFn = Callable[[FunctionalModel, torch.Tensor], Jacobian]
+JacobianFn = Callable[[FunctionalModel, torch.Tensor, torch.Tensor | None], Jacobian]
 
 logger = logging.getLogger(__name__)
 
@@ -48,22 +50,33 @@ MAX_ROUNDS = 2
 """Rounds (each method timed once per round, order alternating) before the faster minimum wins."""
 
 
-def vmap_jacobian(fmodel: FunctionalModel, x: torch.Tensor) -> Jacobian:
-    """Per-sample Jacobian in one vectorised ``vmap(grad)`` pass."""
-    return fmodel.prediction_jacobian(x)
+def vmap_jacobian(fmodel: FunctionalModel, x: torch.Tensor, ages: torch.Tensor | None = None) -> Jacobian:
+    """Per-sample Jacobian of the head's objective in one vectorised ``vmap(grad)`` pass.
+
+    ``ages`` are needed when the objective is the loss (``soft_label_kl``), not for ``mse``.
+    """
+    return fmodel.objective_jacobian(x, ages)
 
 
-def loop_jacobian(fmodel: FunctionalModel, x: torch.Tensor) -> Jacobian:
+def loop_jacobian(fmodel: FunctionalModel, x: torch.Tensor, ages: torch.Tensor | None = None) -> Jacobian:
     """Per-sample Jacobian by one functional forward + backward per scan.
 
     Returns the same ``(jac, pred)`` as :func:`vmap_jacobian`: ``jac[name]`` of shape
     ``(B, *param.shape)``, ``pred`` of shape ``(B,)``.
     """
-    one = grad_and_value(fmodel.predict_one)
+    loss = fmodel.head.objective_is_loss
+    if loss:
+        ages = require_ages(fmodel, x, ages)
+        one = grad_and_value(fmodel.objective_one, has_aux=True)
+    else:
+        one = grad_and_value(fmodel.predict_one)
     jac: dict[str, torch.Tensor] = {}
     preds = []
     for i in range(x.shape[0]):
-        grads, pred = one(fmodel.params, x[i])
+        if loss:
+            grads, (_, pred) = one(fmodel.params, x[i], ages[i])
+        else:
+            grads, pred = one(fmodel.params, x[i])
         for name, g in grads.items():
             if name not in jac:
                 jac[name] = torch.empty((x.shape[0], *g.shape), dtype=g.dtype, device=g.device)
@@ -107,6 +120,8 @@ def structure_key(fmodel: FunctionalModel) -> str:
     """A digest of the model's class and parameter names, shapes and dtypes (not values)."""
     text = type(fmodel.module).__qualname__ + "|" + "|".join(
         f"{n}:{tuple(p.shape)}:{p.dtype}" for n, p in fmodel.params.items())
+    if fmodel.head.objective_is_loss:  # another objective is another computation to time
+        text += f"|{fmodel.head.loss.name}:{fmodel.head.size}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -147,39 +162,39 @@ class MethodChooser:
             return self.fixed
         return _CHOSEN.get(self._key) if self._key is not None else None
 
-    def jacobian(self, x: torch.Tensor) -> Jacobian:
-        """``(jac, pred)`` of one batch (see :func:`vmap_jacobian`)."""
+    def jacobian(self, x: torch.Tensor, ages: torch.Tensor | None = None) -> Jacobian:
+        """``(jac, pred)`` of one batch (see :func:`vmap_jacobian`; ``ages`` for a loss objective)."""
         if self._key is None:  # the first batch fixes the key: its size is the run's batch size
             self._key = (structure_key(self.fmodel), "x".join(map(str, x.shape[1:])), str(x.shape[0]), self.device)
         method = self.method
         if method is not None:
-            return JACOBIAN_METHODS[method](self.fmodel, x)
-        return self._measure(x)
+            return JACOBIAN_METHODS[method](self.fmodel, x, ages)
+        return self._measure(x, ages)
 
     def _candidates(self) -> list[str]:
         if not self._times and not self._warm:
             self._times = {name: [] for name in available_methods(self.fmodel)}
         return list(self._times)
 
-    def _timed(self, name: str, x: torch.Tensor) -> Jacobian:
+    def _timed(self, name: str, x: torch.Tensor, ages: torch.Tensor | None) -> Jacobian:
         _sync(self.device)
         start = time.perf_counter()
-        result = JACOBIAN_METHODS[name](self.fmodel, x)
+        result = JACOBIAN_METHODS[name](self.fmodel, x, ages)
         _sync(self.device)
         self._times[name].append((time.perf_counter() - start) / x.shape[0])
         return result
 
-    def _measure(self, x: torch.Tensor) -> Jacobian:
+    def _measure(self, x: torch.Tensor, ages: torch.Tensor | None) -> Jacobian:
         """Time every method on this batch (order alternating by round); decide when clear."""
         names = self._candidates()
         if not self._warm:  # first calls pay one-off costs (allocator, kernels, thread pools)
             for name in names:
-                JACOBIAN_METHODS[name](self.fmodel, x[:1])
+                JACOBIAN_METHODS[name](self.fmodel, x[:1], None if ages is None else ages[:1])
             self._warm = True
         rounds = len(self._times[names[0]])
         if rounds % 2:
             names.reverse()
-        results = {name: self._timed(name, x) for name in names}
+        results = {name: self._timed(name, x, ages) for name in names}
         reference = results.get(REFERENCE)
         for name, value in results.items():  # a method is used only where it matches the loop
             if reference is not None and name != REFERENCE and not _agree(value, reference):

@@ -1,4 +1,8 @@
-"""Exact per-sample gradients of a model's prediction, batched with ``torch.func``.
+"""Exact per-sample gradients of a model's objective, batched with ``torch.func``.
+
+The objective is the output head's (:mod:`worker.engine.models.heads`): the predicted age for a
+squared-error loss (whose gradient is the prediction's times ``2 (prediction - age)``), or the
+loss itself, as SFCN's soft-label KL divergence over age bins.
 
 The model is called functionally (its parameters substituted) inside ``vmap(grad(...))``, so a
 batch of B scans gives B separate gradients in one vectorised pass, with no batch-size-1 loop.
@@ -16,6 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
+
+from ..models.heads import OutputHead
+from ..models.metadata import ModelMetadata
 
 
 @dataclass(frozen=True)
@@ -100,10 +107,13 @@ class FunctionalModel:
 
     Args:
         module: an eager ``nn.Module``, a TorchScript module or the module of an exported program.
+        head: the model's output head (default: one age per scan, squared-error loss): how its raw
+            output becomes a prediction, and the per-scan objective whose gradients are taken.
     """
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, head: OutputHead | None = None):
         self.module = module
+        self.head = head if head is not None else OutputHead(ModelMetadata())
         self.params: dict[str, torch.Tensor] = {n: p.detach() for n, p in module.named_parameters()}
         self._scripted = isinstance(module, torch.jit.ScriptModule)
 
@@ -116,7 +126,20 @@ class FunctionalModel:
 
     def predict_one(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """The prediction (a scalar) for one scan ``(1, X, Y, Z)``, run as a batch of one."""
-        return self(params, x.unsqueeze(0)).reshape(())
+        return self.head.prediction(self(params, x.unsqueeze(0))).reshape(())
+
+    def objective_one(self, params: Mapping[str, torch.Tensor], x: torch.Tensor,
+                      age: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(objective, prediction)`` (scalars) for one scan and its age, run as a batch of one.
+
+        The objective is the head's (:meth:`~worker.engine.models.heads.OutputHead.objective`):
+        the prediction itself for ``mse``, the loss for ``soft_label_kl``.
+        """
+        out = self(params, x.unsqueeze(0))
+        pred = self.head.prediction(out).reshape(())
+        if not self.head.objective_is_loss:
+            return pred, pred
+        return self.head.objective(out, age.reshape(1)).reshape(()), pred
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predictions ``(B,)`` for a batch ``(B, 1, X, Y, Z)``, without gradients."""
@@ -132,15 +155,49 @@ class FunctionalModel:
         """
         return vmap(grad_and_value(self.predict_one), in_dims=(None, 0))(self.params, x)
 
+    def objective_jacobian(self, x: torch.Tensor, ages: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Per-sample gradients of the head's objective (see :meth:`objective_one`).
+
+        For the ``mse`` head this is :meth:`prediction_jacobian` (``ages`` are not needed).
+
+        Returns:
+            ``(jac, pred)``: ``jac[name]`` of shape ``(B, *param.shape)`` holds d objective_i / d param;
+            ``pred`` ``(B,)`` the predictions.
+
+        Raises:
+            ValueError: the objective is the loss and no ages are given.
+        """
+        if not self.head.objective_is_loss:
+            return self.prediction_jacobian(x)
+        ages = require_ages(self, x, ages)
+        jac, (_, pred) = vmap(grad_and_value(self.objective_one, has_aux=True), in_dims=(None, 0, 0))(
+            self.params, x, ages)
+        return jac, pred
+
+
+def require_ages(fmodel: FunctionalModel, x: torch.Tensor, ages: torch.Tensor | None) -> torch.Tensor:
+    """``ages`` as a ``(B,)`` tensor on ``x``'s device, checked; the loss objective needs them.
+
+    Raises:
+        ValueError: no ages, or not one per scan.
+    """
+    if ages is None:
+        raise ValueError(f"the gradient of the '{fmodel.head.loss.name}' loss needs the scans' ages")
+    ages = torch.as_tensor(ages).to(x.device, torch.float32).reshape(-1)
+    if ages.shape[0] != x.shape[0]:
+        raise ValueError(f"need one age per scan ({x.shape[0]}), got {ages.shape[0]}")
+    return ages
+
 
 def per_sample_loss_grads(
     model: FunctionalModel, x: torch.Tensor, ages: torch.Tensor
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Per-sample gradients of the squared error ``(prediction - age)^2``.
+    """Per-sample gradients of the model's loss: ``(prediction - age)^2`` for ``mse``, the head's
+    loss (e.g. ``soft_label_kl``) otherwise.
 
     Returns:
         ``(grads, pred)`` with ``grads[name]`` of shape ``(B, *param.shape)``.
     """
-    jac, pred = model.prediction_jacobian(x)
-    scale = 2.0 * (pred - ages)
+    jac, pred = model.objective_jacobian(x, ages)
+    scale = model.head.loss_scale(pred, ages.to(pred.device, pred.dtype))
     return {n: g * scale.view(-1, *([1] * (g.dim() - 1))) for n, g in jac.items()}, pred

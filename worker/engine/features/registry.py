@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.heads import OutputHead
 from .per_sample import ParamModule
 
 ExtractorFn = Callable[["BatchContext"], dict[str, torch.Tensor]]
@@ -21,13 +22,15 @@ class BatchContext:
     """What extractors see of one batch.
 
     Attributes:
-        pred: predictions ``(B,)``.
+        pred: predictions ``(B,)`` (the head's: the expected age of a bins model).
         ages: true ages ``(B,)``.
-        jac: per-sample d prediction / d parameter, ``(B, *shape)`` per parameter name;
+        jac: per-sample d objective / d parameter, ``(B, *shape)`` per parameter name (the
+            objective is the head's: the prediction for ``mse``, the loss for ``soft_label_kl``);
             None for black-box extraction.
         modules: the parametrised modules of the model.
         aliases: ``first_conv`` / ``last_conv`` / ``output`` -> module path.
         layers: module paths whose full per-sample loss gradient is wanted.
+        head: the model's output head (None: one age per scan, squared-error loss).
     """
 
     pred: torch.Tensor
@@ -36,11 +39,19 @@ class BatchContext:
     modules: list[ParamModule]
     aliases: dict[str, str]
     layers: list[str]
+    head: OutputHead | None = None
 
     @property
     def loss_scale(self) -> torch.Tensor:
-        """d loss / d prediction for the squared-error loss, ``2 (pred - age)``."""
-        return 2.0 * (self.pred - self.ages)
+        """d loss / d objective per scan: ``2 (pred - age)`` for ``mse``, 1 when ``jac`` is the loss's."""
+        if self.head is None:
+            return 2.0 * (self.pred - self.ages)
+        return self.head.loss_scale(self.pred, self.ages)
+
+    @property
+    def objective_is_prediction(self) -> bool:
+        """Whether ``jac`` holds gradients of the prediction (``mse``) rather than of the loss."""
+        return self.head is None or not self.head.objective_is_loss
 
 
 @dataclass(frozen=True)

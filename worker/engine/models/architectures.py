@@ -135,3 +135,6 @@ def brain_age_3d(**kwargs: object) -> nn.Module:
 def brain_age_slice_mean(**kwargs: object) -> nn.Module:
     """Build :class:`BrainAgeSliceMean`."""
     return BrainAgeSliceMean(**kwargs)  # type: ignore[arg-type]
+
+
+from . import sfcn as _sfcn  # noqa: E402,F401  (registers the built-in 'sfcn')

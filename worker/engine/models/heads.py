@@ -52,13 +52,26 @@ class OutputHead:
         return probs @ self.centers.to(probs.device, probs.dtype)
 
     def soft_labels(self, ages: torch.Tensor) -> torch.Tensor:
-        """Gaussian soft labels ``(B, bins)``: the mass of N(age, sigma^2) in each bin, renormalised."""
+        """Gaussian soft labels ``(B, bins)``: the mass of N(age, sigma^2) in each bin, renormalised.
+
+        SFCN's ``num2vect`` gives the mass in each bin (bin edges halfway between centres); here
+        the masses are also renormalised to sum to 1, so the label is a distribution and the loss
+        a KL divergence for every age (within the range the two agree to ``1 - sum`` of the mass,
+        below 1e-6 for an age 5 sigma inside the first or last edge). The masses are computed in
+        log space (``log_ndtr``), so an age outside the bins' range gives a label concentrated on
+        the nearest bins rather than zeros (which would silently give a zero loss and gradient).
+        """
         centers = self.centers.to(ages.device, ages.dtype)
         half = (centers[1:] - centers[:-1]) / 2
         edges = torch.cat([centers[:1] - half[:1], centers[:-1] + half, centers[-1:] + half[-1:]])
-        z = (edges.unsqueeze(0) - ages.reshape(-1, 1)) / (self.loss.sigma * math.sqrt(2.0))
-        mass = 0.5 * (torch.erf(z[:, 1:]) - torch.erf(z[:, :-1]))
-        return mass / mass.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        z = (edges.unsqueeze(0) - ages.reshape(-1, 1)) / self.loss.sigma
+        lo, hi = z[:, :-1], z[:, 1:]
+        upper = lo > 0  # both edges above the mean: Phi(hi) - Phi(lo) = Phi(-lo) - Phi(-hi), no cancellation
+        a = torch.where(upper, -hi, lo)
+        b = torch.where(upper, -lo, hi)
+        log_b = torch.special.log_ndtr(b)
+        log_mass = log_b + torch.log1p(-torch.exp(torch.special.log_ndtr(a) - log_b).clamp_max(1.0 - 1e-7))
+        return torch.softmax(log_mass, dim=1)
 
     def objective(self, out: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
         """The per-scan values ``(B,)`` whose parameter gradients the white-box features use."""

@@ -10,6 +10,7 @@ options), the overrides winning. Example sidecar::
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,7 +43,7 @@ class OutputSpec(BaseModel):
 
     kind: Literal["age", "bins"] = "age"
     centers: tuple[float, ...] | None = None
-    start: float | None = None
+    start: float | None = Field(None, allow_inf_nan=False)
     width: float | None = Field(None, gt=0)
     count: int | None = Field(None, gt=1)
     scores: Literal["log_probs", "logits"] = "log_probs"
@@ -63,6 +64,10 @@ class OutputSpec(BaseModel):
                 raise ValueError("give either 'centers' or 'start', 'width' and 'count', not both")
             if len(self.centers) < 2:
                 raise ValueError("'centers' needs at least two bins")
+            if any(not math.isfinite(c) for c in self.centers):
+                raise ValueError("every bin centre must be a finite number of years")
+            if any(b <= a for a, b in zip(self.centers, self.centers[1:])):
+                raise ValueError("bin 'centers' must increase strictly (soft labels take bin edges halfway between them)")
         elif any(v is None for v in spaced):
             raise ValueError("kind 'bins' needs 'centers', or 'start', 'width' and 'count'")
         return self
