@@ -72,6 +72,8 @@ class Settings(BaseSettings):
         heartbeat_timeout_s: a running job whose worker has not reported for this long is
             considered dead and re-queued or failed.
         max_attempts: how many times a job is started before a dead worker fails it.
+        shard_scans: an assessment with more scans than this extracts its features in shards of
+            this many scans, one Celery task each (any worker takes them; :mod:`worker.shards`).
         db_retry_s: a job's database write (claim, progress, heartbeat, final state) that fails
             because the database is unreachable is retried for this long before the attempt is
             given up (handed back, not counted); a claim still failing puts the message back.
@@ -115,6 +117,7 @@ class Settings(BaseSettings):
     trusted_origins: list[str] = Field(default_factory=list)
     heartbeat_timeout_s: float = 120.0
     max_attempts: int = 2
+    shard_scans: int = Field(2000, ge=1)
     db_retry_s: float = Field(60.0, ge=0)
     reconcile_interval_s: float = Field(10.0, gt=0)
     requeue_after_s: float = Field(30.0, ge=0)

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 TASK_NAME = "brainmia.run_assessment_job"
 REFERENCE_TASK_NAME = "brainmia.train_reference"
 """One reference model of an assessment: ``(assessment_id, attempt, model_index)``."""
-TASK_MODULES = ["worker.tasks", "worker.reference_tasks"]
+SHARD_TASK_NAME = "brainmia.extract_shard"
+"""The features of one shard of an assessment's scans: ``(assessment_id, attempt, shard_index)``."""
+TASK_MODULES = ["worker.tasks", "worker.reference_tasks", "worker.shard_tasks"]
 DISTRIBUTED_QUEUE = "brainmia"
 
 # A job can run for hours; a message not acknowledged within this time is handed to another
@@ -60,7 +62,7 @@ def create_celery(settings: Settings) -> Celery:
         settings: the BrainMIA settings; ``celery_broker_url`` picks the transport.
 
     Returns:
-        the app, with the job and reference-training tasks registered. ``app.brainmia_settings`` holds ``settings``
+        the app, with the job, reference-training and feature-shard tasks registered. ``app.brainmia_settings`` holds ``settings``
         and ``app.brainmia_shutdown`` an event that asks running jobs to hand back their work.
     """
     broker = settings.celery_broker_url
@@ -82,7 +84,7 @@ def create_celery(settings: Settings) -> Celery:
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
         task_default_queue=queue,
-        task_routes={TASK_NAME: {"queue": queue}, REFERENCE_TASK_NAME: {"queue": queue}},
+        task_routes={name: {"queue": queue} for name in (TASK_NAME, REFERENCE_TASK_NAME, SHARD_TASK_NAME)},
         worker_hijack_root_logger=not settings.embedded,
         worker_send_task_events=False,
         enable_utc=True,

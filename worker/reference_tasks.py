@@ -1,5 +1,8 @@
 """The reference-training task: one reference model of one assessment (ids in, the model to the store).
 
+The message side of the one fan-out (:func:`worker.fanout.run_subtask`, shared with the feature
+shards of :mod:`worker.shard_tasks`).
+
 A message carries ``(assessment_id, attempt, model_index)`` only, with ``attempt`` the model's
 ``reference_tasks.attempts + 1`` when sent: a duplicate or stale message (its model taken by
 another worker, re-sent after a worker died, already trained) is a no-op. The task rebuilds what
@@ -17,15 +20,21 @@ from typing import Any
 
 from celery import shared_task
 
-from backend.services import job_states
+from backend.services.reference_task_states import REFERENCE
 from backend.services.resources import Resources
 
 from .celery_app import REFERENCE_TASK_NAME
-from .reference_fanout import ParentCheck, SendReference, reference_plan, train_model
-from .runner import Heartbeat, Stopped, heartbeat_interval, public_text, worker_name
+from .fanout import Units, run_subtask
+from .reference_fanout import ReferenceUnits, SendReference, reference_plan
+from .runner import worker_name
 from .tasks import requeued_on_database_outage, resources_for
 
 logger = logging.getLogger(__name__)
+
+
+def _units(resources: Resources, assessment_id: str) -> Units | None:
+    plan = reference_plan(resources, assessment_id, with_volumes=True)
+    return None if plan is None else ReferenceUnits(plan)
 
 
 def run_reference_task(
@@ -52,48 +61,8 @@ def run_reference_task(
         ``skipped`` (duplicate or stale message), ``succeeded``, ``failed``, ``cancelled``,
         ``requeued`` (shutdown) or ``lost`` (taken away meanwhile).
     """
-    from worker.engine.errors import InputError
-
-    worker = worker or worker_name()
-    shutdown = shutdown or threading.Event()
-    factory = resources.factory
-    if not job_states.claim_reference(factory, assessment_id, model_index, attempt, worker,
-                                      retry_s=resources.settings.db_retry_s, stop=shutdown.is_set):
-        logger.info("reference model %d of assessment %s attempt %d: not queued for this attempt; message ignored",
-                    model_index, assessment_id, attempt)
-        return "skipped"
-    model = job_states.ReferenceAttempt(factory, assessment_id, model_index, attempt, resources.settings.db_retry_s)
-    parent = ParentCheck(resources, assessment_id)
-    with Heartbeat(model, heartbeat_interval(resources.settings)):
-        try:
-            if parent(fresh=True):
-                return "cancelled" if model.cancelled() else "lost"
-            plan = reference_plan(resources, assessment_id, with_volumes=True)
-            if plan is None:
-                raise InputError("this assessment trains no reference models")
-            if not 0 <= model_index < plan.setup.n_models:
-                raise InputError(f"reference model {model_index}: the assessment trains {plan.setup.n_models}")
-        except Stopped:
-            return "lost"
-        except Exception as exc:  # noqa: BLE001 - recorded in the row; the job fails with it
-            message = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
-            logger.warning("reference model %d of assessment %s: %s", model_index, assessment_id, message)
-            return "failed" if model.fail(public_text(resources, message)) else "lost"
-        outcome = train_model(resources, plan, model, stop=lambda: shutdown.is_set() or parent())
-    if outcome != "stopped":
-        return outcome
-    if model.lost:
-        return "lost"
-    if shutdown.is_set() and not parent(fresh=True):
-        if not model.hand_back():
-            return "lost"
-        if requeue is not None:
-            try:
-                requeue(assessment_id, model_index, attempt)
-            except Exception:  # noqa: BLE001 - stays queued: the job's worker trains it itself
-                logger.exception("could not re-send reference model %d of assessment %s", model_index, assessment_id)
-        return "requeued"
-    return "cancelled" if model.cancelled() else "lost"
+    return run_subtask(resources, _units, REFERENCE, assessment_id, attempt, model_index, worker=worker,
+                       shutdown=shutdown, requeue=requeue)
 
 
 @shared_task(name=REFERENCE_TASK_NAME, bind=True)

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 Requeue = Callable[[str, int], None]
 SendReference = Callable[[str, int, int], None]
+SendShard = Callable[[str, int, int], None]
 
 
 def stored_path(storage: Storage, path: str) -> Path:
@@ -68,8 +69,9 @@ class _Inputs:
     overrides: dict[str, Any] | None = None
     host: Any = None
 
-    def run(self, resources: Resources, job: JobContext) -> Any:
-        """Run the assessment (centralised or federated) with the job's progress and stop check."""
+    def run(self, resources: Resources, job: JobContext, features: Any = None) -> Any:
+        """Run the assessment (centralised or federated) with the job's progress and stop check
+        (on ``features`` merged from the job's shards, when given)."""
         common = dict(cache=resources.volume_cache(), progress=job.progress, should_stop=job.should_stop)
         if self.rounds is not None:
             from worker.engine.federated import run_federated_assessment
@@ -79,7 +81,7 @@ class _Inputs:
         from worker.engine.assessment import run_assessment
 
         return run_assessment(self.manifest, model=self.model, options=self.options,
-                              reference_loader=self.host.load, **common)
+                              reference_loader=self.host.load, features=features, **common)
 
 
 def _request(resources: Resources, assessment_id: str) -> dict[str, Any]:
@@ -139,6 +141,16 @@ def _supplied_references(resources: Resources, row: Assessment, options: Any) ->
         return supplied_reference_files(session, set_id, resources.storage, org_id=row.org_id)
 
 
+def job_extraction(resources: Resources, options: Any) -> Any:
+    """The engine's ``ExtractionOptions`` for a job's stored options on this worker (white-box)."""
+    from worker.engine.features import ExtractionOptions, pick_device
+
+    settings = resources.settings
+    return ExtractionOptions(white_box=True, batch_size=options.batch_size or settings.batch_size,
+                             device=pick_device(options.device or settings.device),
+                             num_workers=settings.loader_workers)
+
+
 def _load_inputs(resources: Resources, assessment_id: str, job: JobContext) -> _Inputs:
     """The job's manifest, model (or round models, loaded later) in a started model host, and
     the engine options (:func:`backend.services.options.engine_options`).
@@ -146,7 +158,6 @@ def _load_inputs(resources: Resources, assessment_id: str, job: JobContext) -> _
     A ``federated_rounds`` model on a manifest whose members carry a ``learner`` is a
     federated assessment; on a plain manifest its final round is assessed as one model.
     """
-    from worker.engine.features import ExtractionOptions, pick_device
     from worker.engine.models import ModelMetadata
 
     row, model_row, scan_set = retry_transient(lambda: job_rows(resources, assessment_id), what=f"reading assessment {assessment_id}",
@@ -154,11 +165,10 @@ def _load_inputs(resources: Resources, assessment_id: str, job: JobContext) -> _
     options = job_options.read_stored(row.options)
     settings = resources.settings
     manifest = job_manifest(resources, scan_set)
-    device = pick_device(options.device or settings.device)
     known = set(ModelMetadata.model_fields)
     overrides = {k: v for k, v in (model_row.model_metadata or {}).items() if k in known} or None
-    extraction = ExtractionOptions(white_box=True, batch_size=options.batch_size or settings.batch_size, device=device,
-                                   num_workers=settings.loader_workers)
+    extraction = job_extraction(resources, options)
+    device = extraction.device
     if model_row.kind == "federated_rounds" and model_row.rounds:
         if any(r.learner is not None for r in manifest.records):
             engine = job_options.engine_options(options, extraction=extraction, federated=True)
@@ -187,11 +197,14 @@ def run_job(
     shutdown: threading.Event | None = None,
     requeue: Requeue | None = None,
     send_reference: SendReference | None = None,
+    send_shard: SendShard | None = None,
 ) -> str:
     """Run one attempt of one assessment job, recording everything in its row.
 
     A job with trained reference models first has all K of them in the reference store
-    (:func:`worker.reference_fanout.obtain_references`: one task per model), then runs the engine.
+    (:func:`worker.reference_fanout.obtain_references`: one task per model); a job with more than
+    ``settings.shard_scans`` scans then has its features extracted in shards
+    (:func:`worker.shards.obtain_shards`: one task per shard) and merged; then it runs the engine.
 
     Args:
         resources: database, storage and settings.
@@ -203,6 +216,8 @@ def run_job(
             sends it, as in embedded mode).
         send_reference: sends one reference model's training message ``(assessment_id,
             model_index, attempt)`` (distributed mode); None: this worker trains them in turn.
+        send_shard: sends one feature shard's message ``(assessment_id, shard_index, attempt)``
+            (distributed mode); None: this worker extracts them in turn.
 
     Returns:
         what happened: ``skipped`` (duplicate or stale message), ``succeeded``, ``failed``,
@@ -221,6 +236,7 @@ def run_job(
     from worker.engine.training import TrainingCancelled
 
     from .reference_fanout import obtain_references
+    from .shards import obtain_shards, remove_shards
 
     worker = worker or worker_name()
     shutdown = shutdown or threading.Event()
@@ -235,13 +251,14 @@ def run_job(
         with Heartbeat(job, heartbeat_interval(resources.settings)):
             try:
                 obtain_references(resources, job, worker=worker, send=send_reference)
+                features = obtain_shards(resources, job, worker=worker, send=send_shard)
                 if job.should_stop():
                     raise Stopped()
                 inputs = _load_inputs(resources, assessment_id, job)
                 if job.should_stop():
                     raise Stopped()
                 try:
-                    result = inputs.run(resources, job)
+                    result = inputs.run(resources, job, features)
                 finally:
                     inputs.host.close()  # the model's process ends before anything is published
                 result.report.setdefault("provenance", {})["request"] = retry_transient(
@@ -252,18 +269,26 @@ def run_job(
 
                 write_outputs(result, tmp)
             except (AttackCancelled, AttacksCancelled, ExtractionCancelled, HostStopped, TrainingCancelled, Stopped):
-                return _stopped(job, requeue)
+                outcome = _stopped(job, requeue)
+                if outcome == "cancelled":
+                    remove_shards(resources, assessment_id)
+                return outcome
             except DatabaseUnavailable as exc:
                 job.unavailable = job.unavailable or exc
                 return _stopped(job, requeue)
             except InputError as exc:
+                remove_shards(resources, assessment_id)
                 return _failed(resources, job, str(exc))
             except Exception as exc:  # noqa: BLE001 - recorded in the row for the user
                 if is_transient(exc):  # a database blip is not the job's fault: handed back, not failed
                     job.unavailable = job.unavailable or DatabaseUnavailable(f"running assessment {job.id}", 0, exc)
                     return _stopped(job, requeue)
+                remove_shards(resources, assessment_id)
                 return _failed(resources, job, f"{type(exc).__name__}: {exc}")
-            return _publish(resources, job, result, tmp)
+            outcome = _publish(resources, job, result, tmp)
+            if outcome == "succeeded":
+                remove_shards(resources, assessment_id)
+            return outcome
     except DatabaseUnavailable as exc:  # the final write (failed / succeeded) could not be made
         job.unavailable = job.unavailable or exc
         return _stopped(job, requeue)

@@ -1,7 +1,8 @@
 """Celery tasks: thin (ids in, the runner calls the engine, progress goes to the job row).
 
-The job task is here; the reference-training task (one reference model) is in
-:mod:`worker.reference_tasks`; the app factory's ``include`` names both, so a worker runs both.
+The job task is here; the sub-tasks of the job's fan-out (:mod:`worker.fanout`) are in
+:mod:`worker.reference_tasks` (one reference model) and :mod:`worker.shard_tasks` (one feature
+shard); the app factory's ``include`` names all three, so a worker runs all three.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from backend.db.retry import DatabaseUnavailable
 from backend.services.resources import Resources
 from backend.settings import Settings
 
-from .celery_app import REFERENCE_TASK_NAME, TASK_NAME
+from .celery_app import REFERENCE_TASK_NAME, SHARD_TASK_NAME, TASK_NAME
 from .runner import run_job, worker_name
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ def run_assessment_job(self: Any, assessment_id: str, attempt: int) -> str:
     def send_reference(job_id: str, model_index: int, model_attempt: int) -> None:
         app.send_task(REFERENCE_TASK_NAME, args=[job_id, model_attempt, model_index])
 
+    def send_shard(job_id: str, shard_index: int, shard_attempt: int) -> None:
+        app.send_task(SHARD_TASK_NAME, args=[job_id, shard_attempt, shard_index])
+
     with requeued_on_database_outage():
         return run_job(
             resources_for(app),
@@ -71,6 +75,7 @@ def run_assessment_job(self: Any, assessment_id: str, attempt: int) -> str:
             shutdown=app.brainmia_shutdown,
             requeue=requeue,
             send_reference=None if settings.embedded else send_reference,
+            send_shard=None if settings.embedded else send_shard,
         )
 
 
