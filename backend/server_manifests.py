@@ -8,18 +8,19 @@ organisation (the one ``brainmia serve`` creates at its first start) only.
 
 A path that does not exist, is not a file, lies under another organisation's folder or under no
 folder at all gets one and the same answer (:func:`manifest_not_found`), so a caller learns
-nothing about files it may not register.
+nothing about files it may not register. The same holds for a BIDS dataset folder and its member
+lists (:func:`allowed_server_path`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .services.errors import ApiError
 from .auth import DEFAULT_ORG
+from .services.errors import ApiError
 from .settings import Settings
 
-__all__ = ["allowed_manifest", "manifest_not_found", "manifest_roots_for"]
+__all__ = ["allowed_manifest", "allowed_server_path", "manifest_not_found", "manifest_roots_for"]
 
 
 def manifest_roots_for(settings: Settings, org_name: str) -> list[Path]:
@@ -30,15 +31,42 @@ def manifest_roots_for(settings: Settings, org_name: str) -> list[Path]:
     return [Path(root).resolve() for root in roots]
 
 
-def manifest_not_found() -> ApiError:
-    """The answer for every manifest path the caller may not register, existing or not."""
+def manifest_not_found(field: str = "manifest_path") -> ApiError:
+    """The answer for every server path the caller may not register, existing or not."""
+    what = {"manifest_path": "an existing file", "bids_path": "an existing BIDS dataset folder"}.get(field, "an existing file")
     return ApiError(
         404,
         "not_found",
-        "no manifest this organisation may register at manifest_path: it must be an existing file under one "
+        f"nothing this organisation may register at {field}: it must be {what} under one "
         "of the organisation's server folders (the administrator sets BRAINMIA_ORG_MANIFEST_ROOTS)",
-        [{"field": "manifest_path", "reason": "not found"}],
+        [{"field": field, "reason": "not found"}],
     )
+
+
+def allowed_server_path(settings: Settings, org_name: str, given: Path, *, field: str = "manifest_path",
+                        folder: bool = False) -> Path:
+    """The resolved server path ``given`` (absolute), if ``org_name`` may register it.
+
+    Args:
+        settings: the organisations' server folders.
+        org_name: the caller's organisation.
+        given: the absolute path sent.
+        field: the request field, for the answer.
+        folder: whether it must be a folder (a BIDS dataset) rather than a file.
+
+    Raises:
+        ApiError: :func:`manifest_not_found`, whatever the reason.
+    """
+    roots = manifest_roots_for(settings, org_name)
+    try:
+        resolved = given.resolve()
+        allowed = any(resolved.is_relative_to(root) for root in roots) and (
+            resolved.is_dir() if folder else resolved.is_file())
+    except (OSError, RuntimeError, ValueError):  # a link loop, a name too long...
+        allowed = False
+    if not allowed:
+        raise manifest_not_found(field)
+    return resolved
 
 
 def allowed_manifest(settings: Settings, org_name: str, given: Path) -> Path:
@@ -47,12 +75,4 @@ def allowed_manifest(settings: Settings, org_name: str, given: Path) -> Path:
     Raises:
         ApiError: :func:`manifest_not_found`, whatever the reason.
     """
-    roots = manifest_roots_for(settings, org_name)
-    try:
-        resolved = given.resolve()
-        allowed = any(resolved.is_relative_to(root) for root in roots) and resolved.is_file()
-    except (OSError, RuntimeError, ValueError):  # a link loop, a name too long...
-        allowed = False
-    if not allowed:
-        raise manifest_not_found()
-    return resolved
+    return allowed_server_path(settings, org_name, given)

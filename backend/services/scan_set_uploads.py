@@ -295,7 +295,8 @@ def purge_volume_cache(cache_dir: Path, scans: Iterable[Path], specs: list[Any])
 
 
 def _scans_of(source: str, root: Path, manifest_path: Path) -> list[Path]:
-    """The scan files of a scan set: every NIfTI file of an archive, the listed ones of a server set."""
+    """The scan files of a scan set: every NIfTI file of an archive, the listed ones of a server set
+    (a BIDS set's stored manifest lists them relative to the dataset folder ``root``)."""
     from worker.engine.errors import InputError
     from worker.engine.manifest import load_manifest
     from worker.engine.volumes import NIFTI_SUFFIXES
@@ -303,7 +304,8 @@ def _scans_of(source: str, root: Path, manifest_path: Path) -> list[Path]:
     if source == "archive":
         return [p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES)]
     try:
-        manifest = load_manifest(manifest_path, check_files=False, require_member=False, confine=True)
+        manifest = load_manifest(manifest_path, base_dir=root if source == "bids" else None, check_files=False,
+                                 require_member=False, confine=True)
     except InputError:
         return []
     return sorted({r.path for r in manifest.records if r.path.is_file()})
@@ -323,7 +325,8 @@ def delete_scan_set(session: Session, storage: Storage, settings: Settings, prin
                     scan_set_id: str) -> None:
     """Delete a scan set: its row, its cached conformed volumes and, for an upload, its files.
 
-    A server-side set's files belong to the administrator and stay.
+    A server-side set's files belong to the administrator and stay (of a BIDS set, only the
+    derived manifest BrainMIA stored goes).
 
     Raises:
         ApiError: 404 not the caller's; 409 while an assessment refers to the set.
@@ -334,14 +337,15 @@ def delete_scan_set(session: Session, storage: Storage, settings: Settings, prin
     specs = _conform_specs(session, principal.org_id)
     source, name, root, manifest_path = row.source, row.name, Path(row.root), Path(row.manifest_path)
     uploaded = source == "archive"
+    stored = uploaded or source == "bids"  # files under scan_sets/<id>/: the archive, or a BIDS set's manifest
 
-    def purge(moved: Path) -> None:  # an upload's files are in ``moved`` now
-        scans = _scans_of(source, moved if uploaded else root, moved / MANIFEST_NAME if uploaded else manifest_path)
+    def purge(moved: Path) -> None:  # the stored files are in ``moved`` now
+        scans = _scans_of(source, moved if uploaded else root, moved / MANIFEST_NAME if stored else manifest_path)
         purge_volume_cache(settings.volume_cache_dir, scans, specs)
         purge_reference_models(settings.reference_store_dir, scans)
 
     delete_with_files(
-        session, storage, row, storage.scan_set_dir(scan_set_id) if uploaded else None, what="scan set",
+        session, storage, row, storage.scan_set_dir(scan_set_id) if stored else None, what="scan set",
         record=lambda: audit.record(session, principal, "delete", "scan_set", scan_set_id, name=name, source=source),
         then=purge,
     )

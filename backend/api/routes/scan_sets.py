@@ -12,11 +12,18 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from ...db.models import ScanSet
-from ...services import scan_set_uploads
+from ...services import bids_scan_sets, scan_set_uploads
+from ...services.errors import field_error
 from ..deps import CurrentPrincipal, SessionDep, SettingsDep, StorageDep
 from ..errors import ERROR_RESPONSES, ApiError, ErrorResponse
 from ..pagination import Limit, Offset, page
-from ..schemas import SCAN_SET_UPLOAD_BODY, ScanSetFromPath, ScanSetOut, ScanSetPage, scan_set_out
+from ..schemas import (
+    SCAN_SET_UPLOAD_BODY,
+    ScanSetFromPath,
+    ScanSetOut,
+    ScanSetPage,
+    scan_set_out,
+)
 from ..uploads import json_body, multipart_upload
 
 router = APIRouter(prefix="/scan-sets", tags=["scan sets"])
@@ -42,7 +49,8 @@ _UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 _FROM_PATH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: ERROR_RESPONSES[401],
     404: _404_PATH,
-    422: {"model": ErrorResponse, "description": f"Not an absolute path, a field refused, {_422_ROWS}"},
+    422: {"model": ErrorResponse, "description": f"Not an absolute path, a field refused, {_422_ROWS}, "
+          "problems of a BIDS dataset (invalid_bids: one detail per problem, naming the subject)"},
 }
 DEPRECATED_JSON_HEADERS = {
     "Deprecation": "@1796083200",  # RFC 9745: deprecated since 2026-12-01
@@ -79,6 +87,8 @@ async def upload_scan_set(
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media == "application/json":
         body = await json_body(request, ScanSetFromPath)
+        if body.manifest_path is None:
+            raise field_error("manifest_path", "required here (a BIDS dataset: POST /scan-sets/from-path)")
         row = await scan_set_uploads.add_from_server(session, settings, principal, body.manifest_path, name=body.name)
         response.headers.update(DEPRECATED_JSON_HEADERS)
         return scan_set_out(row)
@@ -97,18 +107,29 @@ async def upload_scan_set(
     "/from-path",
     status_code=201,
     response_model=ScanSetOut,
-    summary="Register a manifest already on the server",
+    summary="Register a manifest or a BIDS dataset already on the server",
     responses=_FROM_PATH_RESPONSES,
 )
 async def create_scan_set_from_path(
-    body: ScanSetFromPath, session: SessionDep, settings: SettingsDep, principal: CurrentPrincipal
+    body: ScanSetFromPath, session: SessionDep, storage: StorageDep, settings: SettingsDep, principal: CurrentPrincipal
 ) -> ScanSetOut:
-    """Create a scan set from a manifest under one of the organisation's folders
-    (``BRAINMIA_ORG_MANIFEST_ROOTS``); its scans stay where they are.
+    """Create a scan set from a manifest, or a BIDS dataset and its member list, under one of the
+    organisation's folders (``BRAINMIA_ORG_MANIFEST_ROOTS``); its scans stay where they are.
 
-    The manifest is validated row by row (every bad row answers 422 with its line number)
-    and every scan is opened as NIfTI; nothing is stored from a rejected request.
+    The manifest is validated row by row (every bad row answers 422 with its line number), a BIDS
+    dataset subject by subject (422 ``invalid_bids``, one detail per problem naming the subject: no
+    age, a listed ID not in the dataset or with no matching scan, several matching scans), and every
+    scan is opened as NIfTI; nothing is stored from a rejected request.
     """
+    if body.bids_path is not None:
+        row = await bids_scan_sets.add_from_bids(session, storage, settings, principal, body)
+        return scan_set_out(row)
+    bids_only = [f for f in ("members_path", "members", "non_members_path", "non_members", "bids_filter")
+                 if getattr(body, f) is not None]
+    if bids_only:
+        raise field_error(bids_only[0], "goes with bids_path")
+    if body.manifest_path is None:
+        raise field_error("manifest_path", "give manifest_path, or bids_path with members")
     row = await scan_set_uploads.add_from_server(session, settings, principal, body.manifest_path, name=body.name)
     return scan_set_out(row)
 

@@ -31,7 +31,8 @@ class ScanSetOut(BaseModel):
 
     id: str
     name: str
-    source: str = Field(description="`archive` (uploaded) or `server` (a manifest under an allowed root)")
+    source: str = Field(description="`archive` (uploaded), `server` (a manifest under an allowed root) or `bids` (a "
+                        "BIDS dataset under an allowed root, its derived manifest stored by BrainMIA)")
     n_scans: int
     n_members: int
     n_nonmembers: int
@@ -55,17 +56,52 @@ class ScanSetPage(BaseModel):
 
 
 class ScanSetFromPath(BaseModel):
-    """Register a manifest already on the server."""
+    """Register a manifest, or a BIDS dataset with its member list, already on the server.
+
+    Give ``manifest_path``, or ``bids_path`` with the members (``members_path`` or ``members``);
+    non-members are every other matching scan unless ``non_members_path`` or ``non_members`` is
+    given. Every server path must lie under one of the organisation's folders.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"manifest_path": "/data/cohorts/ukb-holdout/manifest.csv", "name": "ukb-holdout"}]
+            "examples": [
+                {"manifest_path": "/data/cohorts/ukb-holdout/manifest.csv", "name": "ukb-holdout"},
+                {"bids_path": "/data/cohorts/ds-brains", "members_path": "/data/cohorts/ds-brains-train.txt",
+                 "bids_filter": "space=MNI152NLin2009cAsym,desc=preproc", "name": "ds-brains"},
+            ]
         },
     )
 
-    manifest_path: str = Field(
-        description="Absolute path of a manifest under one of the organisation's folders (BRAINMIA_ORG_MANIFEST_ROOTS)"
+    manifest_path: str | None = Field(
+        default=None,
+        description="Absolute path of a manifest under one of the organisation's folders (BRAINMIA_ORG_MANIFEST_ROOTS)",
+    )
+    bids_path: str | None = Field(
+        default=None,
+        description="In place of manifest_path: absolute path of a BIDS dataset folder (participants.tsv, sub-*/, "
+        "derivatives/<pipeline>/) under one of the organisation's folders",
+    )
+    members_path: str | None = Field(
+        default=None,
+        description="With bids_path: absolute path of a text file of member subject IDs (sub-01 or 01) or "
+        "subject+session IDs (sub-01_ses-1, or two columns), under the organisation's folders",
+    )
+    members: list[Text] | None = Field(
+        default=None, max_length=100_000, description="With bids_path, in place of members_path: the member IDs"
+    )
+    non_members_path: str | None = Field(
+        default=None, description="With bids_path: a file of the non-member IDs (default: every other matching scan)"
+    )
+    non_members: list[Text] | None = Field(
+        default=None, max_length=100_000, description="With bids_path, in place of non_members_path: the non-member IDs"
+    )
+    bids_filter: Text | dict[str, Text | list[Text]] | None = Field(
+        default=None,
+        description="With bids_path: BIDS entities of the scans, as 'space=MNI152NLin2009cAsym,desc=preproc' or an "
+        "object (defaults suffix=T1w, datatype=anat, extension .nii/.nii.gz; scope raw, derivatives or a pipeline; "
+        "'none' = the entity is absent)",
     )
     name: Text | None = Field(default=None, max_length=500)
 
