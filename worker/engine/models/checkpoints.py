@@ -109,12 +109,43 @@ def _note(steps: list[tuple[str, str]]) -> str:
     return f"stripped the '{prefix}' prefix ({who}) from every parameter name"
 
 
-def lightning_hint(named: str | None) -> str:
-    """Advice for a checkpoint refused because it names a Python object (``named``)."""
-    if named and named.split(".")[0] in ("lightning", "pytorch_lightning", "lightning_fabric"):
-        return (" This is a full Lightning checkpoint holding Lightning objects: save its weights alone, "
-                "e.g. torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pt') on your "
-                "own machine, and upload that.")
+LIGHTNING_MARK = b"pytorch-lightning_version"
+"""The key every Lightning checkpoint holds (it appears as bytes in the pickle, unread)."""
+
+
+def is_lightning_checkpoint(source: Path | IO[bytes]) -> bool:
+    """Whether a ``torch.save`` zip holds a Lightning checkpoint: its pickle names
+    ``pytorch-lightning_version`` (a byte search in the pickle stream; nothing is unpickled)."""
+    try:
+        with zipfile.ZipFile(source) as zf:
+            for info in zf.infolist():
+                if info.filename.endswith("data.pkl") and info.file_size < (64 << 20):
+                    return LIGHTNING_MARK in zf.read(info)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    finally:
+        if hasattr(source, "seek"):
+            source.seek(0)
+    return False
+
+
+def lightning_hint(lightning: bool) -> str:
+    """Advice for a refused checkpoint that is a full Lightning checkpoint."""
+    if not lightning:
+        return ""
+    return (" It is a full Lightning checkpoint, and some of its other entries (hyper_parameters, callbacks, "
+            "loops...) hold Python objects (a Path, a Namespace, NumPy values...): torch.load(weights_only=True) "
+            "refuses the file as a whole. Save its weights alone on your own machine, e.g. "
+            "torch.save(torch.load('last.ckpt', weights_only=False)['state_dict'], 'weights.pt'), and give that "
+            "(the 'model.' prefix is stripped).")
+
+
+def prefix_hint(keys: Iterable[str]) -> str:
+    """Which wrapper prefix the keys carry, for an error when they do not fit even stripped."""
+    keys = list(keys)
+    for prefix, who in PREFIXES:
+        if _strip(keys, prefix) is not None:
+            return f" (its names start with '{prefix}', as {who} writes them; stripped, they still do not fit)"
     return ""
 
 

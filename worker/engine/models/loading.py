@@ -39,7 +39,14 @@ from ..cache import file_sha256
 from ..errors import InputError, ModelError
 from . import architectures as _architectures  # noqa: F401  (registers the built-ins)
 from . import monai_nets as _monai_nets  # noqa: F401  (registers the MONAI built-ins; MONAI loads lazily)
-from .checkpoints import fit_state_dict, lightning_hint, state_from_arrays, unwrap_checkpoint
+from .checkpoints import (
+    fit_state_dict,
+    is_lightning_checkpoint,
+    lightning_hint,
+    prefix_hint,
+    state_from_arrays,
+    unwrap_checkpoint,
+)
 from .heads import OutputHead
 from .metadata import ModelMetadata, resolve_metadata
 from .registry import build_architecture
@@ -131,14 +138,14 @@ def detect_format(path: Path, data: bytes | None = None) -> str:
     )
 
 
-def _refused(path: Path, exc: Exception) -> ModelError:
+def _refused(path: Path, exc: Exception, lightning: bool = False) -> ModelError:
     found = re.search(r"GLOBAL ([\w.]+)", str(exc))
     named = f" (it names the Python object '{found.group(1)}')" if found else ""
     return ModelError(
         path,
         f"refused: the file needs unrestricted unpickling, which could run arbitrary code{named}; "
         "it was not loaded. Save the model as TorchScript (torch.jit.save), a torch.export program, "
-        "safetensors, or a plain state dict instead." + lightning_hint(found.group(1) if found else None),
+        "safetensors, or a plain state dict instead." + lightning_hint(lightning),
     )
 
 
@@ -158,10 +165,10 @@ def _load_state_dict(path: Path, fmt: str, data: bytes | None = None) -> dict[st
             warnings.simplefilter("ignore", UserWarning)
             obj = torch.load(_source(path, data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise _refused(path, exc) from None
+        raise _refused(path, exc, is_lightning_checkpoint(_source(path, data))) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
         if "weights_only" in str(exc) or "Unsupported" in str(exc):
-            raise _refused(path, exc) from None
+            raise _refused(path, exc, is_lightning_checkpoint(_source(path, data))) from None
         raise ModelError(path, f"cannot read state dict: {exc}") from None
     obj = unwrap_checkpoint(obj)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -191,7 +198,9 @@ def _from_weights(path: Path, fmt: str, metadata: ModelMetadata, data: bytes | N
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         detail = str(exc).replace("\n", " ")[:600]
-        raise ModelError(path, f"weights do not fit architecture '{metadata.arch}' {metadata.arch_kwargs}: {detail}") from None
+        hint = "" if note else prefix_hint(state)
+        raise ModelError(path, f"weights do not fit architecture '{metadata.arch}' {metadata.arch_kwargs}{hint}: "
+                         f"{detail}") from None
     return module, note
 
 
