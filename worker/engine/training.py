@@ -2,7 +2,8 @@
 
 :func:`train_brain_age` runs the loop of the paper (MSE, Adam lr 1e-4, weight decay 1e-4) by
 default; :class:`TrainingOptions` also chooses the optimiser (``adam``, ``adamw``, ``sgd``), the
-loss (``mse``, ``l1``, ``huber``), the augmentation (``none``, ``flip``, ``shift``) and a cosine
+loss (``mse``, ``l1``, ``huber``, or SFCN's ``soft_label_kl`` for a model with age-bin outputs,
+given its output head), the augmentation (``none``, ``flip``, ``shift``) and a cosine
 schedule, so that reference models can be trained with a target's declared recipe.
 """
 
@@ -18,10 +19,11 @@ from torch import nn
 from .cache import VolumeCache
 from .errors import BrainMIAError, InputError
 from .manifest import ScanRecord
+from .models.heads import OutputHead
 from .volumes import ConformSpec, load_conformed
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-LOSSES = ("mse", "l1", "huber")
+LOSSES = ("mse", "l1", "huber", "soft_label_kl")
 AUGMENTATIONS = ("none", "flip", "shift")
 SHIFT_VOXELS = 2
 """Largest shift of the ``shift`` augmentation, in voxels per axis (zero padded, no wrap-around)."""
@@ -47,9 +49,13 @@ class TrainingOptions:
         cosine: anneal the learning rate to zero over the epochs (cosine schedule).
         optimizer: ``adam``, ``adamw`` or ``sgd``.
         momentum: SGD momentum (other optimisers ignore it).
-        loss: ``mse``, ``l1`` or ``huber`` (delta :data:`HUBER_DELTA` years).
+        loss: ``mse``, ``l1`` or ``huber`` (delta :data:`HUBER_DELTA` years) of the predicted
+            age, or ``soft_label_kl`` (the KL divergence to Gaussian soft labels over age bins, as
+            SFCN trains; needs a ``head`` with bins).
         augment: ``none``, ``flip`` (left-right, probability 1/2 per scan) or ``shift``
             (a random shift of up to :data:`SHIFT_VOXELS` voxels per axis, per scan).
+        head: the model's output head (None: the model returns one age per scan); a bins model's
+            predicted age is its expected age, and ``soft_label_kl`` uses its bins and sigma.
     """
 
     epochs: int = 30
@@ -63,6 +69,7 @@ class TrainingOptions:
     momentum: float = 0.0
     loss: str = "mse"
     augment: str = "none"
+    head: OutputHead | None = None
 
     def check(self) -> None:
         """Raise :class:`InputError` on an unknown optimiser, loss or augmentation, or bad sizes."""
@@ -73,6 +80,9 @@ class TrainingOptions:
         ):
             if value not in known:
                 raise InputError(f"unknown {name} '{value}' (known: {', '.join(known)})")
+        if self.loss == "soft_label_kl" and (self.head is None or self.head.output.kind != "bins"):
+            raise InputError("loss 'soft_label_kl' trains a model with age-bin outputs: give its output head "
+                             "(metadata output: {\"kind\": \"bins\", ...})")
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError(f"epochs and batch_size must be at least 1, got {self.epochs} and {self.batch_size}")
 
@@ -112,8 +122,21 @@ def make_optimizer(model: nn.Module, options: TrainingOptions) -> torch.optim.Op
     raise InputError(f"unknown optimizer '{options.optimizer}' (known: {', '.join(OPTIMIZERS)})")
 
 
-def loss_per_scan(pred: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    """The per-scan training loss ``(B,)`` named by ``loss``."""
+def loss_per_scan(pred: torch.Tensor, y: torch.Tensor, loss: str, *, out: torch.Tensor | None = None,
+                  head: OutputHead | None = None) -> torch.Tensor:
+    """The per-scan training loss ``(B,)`` named by ``loss``.
+
+    Args:
+        pred: predicted ages ``(B,)``.
+        y: true ages ``(B,)``.
+        loss: the loss name (:data:`LOSSES`).
+        out: the model's raw output (``soft_label_kl`` only).
+        head: the model's output head (``soft_label_kl`` only).
+    """
+    if loss == "soft_label_kl":
+        if out is None or head is None or head.output.kind != "bins":
+            raise InputError("loss 'soft_label_kl' needs the raw bin outputs and the model's output head")
+        return head.soft_label_kl(out, y)
     if loss == "mse":
         return (pred - y) ** 2
     if loss == "l1":
@@ -212,8 +235,9 @@ def train_brain_age(
             idx = order[start : start + options.batch_size]
             x = augment_batch(volumes[idx], options.augment, aug_generator).to(options.device)
             y = ages[idx].to(options.device)
-            pred = model(x)
-            per_scan = loss_per_scan(pred, y, options.loss)
+            out = model(x)
+            pred = out if options.head is None else options.head.prediction(out)
+            per_scan = loss_per_scan(pred, y, options.loss, out=out, head=options.head)
             loss = per_scan.mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -229,8 +253,15 @@ def train_brain_age(
     return model.eval()
 
 
-def predict(model: nn.Module, volumes: torch.Tensor, batch_size: int = 16, device: str = "cpu") -> torch.Tensor:
-    """Predictions ``(N,)`` of ``model`` on ``volumes``, without gradients."""
+def predict(model: nn.Module, volumes: torch.Tensor, batch_size: int = 16, device: str = "cpu",
+            head: OutputHead | None = None) -> torch.Tensor:
+    """Predicted ages ``(N,)`` of ``model`` on ``volumes``, without gradients (``head``: its output
+    head, for a model whose output is not one age per scan)."""
     model = model.to(device).eval()
+
+    def ages(out: torch.Tensor) -> torch.Tensor:
+        return out if head is None else head.prediction(out)
+
     with torch.no_grad():
-        return torch.cat([model(volumes[i : i + batch_size].to(device)).cpu() for i in range(0, len(volumes), batch_size)])
+        return torch.cat([ages(model(volumes[i : i + batch_size].to(device))).cpu()
+                          for i in range(0, len(volumes), batch_size)])

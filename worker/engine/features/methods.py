@@ -66,7 +66,7 @@ def loop_jacobian(fmodel: FunctionalModel, x: torch.Tensor, ages: torch.Tensor |
     """
     loss = fmodel.head.objective_is_loss
     if loss:
-        ages = require_ages(fmodel, x, ages)
+        targets = fmodel.head.targets(require_ages(fmodel, x, ages))
         one = grad_and_value(fmodel.objective_one, has_aux=True)
     else:
         one = grad_and_value(fmodel.predict_one)
@@ -74,7 +74,7 @@ def loop_jacobian(fmodel: FunctionalModel, x: torch.Tensor, ages: torch.Tensor |
     preds = []
     for i in range(x.shape[0]):
         if loss:
-            grads, (_, pred) = one(fmodel.params, x[i], ages[i])
+            grads, (_, pred) = one(fmodel.params, x[i], targets[i])
         else:
             grads, pred = one(fmodel.params, x[i])
         for name, g in grads.items():

@@ -129,17 +129,18 @@ class FunctionalModel:
         return self.head.prediction(self(params, x.unsqueeze(0))).reshape(())
 
     def objective_one(self, params: Mapping[str, torch.Tensor], x: torch.Tensor,
-                      age: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(objective, prediction)`` (scalars) for one scan and its age, run as a batch of one.
+                      target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(objective, prediction)`` (scalars) for one scan, run as a batch of one.
 
         The objective is the head's (:meth:`~worker.engine.models.heads.OutputHead.objective`):
-        the prediction itself for ``mse``, the loss for ``soft_label_kl``.
+        the prediction itself for ``mse``, the loss for ``soft_label_kl``; ``target`` is the scan's
+        row of :meth:`~worker.engine.models.heads.OutputHead.targets` (its soft label).
         """
         out = self(params, x.unsqueeze(0))
         pred = self.head.prediction(out).reshape(())
         if not self.head.objective_is_loss:
             return pred, pred
-        return self.head.objective(out, age.reshape(1)).reshape(()), pred
+        return self.head.objective_of_targets(out, target.unsqueeze(0)).reshape(()), pred
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predictions ``(B,)`` for a batch ``(B, 1, X, Y, Z)``, without gradients."""
@@ -169,9 +170,9 @@ class FunctionalModel:
         """
         if not self.head.objective_is_loss:
             return self.prediction_jacobian(x)
-        ages = require_ages(self, x, ages)
+        targets = self.head.targets(require_ages(self, x, ages))
         jac, (_, pred) = vmap(grad_and_value(self.objective_one, has_aux=True), in_dims=(None, 0, 0))(
-            self.params, x, ages)
+            self.params, x, targets)
         return jac, pred
 
 

@@ -77,8 +77,31 @@ class OutputHead:
         """The per-scan values ``(B,)`` whose parameter gradients the white-box features use."""
         if not self.objective_is_loss:
             return self.prediction(out)
+        return self.soft_label_kl(out, ages)
+
+    def targets(self, ages: torch.Tensor) -> torch.Tensor:
+        """What the loss objective compares the output with, per scan: the soft labels ``(B, bins)``
+        for ``soft_label_kl``, the ages ``(B,)`` otherwise. Computed once per batch, outside the
+        per-sample transforms (:meth:`objective_of_targets`)."""
+        if not self.objective_is_loss:
+            return ages
+        return self.soft_labels(ages)
+
+    def objective_of_targets(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """:meth:`objective` from :meth:`targets` instead of ages."""
+        if not self.objective_is_loss:
+            return self.prediction(out)
+        return self._kl(self._log_probs(out), targets)
+
+    def soft_label_kl(self, out: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
+        """``KL(q || p)`` per scan ``(B,)``: soft labels ``q`` of ``ages`` against the bin probabilities
+        ``p`` of the raw outputs ``out`` (sigma: the loss's, 1 year by default)."""
         log_p = self._log_probs(out)
-        q = self.soft_labels(ages.to(log_p.dtype))
+        return self._kl(log_p, self.soft_labels(ages.to(log_p.dtype)))
+
+    @staticmethod
+    def _kl(log_p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        q = q.to(log_p.dtype)
         return (torch.xlogy(q, q) - q * log_p).sum(dim=1)
 
     def loss_scale(self, pred: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
