@@ -69,7 +69,7 @@ def _derive(body: Any, root: Path, members: Path, non_members: Path | None, work
         manifest = bids_manifest(BidsInput(root, members, non_members, body.bids_filter), work / MANIFEST_NAME,
                                  confine=True)
     except BidsError as exc:
-        details = [{"field": "bids_path", "reason": hide(p)} for p in exc.problems]
+        details = [{"reason": hide(p)} for p in exc.problems]  # each names its subject (and file)
         raise ApiError(422, "invalid_bids", f"{len(exc.problems)} problem(s) in the BIDS dataset {label}",
                        details) from None
     except ManifestError as exc:

@@ -318,6 +318,27 @@
     }, reload);
   }
 
+  var bidsForm = document.getElementById("server-bids");
+  if (bidsForm) {
+    wire(bidsForm, function (form) {
+      var value = function (name) { return $(form, "[name=" + name + "]").value.trim(); };
+      var body = { bids_path: value("bids_path") };
+      ["members", "non_members"].forEach(function (key) {
+        if (value(key + "_path")) { body[key + "_path"] = value(key + "_path"); }
+        var ids = value(key).split(/\r?\n/).map(function (s) { return s.trim(); }).filter(function (s) { return s !== ""; });
+        if (ids.length) { body[key] = ids; }
+      });
+      if (!body.members_path && !body.members) {
+        var missing = new Error("Some fields need fixing.");
+        missing.details = [{ field: "members", reason: "give the member list file or the member IDs" }];
+        throw missing;
+      }
+      if (value("bids_filter")) { body.bids_filter = value("bids_filter"); }
+      if (value("name")) { body.name = value("name"); }
+      return { body: JSON.stringify(body), contentType: "application/json" };
+    }, reload);
+  }
+
   /* ---------------------------------------------------------------- new assessment */
 
   /* the reference-model choices: none, train K (with the model's recipe or one given as JSON), or a
