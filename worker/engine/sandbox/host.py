@@ -44,6 +44,18 @@ def _warm_up(device: str, white_box: bool = True) -> None:
     computer.compute(torch.zeros((2, 1, 16, 16, 16)), torch.zeros(2), white_box, list(computer.aliases.values()))
 
 
+def _user_name() -> None:
+    """Put the user name in the environment while ``/etc/passwd`` can still be read: libraries
+    imported later, in confinement, ask for it (MONAI's ``import monai`` calls ``getpass.getuser()``)."""
+    import getpass
+
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "model-host"
+    os.environ.setdefault("LOGNAME", name)
+
+
 def _answer_error(exc: BaseException) -> dict[str, Any]:
     from ..errors import InputError, ModelError
 
@@ -122,6 +134,7 @@ def main(argv: list[str]) -> int:
         torch.cuda.init()
     white_box = bool(config.get("white_box", True))
     _warm_up(device, white_box)
+    _user_name()
     confinement = Confinement(cpu_s=config.get("cpu_s"), memory_bytes=int(config["memory_bytes"]),
                               cuda=device.startswith("cuda"), private=tuple(config.get("private") or ()))
     try:
