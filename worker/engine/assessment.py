@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from .metrics import utility
 from .models.loading import LoadedModel
 from .quantile.attacks import QMIA_ATTACKS, run_qmia_attacks
 from .reference.run import ReferenceOptions, run_reference_attacks
+from .scan_qa import QA_COLUMNS, ScanQaPolicy, scan_qa_section, template_for
 from .report import build_report, exposure_section, provenance
 from .verdict import Policy, evaluate
 
@@ -44,6 +45,8 @@ class AssessmentOptions:
         quantile: run the quantile-regression attacks (``qmia``, and ``qmia:grad-norm`` on a
             white-box assessment), which need no reference models.
         reference: reference models and their attacks (None: none).
+        scan_qa: scan QA of the model's scans (:mod:`worker.engine.scan_qa`): its mode
+            (``fail`` by default) and thresholds.
     """
 
     feature_sets: Sequence[str] | None = None
@@ -55,6 +58,7 @@ class AssessmentOptions:
     policy: Policy | None = None
     quantile: bool = True
     reference: ReferenceOptions | None = None
+    scan_qa: ScanQaPolicy = field(default_factory=ScanQaPolicy)
 
     def settings(self) -> dict[str, Any]:
         """The options as recorded in the report's provenance."""
@@ -67,6 +71,7 @@ class AssessmentOptions:
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.extraction).items()},
             "quantile": self.quantile,
             "reference": self.reference.settings() if self.reference is not None else None,
+            "scan_qa": asdict(self.scan_qa),
         }
 
 
@@ -158,7 +163,7 @@ def run_assessment(
         features = extract_features(
             model,
             manifest,
-            options.extraction,
+            replace(options.extraction, scan_qa=options.scan_qa.mode != "off"),
             cache=cache,
             progress=lambda done, total: report_progress(
                 "features", features_share * done / total, f"features {done}/{total} scans"
@@ -177,6 +182,9 @@ def run_assessment(
             "metadata": None,
         }
 
+    scan_quality = None  # InputError when most scans look unregistered or not skull-stripped
+    if model is not None and options.scan_qa.mode != "off" and set(QA_COLUMNS) <= set(features.table.columns):
+        scan_quality = scan_qa_section(features.table, options.scan_qa, template_for(model.metadata.conform_spec()))
     specs = default_attack_specs(features, options.classifiers, feature_sets=options.feature_sets)
     report_progress("attacks", features_share, f"{len(specs)} attacks x {options.repeats} repeats")
     run = run_attacks(
@@ -223,6 +231,7 @@ def run_assessment(
         attacks=run.attacks,
         exposure=exposure,
         verdict=verdict,
+        scan_quality=scan_quality,
     )
     report_progress("done", 1.0, "done")
     return AssessmentResult(report=report, features=features)

@@ -7,7 +7,8 @@ start from a fork server (a clean process that imported this module once), never
 process, which may hold threads (the model host's pipes, a web server, a Celery pool) and CUDA.
 The conformed-volume cache (:class:`~worker.engine.cache.VolumeCache`) is a folder written
 atomically, so every worker on a machine shares it; each worker's hit and miss counts are added to
-the caller's cache.
+the caller's cache. With a scan-QA template (:mod:`worker.engine.scan_qa`), each item also
+carries the scan's QA values, computed in the worker right after conforming.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from worker.engine import volumes
+from worker.engine import scan_qa, volumes
 from worker.engine.cache import CacheStats, VolumeCache
 from worker.engine.errors import ScanError
 from worker.engine.manifest import ScanRecord
@@ -82,28 +83,37 @@ class ScanDataset(Dataset):
     """Conformed volumes of a list of scans.
 
     Item ``i`` is ``(volume, i)``: the scan of ``records[i]`` as a float32 tensor of
-    shape ``(1, *spec.shape)`` and its index, so batches can be matched back to records.
+    shape ``(1, *spec.shape)`` and its index, so batches can be matched back to records. With
+    ``qa``, it is ``(volume, i, qa_values)``, the last a float64 tensor of the
+    :data:`~worker.engine.scan_qa.QA_COLUMNS` values of the conformed scan.
 
     Args:
         records: the scans, e.g. ``manifest.records``.
         spec: the model's input grid and normalisation.
         cache: a volume cache, or None to conform every time.
+        qa: the scan-QA template on ``spec``'s grid (:func:`~worker.engine.scan_qa.template_for`,
+            computed once by the caller and sent to each worker with the dataset), or None.
     """
 
-    def __init__(self, records: Sequence[ScanRecord], spec: ConformSpec, cache: VolumeCache | None = None):
+    def __init__(self, records: Sequence[ScanRecord], spec: ConformSpec, cache: VolumeCache | None = None,
+                 qa: scan_qa.QaTemplate | None = None):
         self.records = list(records)
         self.spec = spec
         self.cache = cache
+        self.qa = qa
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
         path = self.records[i].path
         if self.cache is not None:
             volume = self.cache.get(path, self.spec)
         else:
             volume = volumes.load_conformed(path, self.spec)
+        if self.qa is not None:
+            values = torch.tensor(scan_qa.scan_qa_values(volume, self.qa), dtype=torch.float64)
+            return torch.from_numpy(volume).unsqueeze(0), int(i), values
         return torch.from_numpy(volume).unsqueeze(0), int(i)
 
 

@@ -1,4 +1,4 @@
-"""The report document (``report.json``): provenance, utility, attacks, exposure, verdict."""
+"""The report document (``report.json``): provenance, utility, attacks, exposure, verdict, scan quality."""
 
 from __future__ import annotations
 
@@ -84,18 +84,21 @@ def build_report(
     attacks: list[dict],
     exposure: dict[str, Any],
     verdict: dict[str, Any],
+    scan_quality: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the versioned report document (strict JSON: no NaN)."""
-    return _clean(
-        {
-            "schema_version": SCHEMA_VERSION,
-            "provenance": provenance,
-            "utility": utility,
-            "attacks": attacks,
-            "exposure": exposure,
-            "verdict": verdict,
-        }
-    )
+    """Assemble the versioned report document (strict JSON: no NaN); ``scan_quality`` is
+    :func:`worker.engine.scan_qa.scan_qa_section`'s, absent when no scan QA ran."""
+    document = {
+        "schema_version": SCHEMA_VERSION,
+        "provenance": provenance,
+        "utility": utility,
+        "attacks": attacks,
+        "exposure": exposure,
+        "verdict": verdict,
+    }
+    if scan_quality is not None:
+        document["scan_quality"] = scan_quality
+    return _clean(document)
 
 
 def validate(report: dict[str, Any]) -> Report:

@@ -56,6 +56,8 @@ from .report_sections import (
     RequestProvenance,
     Roc,
     RoundModel,
+    ScanQuality,
+    ScanQualityFlag,
     Status,
     ThreatLevels,
     ThreatModel,
@@ -68,7 +70,7 @@ __all__ = [
     "AgeBin", "Attack", "AttackGroup", "AttackMetrics", "AttributeGroup", "CiGrids", "ExposedScan", "Exposure",
     "FederatedAttackSection", "FederatedSection", "Finding", "Interval", "LearnerSummary", "ManifestProvenance",
     "MetricSummary", "ModelProvenance", "PerAttacker", "PolicySettings", "Provenance", "Report",
-    "RequestProvenance", "Roc", "RoundModel", "RoundPoint", "ThreatLevels", "ThreatModel", "Utility", "Verdict",
+    "RequestProvenance", "Roc", "RoundModel", "RoundPoint", "ScanQuality", "ScanQualityFlag", "ThreatLevels", "ThreatModel", "Utility", "Verdict",
     "DPCheck", "EmpiricalEpsilon", "Multiplicity", "PowerStatement", "attack_threat_model", "feature_set_threat_model", "is_completed", "rank_key", "ranked_attacks",
     "strongest_attack",
 ]
@@ -179,6 +181,7 @@ class Report(_Open):
     exposure: Exposure
     verdict: Verdict
     federated: Optional[FederatedSection] = None
+    scan_quality: Optional[ScanQuality] = None
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "report") -> "Report":

@@ -23,7 +23,7 @@ __all__ = [
     "AgeBin", "Attack", "AttackFamily", "AttackMetrics", "AttributeGroup", "CalibrationRow", "ExposedScan",
     "Exposure", "Finding", "Grid", "Interval", "Level", "ManifestProvenance", "MetricSummary", "ModelProvenance",
     "Num", "PolicySettings", "Provenance", "ReferencesProvenance", "RequestProvenance", "Roc", "RoundModel",
-    "Scalar", "Severity", "Status", "ThreatLevels", "ThreatModel", "Utility",
+    "Scalar", "ScanQuality", "ScanQualityFlag", "Severity", "Status", "ThreatLevels", "ThreatModel", "Utility",
 ]
 
 
@@ -349,3 +349,30 @@ class Exposure(_Open):
 
     attack: Optional[str]
     scans: list[ExposedScan]
+
+
+class ScanQualityFlag(_Open):
+    """A scan that scan QA flagged, with its values and why."""
+
+    scan_id: Scalar
+    member: int
+    template_corr: Num
+    outside_mask: Num
+    reasons: list[str]
+
+
+class ScanQuality(_Open):
+    """Scan QA (worker.engine.scan_qa): correlation with the MNI152 template and signal outside its brain mask."""
+
+    mode: Literal["fail", "warn", "off"]
+    judged: bool
+    not_judged_reason: Optional[str] = None
+    thresholds: dict[str, Num]
+    grid: Optional[dict[str, list[Union[int, float]]]] = None
+    n_scans: int
+    n_flagged: int
+    template_corr: dict[str, Num]
+    outside_mask: dict[str, Num]
+    flagged: list[ScanQualityFlag]
+    advice: Optional[str] = None
+    failed: bool = False

@@ -16,6 +16,7 @@ from ..dataset import ScanDataset, loader_workers, make_loader
 from ..errors import BrainMIAError, InputError
 from ..manifest import Manifest, ScanRecord
 from ..models.loading import LoadedModel
+from ..scan_qa import QA_COLUMNS, template_for
 from .table import FeatureTable
 
 DEFAULT_LAYERS = ("first_conv", "last_conv", "output")
@@ -38,6 +39,8 @@ class ExtractionOptions:
         num_workers: data-loader processes decoding and conforming scans in parallel (0: in
             this process; None: the cores minus one, capped; see
             :func:`~worker.engine.dataset.loader_workers`).
+        scan_qa: compute each scan's QA values (:mod:`worker.engine.scan_qa`) where it is
+            conformed; they become the table's ``qa_*`` columns (never attack features).
     """
 
     white_box: bool = True
@@ -45,6 +48,7 @@ class ExtractionOptions:
     batch_size: int = 8
     device: str | None = None
     num_workers: int | None = None
+    scan_qa: bool = True
 
 
 @contextmanager
@@ -148,15 +152,20 @@ def extract_features(
     layers = resolve_layers(options.layers, computer.aliases, computer.paths) if options.white_box else []
 
     records = manifest.records
-    dataset = ScanDataset(records, model.metadata.conform_spec(), cache)
+    spec = model.metadata.conform_spec()
+    dataset = ScanDataset(records, spec, cache, qa=template_for(spec) if options.scan_qa else None)
     workers = loader_workers(options.num_workers, len(records), options.batch_size)
     loader = make_loader(dataset, batch_size=options.batch_size, num_workers=workers)
     ages_all = torch.tensor([r.age for r in records], dtype=torch.float32)
 
     columns: dict[str, list[np.ndarray]] = {}
+    qa_parts: list[np.ndarray] = []
     done = 0
     with exact_float32():  # TF32 convolutions would move gradients by ~1e-3 relative on GPUs
-        for x, index in loader:
+        for batch in loader:
+            x, index = batch[0], batch[1]
+            if len(batch) > 2:
+                qa_parts.append(batch[2].numpy())
             if should_stop is not None and should_stop():
                 raise ExtractionCancelled("feature extraction cancelled")
             for name, value in computer.compute(x, ages_all[index], options.white_box, layers).items():
@@ -172,6 +181,9 @@ def extract_features(
     table = _base_table(records)
     scalars = {k: v.astype(np.float64) for k, v in merged.items() if v.ndim == 1}
     table = pd.concat([table, pd.DataFrame(scalars, index=table.index)], axis=1)
+    if qa_parts:
+        qa = np.concatenate(qa_parts).reshape(len(records), len(QA_COLUMNS))
+        table = pd.concat([table, pd.DataFrame(qa, columns=list(QA_COLUMNS), index=table.index)], axis=1)
     attributes = _attribute_names(manifest)
     table = _with_attributes(table, records, attributes)
     arrays = {k: v for k, v in merged.items() if v.ndim == 2}
