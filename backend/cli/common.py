@@ -145,6 +145,11 @@ class ScanFlags:
         spec = BidsInput(self.bids, self.members, self.non_members, self.bids_filter)  # type: ignore[arg-type]
         manifest = bids_manifest(spec, derived)
         stderr.print(f"BIDS dataset {self.bids}: manifest written to {manifest.path}", highlight=False)
+        both = manifest.source.get("subjects_in_both") or []
+        if both:
+            stderr.print(f"note: {len(both)} subject(s) have member and non-member sessions ({', '.join(both[:5])}"
+                         f"{' ...' if len(both) > 5 else ''}): a model that saw one session has seen that brain; "
+                         "list whole subjects (sub-01) to keep them on one side", highlight=False)
         return manifest
 
 

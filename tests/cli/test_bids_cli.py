@@ -55,6 +55,20 @@ def test_features_of_a_bids_dataset(bids_case: BidsCase, plain_model: Path, tmp_
     assert dict(zip(table["scan_id"], table["member"], strict=True)) == {
         "sub-01_ses-1": 1, "sub-01_ses-2": 1, "sub-11": 1, "sub-02_ses-2": 0, "sub-12": 0}
     assert (tmp_path / "features.bids-manifest.csv").is_file()
+    assert "member and non-member sessions" not in result.output
+
+
+def test_a_subject_on_both_sides_is_noted(bids_case: BidsCase, plain_model: Path, tmp_path: Path) -> None:
+    members = tmp_path / "members.txt"
+    members.write_text("sub-01_ses-1\nsub-11\n")
+    non_members = tmp_path / "non-members.txt"
+    non_members.write_text("sub-01_ses-2\nsub-12\n")
+    result = runner.invoke(app, ["features", "--bids", str(bids_case.root), "--members", str(members),
+                                 "--non-members", str(non_members), "--bids-filter", "scope=raw",
+                                 "--model", str(plain_model), "--out", str(tmp_path / "f.csv"), "--black-box",
+                                 "--no-cache", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "note: 1 subject(s) have member and non-member sessions (sub-01)" in result.output
 
 
 def test_bids_errors_exit_2_naming_the_subject(bids_case: BidsCase, plain_model: Path, tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ def test_preprocessed_scans_become_a_manifest(bids_case: BidsCase, tmp_path: Pat
     assert source["filter"]["desc"] == "preproc" and source["filter"]["suffix"] == "T1w"
     assert source["members_sha256"] == hashlib.sha256(bids_case.members.read_bytes()).hexdigest()
     assert source["non_members_from"] == "every other matching scan"
+    assert source["subjects_in_both"] == []  # the two-session members are listed with both sessions
     # the file written is an ordinary manifest: loading it again gives the same rows and source
     again = load_manifest(out, base_dir=bids_case.root, confine=True)
     assert again.sha256 == manifest.sha256 and again.records == manifest.records and again.source == source
@@ -133,6 +134,7 @@ def test_second_list_of_non_members(bids_case: BidsCase, tmp_path: Path) -> None
         "sub-01_ses-2": False, "sub-13": False, "sub-14": False,
     }
     assert manifest.source["non_members_sha256"] == hashlib.sha256(non_members.read_bytes()).hexdigest()
+    assert manifest.source["subjects_in_both"] == ["sub-01"]
     non_members.write_text("sub-12\nsub-02_ses-2\n")
     problems = problems_of(BidsInput(bids_case.root, members, non_members, PREPROC), tmp_path)
     assert problems == ["sub-02_ses-2: listed as a member and as a non-member",

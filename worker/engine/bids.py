@@ -260,7 +260,9 @@ def bids_manifest(spec: BidsInput, csv_path: Path, *, confine: bool = False) -> 
         confine: whether every scan must resolve inside the dataset (no link out of it).
 
     Returns:
-        The loaded manifest; its ``source`` names the dataset, the filter and the lists' SHA-256.
+        The loaded manifest; its ``source`` names the dataset, the filter and the lists' SHA-256,
+        and ``subjects_in_both``: subjects with member and non-member sessions (a non-member
+        session of a subject the model saw is not an unseen brain).
 
     Raises:
         BidsError: every problem found, each naming the subject (and file).
@@ -323,6 +325,7 @@ def bids_manifest(spec: BidsInput, csv_path: Path, *, confine: bool = False) -> 
         "non_members_file": non_members.path.name if non_members is not None else None,
         "non_members_sha256": non_members.sha256 if non_members is not None else None,
         "non_members_from": "list" if non_members is not None else "every other matching scan",
+        "subjects_in_both": sorted({f"sub-{g[0]}" for g in chosen_members} & {f"sub-{g[0]}" for g in chosen_non}),
     }
     _write(Path(csv_path), rows, header, source)
     return load_manifest(csv_path, base_dir=root, confine=confine)
