@@ -169,3 +169,31 @@ def test_sfcn_features_are_those_of_its_loss() -> None:
         module(x)
     handle.remove()
     assert np.allclose(values["activation"], captured["a"].flatten(1).numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_reference_models_of_an_sfcn_train_with_its_soft_label_kl() -> None:
+    from worker.engine.reference.recipe import Recipe
+    from worker.engine.reference.reference_signals import reference_outputs
+    from worker.engine.reference.training import reference_metadata, train_mae, train_reference
+
+    target = sfcn_metadata(input_shape=GRID, normalize="mean", arch_kwargs=SMALL)
+    recipe = Recipe(arch="sfcn", arch_kwargs=SMALL, loss="soft_label_kl", epochs=2, batch_size=3, lr=1e-3)
+    x, ages = _batch()
+    mask = [True, True, False, True]
+    model = train_reference(recipe, x, ages, mask, metadata=target, model_index=1)
+    meta = reference_metadata(recipe, target)
+    assert (meta.output, meta.loss) == (target.output, target.loss)
+    head = OutputHead(meta)
+    with torch.no_grad():
+        expected = head.prediction(model(x))
+    assert train_mae(model, x, ages, mask, head=head) == pytest.approx(
+        float((expected - ages)[torch.tensor(mask)].abs().mean()), rel=1e-5)
+    out = reference_outputs([model], x, ages.numpy(), layers=["classifier.conv_6"], device="cpu", head=head)
+    assert np.allclose(out.predictions[0], expected.numpy(), rtol=1e-5)
+    reference = _kl_loop(model, x, ages)
+    norms = [float(torch.cat([r["classifier.conv_6.weight"].flatten(), r["classifier.conv_6.bias"]]).norm())
+             for r in reference]
+    assert np.allclose(out.grad_norms[0, :, 0], norms, rtol=1e-4)
+    with pytest.raises(InputError, match="soft_label_kl' trains a model with age-bin outputs"):
+        train_reference(recipe, x, ages, mask, metadata=target.model_copy(
+            update={"output": type(target.output)(), "loss": type(target.loss)()}), model_index=1)

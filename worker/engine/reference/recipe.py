@@ -52,7 +52,8 @@ class Recipe(BaseModel):
         epochs: passes over the training scans.
         batch_size: scans per step.
         augment: ``none``, ``flip`` (left-right) or ``shift`` (up to 2 voxels per axis).
-        loss: ``mse``, ``l1`` or ``huber`` (delta 1 year).
+        loss: ``mse``, ``l1`` or ``huber`` (delta 1 year), or ``soft_label_kl`` (a target with
+            age-bin outputs, as SFCN; its metadata's bins and sigma).
         seed: base seed; reference model ``i`` uses ``seed * 1000 + i``.
     """
 
@@ -68,7 +69,7 @@ class Recipe(BaseModel):
     epochs: int = Field(default=30, ge=1, le=100_000)
     batch_size: int = Field(default=8, ge=1, le=4096)
     augment: Literal["none", "flip", "shift"] = "none"
-    loss: Literal["mse", "l1", "huber"] = "mse"
+    loss: Literal["mse", "l1", "huber", "soft_label_kl"] = "mse"
     seed: int = Field(default=0, ge=0, le=2**31 // 1000 - 1)
 
     @field_validator("arch")

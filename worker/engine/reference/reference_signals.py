@@ -23,6 +23,7 @@ from ..features.batch import BatchComputer
 from ..features.extract import ExtractionCancelled, exact_float32, pick_device
 from ..features.table import GRAD_NORM_PREFIX, FeatureTable
 from ..models import LoadedModel
+from ..models.heads import OutputHead
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,13 @@ def target_layers(target: FeatureTable | Sequence[str]) -> list[str]:
     return [c[len(GRAD_NORM_PREFIX):] for c in columns if c.startswith(GRAD_NORM_PREFIX)]
 
 
-def _computer(model: LoadedModel | nn.Module | Any, device: str) -> Any:
+def _computer(model: LoadedModel | nn.Module | Any, device: str, head: OutputHead | None) -> Any:
     if isinstance(model, LoadedModel) or not isinstance(model, nn.Module):
         return model.computer(device)  # a loaded model, or a hosted one (computed in its confined host)
     module = model.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    return BatchComputer(module, device)
+    return BatchComputer(module, device, head=head)
 
 
 def _check_layers(layers: Sequence[str], paths: Sequence[str], k: int) -> None:
@@ -85,13 +86,15 @@ def reference_outputs(
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    head: OutputHead | None = None,
 ) -> ReferenceOutputs:
     """Predictions and (white-box) per-layer gradient norms of each reference model on each scan.
 
     Args:
         models: the K reference models (loaded from the store, or trained modules).
         volumes: the N scans conformed to the target's spec, ``(N, 1, X, Y, Z)``.
-        ages: ``(N,)`` true ages (the gradient is that of ``(prediction - age)^2``).
+        ages: ``(N,)`` true ages (the gradient is that of the model's loss: ``(prediction - age)^2``,
+            or the soft-label KL of a bins model).
         layers: the target's gradient-norm layers (module paths, ``grad_norm:`` column names,
             or the target's feature table); None computes predictions only (black-box).
         device: where to compute (None: CUDA when present).
@@ -99,6 +102,8 @@ def reference_outputs(
         progress: called with (model-scans done, K * N) after each batch.
         should_stop: checked before each batch; True raises
             :class:`~worker.engine.features.ExtractionCancelled`.
+        head: the output head of models given as modules (a loaded model has its own, from its
+            metadata); None: one age per scan, squared-error loss.
 
     Returns:
         the outputs, ``grad_norms[k, n, l]`` for layer ``layers[l]``.
@@ -127,7 +132,7 @@ def reference_outputs(
     done, total = 0, len(models) * n
     with exact_float32():
         for k, model in enumerate(models):
-            computer = _computer(model, device)
+            computer = _computer(model, device, head)
             if white_box:
                 _check_layers(wanted, computer.paths, k)
             for start in range(0, n, batch_size):

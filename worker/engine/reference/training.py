@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..models import LoadedModel, ModelMetadata, build_architecture
+from ..models.heads import OutputHead
 from ..training import EpochStats, TrainingCancelled, predict, train_brain_age
 from .recipe import Recipe
 from .store import ReferenceStore, ReferenceStoreError
@@ -85,6 +86,7 @@ def reference_metadata(recipe: Recipe, target: ModelMetadata) -> ModelMetadata:
         normalize=target.normalize,
         arch=recipe.arch,
         arch_kwargs=dict(recipe.arch_kwargs),
+        **({"output": target.output, "loss": target.loss} if target.output.kind != "age" else {}),
     )
 
 
@@ -158,17 +160,21 @@ def train_reference(
             on_epoch(s.epoch, s.loss)
 
     try:
-        train_brain_age(model, x, y, recipe.training_options(seed, device), on_epoch_stats=stats, should_stop=should_stop)
+        options = recipe.training_options(seed, device)
+        options.head = OutputHead(metadata)  # a bins target's references: expected age, its soft-label KL
+        train_brain_age(model, x, y, options, on_epoch_stats=stats, should_stop=should_stop)
     except TrainingCancelled as exc:
         raise ReferenceTrainingCancelled(f"reference model {model_index}: {exc}", model_index) from None
     return model.cpu().eval()
 
 
-def train_mae(model: nn.Module, volumes: torch.Tensor, ages: Any, train_mask: Any, device: str = "cpu") -> float:
-    """Mean absolute error of ``model`` on its training scans (eval mode), in years."""
+def train_mae(model: nn.Module, volumes: torch.Tensor, ages: Any, train_mask: Any, device: str = "cpu",
+              head: OutputHead | None = None) -> float:
+    """Mean absolute error of ``model`` on its training scans (eval mode), in years (``head``: a bins
+    model's output head)."""
     ages_t = torch.as_tensor(np.asarray(ages, dtype=np.float32))
     mask = _mask(train_mask, volumes.shape[0])
-    pred = predict(model, volumes[mask], device=device)
+    pred = predict(model, volumes[mask], device=device, head=head)
     model.cpu()
     return float((pred - ages_t[mask]).abs().mean())
 
@@ -232,7 +238,7 @@ def obtain_reference(
         recipe, volumes, ages, mask, metadata=metadata, model_index=model_index, device=device,
         on_epoch=on_epoch, should_stop=should_stop,
     )
-    mae = train_mae(model, volumes, ages, mask, device=device)
+    mae = train_mae(model, volumes, ages, mask, device=device, head=OutputHead(metadata))
     store.save(
         model, set_key, model_index, recipe=recipe, metadata=reference_metadata(recipe, metadata),
         keep_hash=keep_hash, scan_ids=scan_ids, train_mask=mask, train_mae=mae, scan_sets=scan_sets,
