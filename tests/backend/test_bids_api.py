@@ -14,9 +14,9 @@ from sqlalchemy import func, select
 from backend.db.models import ScanSet
 from backend.db.session import session_scope
 from backend.settings import Settings
-from tests.bids_dataset import PREPROC, BidsCase, bids_case  # noqa: F401  (fixture)
+from tests.bids_dataset import PREPROC, BidsCase, bids_case  # noqa: F401
 
-from .job_fixtures import add_model, job_model_file, submit, wait_for  # noqa: F401  (fixture)
+from .job_fixtures import add_model, job_model_file, submit, wait_for  # noqa: F401
 
 API = "/api/v1/scan-sets"
 FROM_PATH = f"{API}/from-path"

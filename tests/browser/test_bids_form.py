@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.bids_dataset import PREPROC, BidsCase, bids_case  # noqa: F401  (fixture)
+from tests.bids_dataset import PREPROC, BidsCase, bids_case  # noqa: F401
 
 
 def test_the_bids_form_registers_a_dataset(signed_in_page: Any, live_server: Any, bids_case: BidsCase,  # noqa: F811

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from backend.cli import app
-from tests.bids_dataset import PREPROC, BidsCase, bids_case  # noqa: F401, F811  (fixture)
+from tests.bids_dataset import PREPROC, BidsCase, bids_case  # noqa: F401
 
 runner = CliRunner()
 QUICK = ["--feature-set", "error", "--feature-set", "grad-norm", "--classifier", "threshold", "--repeats", "2",
@@ -20,7 +20,7 @@ QUICK = ["--feature-set", "error", "--feature-set", "grad-norm", "--classifier",
 
 
 @pytest.mark.slow  # features, gradients and attacks of 60 scans: ~1 min on two shared cores
-def test_assess_a_bids_dataset(bids_case: BidsCase, plain_model: Path, tmp_path: Path) -> None:
+def test_assess_a_bids_dataset(bids_case: BidsCase, plain_model: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "out"
     result = runner.invoke(app, ["assess", "--bids", str(bids_case.root), "--members", str(bids_case.members),
                                  "--bids-filter", PREPROC, "--model", str(plain_model), "--out", str(out), *QUICK])
@@ -41,7 +41,7 @@ def test_assess_a_bids_dataset(bids_case: BidsCase, plain_model: Path, tmp_path:
     assert (out / "bids-manifest.csv").is_file() and (out / "bids-manifest.source.json").is_file()
 
 
-def test_features_of_a_bids_dataset(bids_case: BidsCase, plain_model: Path, tmp_path: Path) -> None:
+def test_features_of_a_bids_dataset(bids_case: BidsCase, plain_model: Path, tmp_path: Path) -> None:  # noqa: F811
     members = tmp_path / "members.txt"
     members.write_text("sub-01\nsub-11\n")
     non_members = tmp_path / "non-members.txt"
@@ -58,7 +58,7 @@ def test_features_of_a_bids_dataset(bids_case: BidsCase, plain_model: Path, tmp_
     assert "member and non-member sessions" not in result.output
 
 
-def test_a_subject_on_both_sides_is_noted(bids_case: BidsCase, plain_model: Path, tmp_path: Path) -> None:
+def test_a_subject_on_both_sides_is_noted(bids_case: BidsCase, plain_model: Path, tmp_path: Path) -> None:  # noqa: F811
     members = tmp_path / "members.txt"
     members.write_text("sub-01_ses-1\nsub-11\n")
     non_members = tmp_path / "non-members.txt"
@@ -71,7 +71,7 @@ def test_a_subject_on_both_sides_is_noted(bids_case: BidsCase, plain_model: Path
     assert "note: 1 subject(s) have member and non-member sessions (sub-01)" in result.output
 
 
-def test_bids_errors_exit_2_naming_the_subject(bids_case: BidsCase, plain_model: Path, tmp_path: Path) -> None:
+def test_bids_errors_exit_2_naming_the_subject(bids_case: BidsCase, plain_model: Path, tmp_path: Path) -> None:  # noqa: F811
     root = tmp_path / "dataset"
     shutil.copytree(bids_case.root, root)
     tsv = root / "participants.tsv"
@@ -89,7 +89,7 @@ def test_bids_errors_exit_2_naming_the_subject(bids_case: BidsCase, plain_model:
     assert not (tmp_path / "out" / "report.json").exists()
 
 
-def test_bids_option_combinations(bids_case: BidsCase, tmp_path: Path) -> None:
+def test_bids_option_combinations(bids_case: BidsCase, tmp_path: Path) -> None:  # noqa: F811
     out = ["--out", str(tmp_path), "--predictions", str(tmp_path / "p.csv")]
     cases = [
         ([*out], "give exactly one of --manifest or --bids"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bids_dataset import PREPROC, BidsCase, bids_case  # noqa: F401, F811  (fixture)
+from tests.bids_dataset import PREPROC, BidsCase, bids_case  # noqa: F401
 from worker.engine.bids import BidsError, BidsInput, bids_manifest
 from worker.engine.bids_lists import DEFAULT_FILTER, parse_bids_filter, read_id_list
 from worker.engine.errors import InputError
@@ -31,7 +31,7 @@ def problems_of(spec: BidsInput, tmp_path: Path) -> list[str]:
     return info.value.problems
 
 
-def test_preprocessed_scans_become_a_manifest(bids_case: BidsCase, tmp_path: Path) -> None:
+def test_preprocessed_scans_become_a_manifest(bids_case: BidsCase, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "manifest.csv"
     manifest = bids_manifest(BidsInput(bids_case.root, bids_case.members, bids_filter=PREPROC), out)
     ids = {r.scan_id for r in manifest.records}
@@ -57,7 +57,7 @@ def test_preprocessed_scans_become_a_manifest(bids_case: BidsCase, tmp_path: Pat
     assert again.sha256 == manifest.sha256 and again.records == manifest.records and again.source == source
 
 
-def test_session_age_wins_over_participants_age(bids_case: BidsCase, tmp_path: Path) -> None:
+def test_session_age_wins_over_participants_age(bids_case: BidsCase, tmp_path: Path) -> None:  # noqa: F811
     manifest = bids_manifest(BidsInput(bids_case.root, bids_case.members, bids_filter=PREPROC), tmp_path / "m.csv")
     by_id = manifest.by_id()
     participants = {line.split("\t")[0]: line.split("\t")[1]
@@ -67,13 +67,13 @@ def test_session_age_wins_over_participants_age(bids_case: BidsCase, tmp_path: P
     assert by_id["sub-15"].age == pytest.approx(float(participants["sub-15"]))
 
 
-def test_raw_scans_by_scope(bids_case: BidsCase, tmp_path: Path) -> None:
+def test_raw_scans_by_scope(bids_case: BidsCase, tmp_path: Path) -> None:  # noqa: F811
     manifest = bids_manifest(BidsInput(bids_case.root, bids_case.members, bids_filter="scope=raw"), tmp_path / "m.csv")
     assert len(manifest.records) == 60
     assert all("derivatives" not in r.path.parts for r in manifest.records)
 
 
-def test_ambiguous_scans_name_subject_files_and_entities(bids_case: BidsCase, tmp_path: Path) -> None:
+def test_ambiguous_scans_name_subject_files_and_entities(bids_case: BidsCase, tmp_path: Path) -> None:  # noqa: F811
     problems = problems_of(BidsInput(bids_case.root, bids_case.members), tmp_path)  # raw and derivative T1w match
     assert len(problems) == 60
     first = next(p for p in problems if p.startswith("sub-01_ses-1:"))
@@ -95,7 +95,7 @@ def set_age(root: Path, participant: str, age: str) -> int:
     return index + 1
 
 
-def test_subject_without_age(bids_case: BidsCase, tmp_path: Path) -> None:
+def test_subject_without_age(bids_case: BidsCase, tmp_path: Path) -> None:  # noqa: F811
     case = copy_of(bids_case, tmp_path)
     line = set_age(case.root, "sub-15", "n/a")
     problems = problems_of(BidsInput(case.root, case.members, bids_filter=PREPROC), tmp_path)
@@ -105,14 +105,14 @@ def test_subject_without_age(bids_case: BidsCase, tmp_path: Path) -> None:
     assert problems == [f"sub-15: age 'forty' in participants.tsv line {line} is not a non-negative number of years"]
 
 
-def test_session_age_rescues_a_subject_without_participant_age(bids_case: BidsCase, tmp_path: Path) -> None:
+def test_session_age_rescues_a_subject_without_participant_age(bids_case: BidsCase, tmp_path: Path) -> None:  # noqa: F811
     case = copy_of(bids_case, tmp_path)
     set_age(case.root, "sub-01", "n/a")
     manifest = bids_manifest(BidsInput(case.root, case.members, bids_filter=PREPROC), tmp_path / "m.csv")
     assert manifest.by_id()["sub-01_ses-2"].age == pytest.approx(case.ages["sub-01_ses-2"])
 
 
-def test_listed_ids_not_in_dataset_or_without_scan(bids_case: BidsCase, tmp_path: Path) -> None:
+def test_listed_ids_not_in_dataset_or_without_scan(bids_case: BidsCase, tmp_path: Path) -> None:  # noqa: F811
     case = copy_of(bids_case, tmp_path)
     for scan in (case.root / "derivatives" / "synthprep" / "sub-12").rglob("*.nii.gz"):
         scan.unlink()
@@ -124,7 +124,7 @@ def test_listed_ids_not_in_dataset_or_without_scan(bids_case: BidsCase, tmp_path
     assert problems[2] == "sub-01_ses-7 (listed.txt line 3, members): no such session in the dataset"
 
 
-def test_second_list_of_non_members(bids_case: BidsCase, tmp_path: Path) -> None:
+def test_second_list_of_non_members(bids_case: BidsCase, tmp_path: Path) -> None:  # noqa: F811
     members, non_members = tmp_path / "m.txt", tmp_path / "n.txt"
     members.write_text("sub-01 ses-1\n02\nsub-11\nsub-12\n")
     non_members.write_text("sub-01_ses-2\nsub-13\nsub-14\n")
@@ -141,7 +141,7 @@ def test_second_list_of_non_members(bids_case: BidsCase, tmp_path: Path) -> None
                         "sub-12: listed as a member and as a non-member"]
 
 
-def test_unknown_entity_and_missing_participants(bids_case: BidsCase, tmp_path: Path) -> None:
+def test_unknown_entity_and_missing_participants(bids_case: BidsCase, tmp_path: Path) -> None:  # noqa: F811
     with pytest.raises(InputError, match="unknown entity colour"):
         bids_manifest(BidsInput(bids_case.root, bids_case.members, bids_filter="colour=red"), tmp_path / "m.csv")
     case = copy_of(bids_case, tmp_path)
