@@ -136,6 +136,9 @@ class AssessmentOptionsIn(BaseModel):
     reference: ReferenceOptionsIn | None = Field(
         None, description="Train reference models and run the reference-model attacks (none when omitted)."
     )
+    scan_qa: Literal["fail", "warn", "off"] = Field(
+        "fail", description="Scan QA against the MNI152 template: fail the job when most scans look unregistered "
+                            "or not skull-stripped (fail), only list them in the report (warn), or skip it (off).")
 
     @field_validator("device")
     @classmethod
@@ -322,6 +325,7 @@ def engine_options(options: AssessmentOptionsIn, *, extraction: Any, federated: 
         return FederatedAttackOptions(**given, repeats=options.repeats, seed=options.seed,
                                       extraction=extraction, policy=policy)
     from worker.engine.assessment import AssessmentOptions
+    from worker.engine.scan_qa import ScanQaPolicy
 
     return AssessmentOptions(
         feature_sets=tuple(options.feature_sets) if options.feature_sets else None,
@@ -333,4 +337,5 @@ def engine_options(options: AssessmentOptionsIn, *, extraction: Any, federated: 
         policy=policy,
         quantile=options.quantile,
         reference=reference_options(options, reference_store, supplied_references),
+        scan_qa=ScanQaPolicy(mode=options.scan_qa),
     )
