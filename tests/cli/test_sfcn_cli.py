@@ -19,7 +19,12 @@ from worker.engine.models import build_architecture, write_sidecar
 from worker.engine.models.heads import OutputHead
 from worker.engine.models.sfcn import sfcn_metadata
 from worker.engine.synth import CohortSpec, generate_cohort
-from worker.engine.training import TrainingOptions, load_volumes, predict, train_brain_age
+from worker.engine.training import (
+    TrainingOptions,
+    load_volumes,
+    predict,
+    train_brain_age,
+)
 
 GRID = (32, 40, 32)  # 1 mm voxels: the centre of the brain (ventricles), five poolings to 1 x 1 x 1
 SMALL = {"channels": [4, 8, 8, 8, 8, 4], "dropout": 0.5}

@@ -13,9 +13,19 @@ from torch import nn
 
 from worker.engine.errors import InputError, ModelError
 from worker.engine.features.batch import BatchComputer
-from worker.engine.models import ModelMetadata, load_model, resolve_metadata, sidecar_path
+from worker.engine.models import (
+    ModelMetadata,
+    load_model,
+    resolve_metadata,
+    sidecar_path,
+)
 from worker.engine.models.heads import OutputHead
-from worker.engine.training import TrainingOptions, loss_per_scan, predict, train_brain_age
+from worker.engine.training import (
+    TrainingOptions,
+    loss_per_scan,
+    predict,
+    train_brain_age,
+)
 
 SFCN_BINS = {"kind": "bins", "start": 42, "width": 1, "count": 40}
 KL = {"name": "soft_label_kl", "sigma": 1.0}

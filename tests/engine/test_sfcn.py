@@ -10,8 +10,17 @@ from torch import nn
 
 from worker.engine.errors import InputError
 from worker.engine.features.batch import BatchComputer
-from worker.engine.features.methods import JACOBIAN_METHODS, MethodChooser, available_methods, clear_method_cache
-from worker.engine.features.per_sample import FunctionalModel, layer_aliases, param_modules
+from worker.engine.features.methods import (
+    JACOBIAN_METHODS,
+    MethodChooser,
+    available_methods,
+    clear_method_cache,
+)
+from worker.engine.features.per_sample import (
+    FunctionalModel,
+    layer_aliases,
+    param_modules,
+)
 from worker.engine.models import build_architecture
 from worker.engine.models.heads import OutputHead
 from worker.engine.models.sfcn import SFCN, sfcn_metadata
@@ -174,7 +183,11 @@ def test_sfcn_features_are_those_of_its_loss() -> None:
 def test_reference_models_of_an_sfcn_train_with_its_soft_label_kl() -> None:
     from worker.engine.reference.recipe import Recipe
     from worker.engine.reference.reference_signals import reference_outputs
-    from worker.engine.reference.training import reference_metadata, train_mae, train_reference
+    from worker.engine.reference.training import (
+        reference_metadata,
+        train_mae,
+        train_reference,
+    )
 
     target = sfcn_metadata(input_shape=GRID, normalize="mean", arch_kwargs=SMALL)
     recipe = Recipe(arch="sfcn", arch_kwargs=SMALL, loss="soft_label_kl", epochs=2, batch_size=3, lr=1e-3)

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import extractors as _extractors  # noqa: F401  (registers the built-ins)
 from ..models.heads import OutputHead
 from ..models.metadata import ModelMetadata
+from . import extractors as _extractors  # noqa: F401  (registers the built-ins)
 from .methods import AUTO, MethodChooser
 from .per_sample import FunctionalModel, layer_aliases, param_modules
 from .registry import FEATURE_EXTRACTORS, BatchContext

@@ -15,7 +15,6 @@ features are built from:
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch

@@ -14,7 +14,14 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..errors import InputError
 
@@ -54,7 +61,7 @@ class OutputSpec(BaseModel):
         return {"kind": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _bins_given(self) -> "OutputSpec":
+    def _bins_given(self) -> OutputSpec:
         spaced = (self.start, self.width, self.count)
         if self.kind == "age":
             if self.centers is not None or any(v is not None for v in spaced):
@@ -165,7 +172,7 @@ class ModelMetadata(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _loss_fits_output(self) -> "ModelMetadata":
+    def _loss_fits_output(self) -> ModelMetadata:
         if self.loss.name == "soft_label_kl" and self.output.kind != "bins":
             raise ValueError("loss 'soft_label_kl' needs an output of age bins (output: {\"kind\": \"bins\", ...})")
         return self
