@@ -24,6 +24,21 @@ def _clean(rows: list[tuple[str, Any]]) -> list[tuple[str, str]]:
     return [(k, "n/a" if v is None or v == "" else str(v)) for k, v in rows]
 
 
+def _source_rows(source: dict) -> list[tuple[str, Any]]:
+    """Where a derived manifest came from: a BIDS dataset, its filter and the member lists."""
+    if source.get("kind") != "bids":
+        return []
+    filters = source.get("filter") or {}
+    both = source.get("subjects_in_both") or []
+    return [
+        ("Derived from", f"BIDS dataset {source.get('dataset')}"),
+        ("BIDS filter", ",".join(f"{k}={'|'.join(v) if isinstance(v, list) else v}" for k, v in filters.items())),
+        ("Member list", f"{source.get('members_file')} (SHA-256 {source.get('members_sha256')})"),
+        ("Non-members", f"{source.get('non_members_file')} (SHA-256 {source.get('non_members_sha256')})"
+         if source.get("non_members_file") else source.get("non_members_from")),
+    ] + ([("Subjects on both sides", ", ".join(both))] if both else [])
+
+
 def provenance_view(report: dict) -> dict:
     """``model``, ``manifest``, ``run``, ``settings`` and ``references`` (empty without reference
     models): lists of (label, text) rows; ``blocks``: the (key, heading) pairs to show, in order."""
@@ -42,7 +57,7 @@ def provenance_view(report: dict) -> dict:
         ("Scans", manifest.get("n_scans")),
         ("Members (training scans)", manifest.get("n_members")),
         ("Non-members (unseen scans)", manifest.get("n_nonmembers")),
-    ]
+    ] + _source_rows(D.part(manifest, "source"))
     request = D.part(p, "request")
     run_rows = ([
         ("Assessment", request.get("assessment_id")),
