@@ -1,7 +1,8 @@
 """Predictions supplied by the user, for black-box assessments of a model they keep.
 
 The file is a CSV with the columns ``scan_id`` and ``prediction`` (predicted age in
-years), one row per scan of the manifest; other columns are ignored.
+years; for a model with age-bin outputs, as SFCN, its expected age over the bins), one row
+per scan of the manifest; other columns are ignored.
 """
 
 from __future__ import annotations
