@@ -9,8 +9,9 @@ features are built from:
   d loss / d prediction = ``2 (prediction - age)`` (so the activation feature, the output layer's
   input, falls out of the same pass);
 - ``soft_label_kl``: the objective is the loss itself, ``KL(q || p)`` between the Gaussian soft
-  label ``q`` (the mass of N(age, sigma^2) in each bin, as SFCN's ``num2vect``) and the model's bin
-  probabilities ``p``; its scale is 1.
+  label ``q`` (the mass of N(age, sigma^2) in each bin, as SFCN's ``num2vect``, renormalised) and
+  the model's bin probabilities ``p``; its scale is 1. The soft labels of a batch are computed once
+  (:meth:`OutputHead.targets`), outside the per-sample transforms.
 """
 
 from __future__ import annotations
