@@ -297,6 +297,21 @@ def run_job(
             inputs.host.close()
         if tmp is not None and tmp.exists():
             resources.storage.remove([tmp])
+        _forget_deleted_shards(resources, job)
+
+
+def _forget_deleted_shards(resources: Resources, job: JobContext) -> None:
+    """A job deleted while it ran leaves no feature shards behind."""
+    from .shards import remove_shards, shards_root
+
+    if not shards_root(resources, job.id).exists():
+        return
+    try:
+        deleted = not job.exists()
+    except Exception:  # noqa: BLE001 - the database is unreachable: the shards stay for the next attempt
+        return
+    if deleted:
+        remove_shards(resources, job.id)
 
 
 def public_text(resources: Resources, text: str) -> str:

@@ -1,5 +1,6 @@
 """Feature shards: exact round trip through storage, and the embedded mode running the same shards
-(the job's one worker, in turn) with features identical to an unsharded run."""
+(the job's one worker, in turn) with the features of an unsharded run (the same rows and columns;
+the model's outputs within the gradient methods' exactness: :mod:`tests.worker.feature_checks`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from tests.backend.job_fixtures import get_row, submit, wait_for
 from tests.worker.conftest import SHARD_SCANS
+from tests.worker.feature_checks import assert_same_features
 from worker.engine.features import FeatureTable
 from worker.shards import merge_shards, write_shard
 
@@ -68,8 +70,4 @@ def test_the_embedded_worker_extracts_the_shards_in_turn_and_the_features_equal_
     whole = wait_for(client, submit(client, job_inputs, **options)["id"], ("succeeded", "failed"), timeout=180)
     assert whole["state"] == "succeeded", whole
     assert reference_tasks(app.state.sessionmaker, whole["id"], "shard") == []
-    (table, arrays), (expected, expected_arrays) = _features(app, sharded["id"]), _features(app, whole["id"])
-    pd.testing.assert_frame_equal(table, expected, check_exact=True)
-    assert sorted(arrays) == sorted(expected_arrays) and arrays
-    for name, array in expected_arrays.items():
-        np.testing.assert_array_equal(arrays[name], array, err_msg=name)
+    assert_same_features(_features(app, sharded["id"]), _features(app, whole["id"]))
