@@ -173,7 +173,8 @@ def _read_npz(source: Path | IO[bytes], path: Path) -> dict[str, np.ndarray]:
 
 
 def state_from_arrays(
-    source: Path | IO[bytes], reference: Mapping[str, torch.Tensor], path: Path, arch: str | None = None
+    source: Path | IO[bytes], reference: Mapping[str, torch.Tensor], path: Path, arch: str | None = None,
+    parameters: Iterable[str] = (),
 ) -> tuple[dict[str, torch.Tensor], str | None]:
     """The state dict of an ``.npz`` of parameter arrays, named by the architecture's ``reference``.
 
@@ -186,6 +187,7 @@ def state_from_arrays(
         reference: the architecture's own state dict (names, order and shapes).
         path: the file's name for errors.
         arch: the architecture's name for errors.
+        parameters: the names of its parameters (the rest of ``reference`` are buffers), for errors.
 
     Returns:
         the state dict and a note on what was done to the names (None for named arrays that fit).
@@ -201,8 +203,12 @@ def state_from_arrays(
     by_order = len(ordered) == len(arrays) and sorted(ordered) == list(range(len(arrays)))
     if by_order:
         if len(arrays) != len(names):
+            n_params = len(set(parameters) & set(names))
+            only = (f"; {len(arrays)} is its number of parameters without its {len(names) - n_params} buffers: "
+                    "send the whole state dict, [v.cpu().numpy() for v in net.state_dict().values()]"
+                    if n_params and len(arrays) == n_params else "")
             raise ModelError(path, f"the .npz holds {len(arrays)} parameter arrays but {what} has {len(names)} "
-                             "state-dict entries (parameters and buffers, in state-dict order)")
+                             f"state-dict entries (parameters and buffers, in state-dict order){only}")
         values = [arrays[ordered[i]] for i in range(len(arrays))]
         pairs = list(zip(names, values))
         note = f"named {len(values)} ordered arrays (arr_0 ...) by the state-dict order of {what}"

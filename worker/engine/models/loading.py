@@ -191,7 +191,8 @@ def _from_weights(path: Path, fmt: str, metadata: ModelMetadata, data: bytes | N
         raise ModelError(path, str(exc)) from None
     reference = module.state_dict()
     if fmt == "npz":
-        state, note = state_from_arrays(_source(path, data), reference, path, metadata.arch)
+        state, note = state_from_arrays(_source(path, data), reference, path, metadata.arch,
+                                        [name for name, _ in module.named_parameters()])
     else:
         state, note = fit_state_dict(state, reference)
     try:
