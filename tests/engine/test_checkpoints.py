@@ -10,7 +10,12 @@ import torch
 from torch import nn
 
 from worker.engine.errors import ModelError
-from worker.engine.models import ARCHITECTURES, build_architecture, load_model, register_architecture
+from worker.engine.models import (
+    ARCHITECTURES,
+    build_architecture,
+    load_model,
+    register_architecture,
+)
 from worker.engine.models.checkpoints import fit_state_dict
 
 GRID = (16, 16, 16)

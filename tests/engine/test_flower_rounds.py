@@ -19,7 +19,13 @@ from worker.engine.federated import (
     resolve_rounds,
     run_federated_assessment,
 )
-from worker.engine.models import build_architecture, detect_format, load_model, resolve_metadata, write_sidecar
+from worker.engine.models import (
+    build_architecture,
+    detect_format,
+    load_model,
+    resolve_metadata,
+    write_sidecar,
+)
 
 TINY = {"arch": "brain_age_3d", "arch_kwargs": {"channels": [2, 2]}, "input_shape": [16, 16, 16], "voxel_size": 4}
 
@@ -76,7 +82,7 @@ def test_flower_rounds_give_the_numbers_of_the_same_rounds_as_state_dicts(federa
 def test_a_flower_round_runs_in_the_sandboxed_host(federation) -> None:
     from worker.engine.sandbox.client import HostLimits, ModelHost
 
-    demo, root = federation
+    _, root = federation
     path = root / "npz" / "round_004.npz"
     in_process = load_model(path)
     scans = torch.randn(2, 1, *TINY_SHAPE)

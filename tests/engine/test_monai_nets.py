@@ -15,7 +15,12 @@ from worker.engine.errors import InputError
 from worker.engine.features.batch import BatchComputer
 from worker.engine.features.methods import loop_jacobian, vmap_jacobian
 from worker.engine.features.per_sample import FunctionalModel
-from worker.engine.models import ModelMetadata, build_architecture, load_model, write_sidecar
+from worker.engine.models import (
+    ModelMetadata,
+    build_architecture,
+    load_model,
+    write_sidecar,
+)
 
 GRID = (16, 16, 16)
 DENSE = {"init_features": 4, "growth_rate": 4, "block_config": [1, 1]}
