@@ -28,6 +28,7 @@ from .report_view.distributions import alt_error, grad_layers, grad_message, mos
 from .report_view.figure_blocks import FigureBlock, FigureMaker, script_json
 from .report_view.formatting import fmt_num
 from .report_view.provenance import provenance_view
+from .report_view.scan_quality import scan_quality_view
 from .report_view.verdict import LEVEL_TEXT, glance_cards, verdict_view
 
 #: The figure maker under its former name (kept importable for callers of this module).
@@ -140,6 +141,7 @@ def build_context(report: D.ReportLike, features: pd.DataFrame | None = None) ->
         "exposure_attack": str(exposure_attack) if exposure_attack else "",
         "top_n": TOP_EXPOSED,
         "provenance": provenance_view(report),
+        "scan_quality": scan_quality_view(report),
         "colors": {
             "member": MEMBER_COLOR,
             "nonmember": NONMEMBER_COLOR,

@@ -1,0 +1,89 @@
+"""Scan QA through an assessment: the report's typed section, the HTML view, and `brainmia assess` exit 2."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+from backend.cli import app
+from tests.conftest import TINY_CHANNELS, save_tiny_model
+from tests.engine.conftest_scans import real_t1_paths
+from tests.engine.test_scan_qa import GRID_2MM, _table, shifted
+from worker.engine import scan_qa
+from worker.engine.assessment import AssessmentOptions, run_assessment
+from worker.engine.features import ExtractionOptions
+from worker.engine.manifest import load_manifest
+from worker.engine.models import BrainAge3D, load_model
+from worker.engine.report import validate
+from worker.engine.report_model import Report
+
+runner = CliRunner()
+
+
+def test_the_report_carries_a_typed_scan_quality_section_and_the_html_shows_it(tiny_cohort: Path, tmp_path: Path) -> None:
+    from frontend.report_html import render_report_html
+
+    torch.manual_seed(0)
+    model = load_model(save_tiny_model(BrainAge3D(channels=TINY_CHANNELS, mean_age=60.0), tmp_path / "m.pt"))
+    options = AssessmentOptions(repeats=1, quantile=False, feature_sets=["error"], classifiers=["threshold"],
+                                extraction=ExtractionOptions(white_box=False, num_workers=0))
+    result = run_assessment(load_manifest(tiny_cohort), model=model, options=options)
+    qa = result.report["scan_quality"]
+    assert qa["n_scans"] == len(result.features.table) and qa["mode"] == "fail"
+    assert not qa["judged"] and "8 mm" in qa["not_judged_reason"]  # the tiny grid is recorded, not judged
+    assert result.report["provenance"]["settings"]["scan_qa"]["mode"] == "fail"
+    typed = validate(result.report)
+    assert typed.scan_quality is not None and typed.to_dict() == result.report
+    assert set(scan_qa.QA_COLUMNS) <= set(result.features.table.columns)
+    html = render_report_html(result.report, result.features.table)
+    assert 'id="scan-quality"' in html and "were not judged" in html and 'href="#scan-quality"' in html
+
+    # a report whose scans were flagged (warn mode) lists them with what to do
+    bad = (0.41, 0.31)
+    flagged = scan_qa.scan_qa_section(_table([bad, (0.93, 0.0), bad, (0.95, 0.0)]), scan_qa.ScanQaPolicy(mode="warn"),
+                                      scan_qa.template_for(GRID_2MM))
+    report = dict(result.report, scan_quality=flagged)
+    assert Report.from_dict(report).scan_quality.flagged[0].scan_id == "s0"
+    html = render_report_html(report, result.features.table)
+    assert "2 of 4 scans do not look like registered" in html and "<code>s2</code>" in html
+    assert "HD-BET, SynthStrip" in html and "31.0%" in html
+
+    off = run_assessment(load_manifest(tiny_cohort), model=model,
+                         options=AssessmentOptions(**{**options.__dict__, "scan_qa": scan_qa.ScanQaPolicy(mode="off")}))
+    assert "scan_quality" not in off.report and "qa_template_corr" not in off.features.table.columns
+    assert 'id="scan-quality"' not in render_report_html(off.report, off.features.table)
+
+
+def test_assess_exits_2_when_most_real_scans_are_shifted(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    rows = []
+    for index, path in enumerate(real_t1_paths()):
+        img = nib.load(path)
+        data = img.get_fdata(dtype=np.float32)
+        moved = shifted(data, 1, 18) if index < 3 else data  # three of four moved 18 mm forward
+        nib.save(nib.Nifti1Image(moved, img.affine), tmp_path / path.name)
+        rows.append({"scan_id": path.name.split(".")[0], "path": path.name, "age": 50 + index, "member": index % 2})
+    with open(tmp_path / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    torch.manual_seed(0)
+    weights = tmp_path / "brain_age_3d.safetensors"
+    save_file(BrainAge3D().state_dict(), str(weights))
+    result = runner.invoke(
+        app,
+        ["assess", "--model", str(weights), "--manifest", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "out"),
+         "--arch", "brain_age_3d", "--input-shape", "91x109x91", "--voxel-size", "2", "--normalize", "zscore",
+         "--batch-size", "2", "--no-cache", "-q", "--loader-workers", "0", "--repeats", "1", "--no-quantile"],
+    )
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "scan QA: 3 of 4 scans" in text and "subject1" in text and "subject4" not in text
+    assert "Register to MNI152" in text and "skull-strip" in text
+    assert not (tmp_path / "out" / "report.json").exists()
