@@ -49,7 +49,7 @@ from .checkpoints import (
 )
 from .heads import OutputHead
 from .metadata import ModelMetadata, resolve_metadata
-from .registry import build_architecture
+from .registry import ARCHITECTURES, build_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def _from_weights(path: Path, fmt: str, metadata: ModelMetadata, data: bytes | N
         raise ModelError(
             path,
             f"a {fmt} file holds weights only: give the architecture with --arch "
-            "(brain_age_3d or brain_age_slice_mean) or in the sidecar's 'arch' field",
+            f"({', '.join(sorted(ARCHITECTURES))}) or in the sidecar's 'arch' field",
         )
     if fmt != "npz":
         state = _load_state_dict(path, fmt, data)
