@@ -325,7 +325,7 @@ def engine_options(options: AssessmentOptionsIn, *, extraction: Any, federated: 
         return FederatedAttackOptions(**given, repeats=options.repeats, seed=options.seed,
                                       extraction=extraction, policy=policy)
     from worker.engine.assessment import AssessmentOptions
-    from worker.engine.scan_qa import ScanQaPolicy
+    from worker.engine.scan_qa_policy import ScanQaPolicy
 
     return AssessmentOptions(
         feature_sets=tuple(options.feature_sets) if options.feature_sets else None,

@@ -36,11 +36,11 @@ def scan_quality_view(report: dict) -> dict[str, Any] | None:
         summary += " Scan QA was set to warn, so the assessment ran anyway."
     ranges = [
         ("Correlation with the MNI152 template",
-         f"{fmt_num(corr.get('min'))} to {fmt_num(corr.get('max'))} (median {fmt_num(corr.get('median'))}); "
-         f"flagged below {fmt_num(thresholds.get('min_template_corr'))}"),
+         (f"{fmt_num(corr.get('min'))} to {fmt_num(corr.get('max'))} (median {fmt_num(corr.get('median'))}); "
+          f"flagged below {fmt_num(thresholds.get('min_template_corr'))}")),
         ("Signal outside the brain mask",
-         f"{fmt_pct(outside.get('min'))} to {fmt_pct(outside.get('max'))} (median {fmt_pct(outside.get('median'))}); "
-         f"flagged above {fmt_pct(thresholds.get('max_outside_mask'))}"),
+         (f"{fmt_pct(outside.get('min'))} to {fmt_pct(outside.get('max'))} (median {fmt_pct(outside.get('median'))}); "
+          f"flagged above {fmt_pct(thresholds.get('max_outside_mask'))}")),
         ("The job fails when more than", f"{fmt_pct(thresholds.get('max_flagged_fraction'), 0)} of the scans are flagged"
          + (" (scan QA set to warn: it never fails)" if qa.get("mode") == "warn" else "")),
     ]

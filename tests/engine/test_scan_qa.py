@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from tests.conftest import TINY_CHANNELS, save_tiny_model
 from tests.engine.conftest_scans import real_t1_paths
-from worker.engine import scan_qa, volumes
+from worker.engine import scan_qa, scan_qa_policy, volumes
 from worker.engine.errors import InputError
 from worker.engine.features import ExtractionOptions, extract_features
 from worker.engine.manifest import load_manifest
@@ -26,7 +26,7 @@ from worker.engine.synth import CohortSpec, generate_cohort
 from worker.engine.volumes import ConformSpec
 
 GRID_2MM = ConformSpec((91, 109, 91), (2.0, 2.0, 2.0), "zscore")
-POLICY = scan_qa.ScanQaPolicy()
+POLICY = scan_qa_policy.ScanQaPolicy()
 
 
 def unmasked(data: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -155,29 +155,32 @@ def _table(values: list[tuple[float, float]]) -> pd.DataFrame:
 def test_the_job_fails_when_most_scans_are_flagged_naming_them_and_what_to_do() -> None:
     template = scan_qa.template_for(GRID_2MM)
     good, bad = (0.93, 0.001), (0.55, 0.08)
-    section = scan_qa.scan_qa_section(_table([good, good, bad, good]), POLICY, template)
+    section = scan_qa_policy.scan_qa_section(_table([good, good, bad, good]), POLICY, template)
     assert section["n_flagged"] == 1 and section["flagged"][0]["scan_id"] == "s2" and not section["failed"]
-    assert section["advice"] == scan_qa.QA_ADVICE and section["judged"]
-    half = scan_qa.scan_qa_section(_table([good, good, bad, bad]), POLICY, template)
+    assert section["advice"] == scan_qa_policy.QA_ADVICE and section["judged"]
+    half = scan_qa_policy.scan_qa_section(_table([good, good, bad, bad]), POLICY, template)
     assert half["n_flagged"] == 2 and not half["failed"]  # "more than half" fails
     with pytest.raises(InputError, match=r"3 of 4 scans .*s1, s2, s3.*HD-BET, SynthStrip"):
-        scan_qa.scan_qa_section(_table([good, bad, bad, bad]), POLICY, template)
-    warned = scan_qa.scan_qa_section(_table([bad] * 4), scan_qa.ScanQaPolicy(mode="warn"), template)
+        scan_qa_policy.scan_qa_section(_table([good, bad, bad, bad]), POLICY, template)
+    warned = scan_qa_policy.scan_qa_section(_table([bad] * 4), scan_qa_policy.ScanQaPolicy(mode="warn"), template)
     assert warned["n_flagged"] == 4 and not warned["failed"]
-    stricter = scan_qa.ScanQaPolicy(max_flagged_fraction=0.2)
+    stricter = scan_qa_policy.ScanQaPolicy(max_flagged_fraction=0.2)
     with pytest.raises(InputError):
-        scan_qa.scan_qa_section(_table([good, good, bad, good]), stricter, template)
+        scan_qa_policy.scan_qa_section(_table([good, good, bad, good]), stricter, template)
     coarse = scan_qa.template_for(ConformSpec((23, 27, 23), (8.0, 8.0, 8.0)))
-    unjudged = scan_qa.scan_qa_section(_table([bad] * 4), POLICY, coarse)
+    unjudged = scan_qa_policy.scan_qa_section(_table([bad] * 4), POLICY, coarse)
     assert not unjudged["judged"] and unjudged["n_flagged"] == 0 and "8 mm" in unjudged["not_judged_reason"]
     with pytest.raises(InputError, match="scan_qa"):
-        scan_qa.ScanQaPolicy(mode="strict")  # type: ignore[arg-type]
+        scan_qa_policy.ScanQaPolicy(mode="strict")  # type: ignore[arg-type]
 
 
 def test_qa_columns_are_computed_in_the_loader_workers_and_are_not_attack_features(
     tiny_cohort: Path, tmp_path: Path
 ) -> None:
-    from worker.engine.attacks.feature_sets import available_feature_sets, feature_matrix
+    from worker.engine.attacks.feature_sets import (
+        available_feature_sets,
+        feature_matrix,
+    )
     from worker.engine.features import FeatureTable
 
     torch.manual_seed(0)

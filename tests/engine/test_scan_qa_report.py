@@ -14,7 +14,7 @@ from backend.cli import app
 from tests.conftest import TINY_CHANNELS, save_tiny_model
 from tests.engine.conftest_scans import real_t1_paths
 from tests.engine.test_scan_qa import GRID_2MM, _table, shifted
-from worker.engine import scan_qa
+from worker.engine import scan_qa, scan_qa_policy
 from worker.engine.assessment import AssessmentOptions, run_assessment
 from worker.engine.features import ExtractionOptions
 from worker.engine.manifest import load_manifest
@@ -45,7 +45,7 @@ def test_the_report_carries_a_typed_scan_quality_section_and_the_html_shows_it(t
 
     # a report whose scans were flagged (warn mode) lists them with what to do
     bad = (0.41, 0.31)
-    flagged = scan_qa.scan_qa_section(_table([bad, (0.93, 0.0), bad, (0.95, 0.0)]), scan_qa.ScanQaPolicy(mode="warn"),
+    flagged = scan_qa_policy.scan_qa_section(_table([bad, (0.93, 0.0), bad, (0.95, 0.0)]), scan_qa_policy.ScanQaPolicy(mode="warn"),
                                       scan_qa.template_for(GRID_2MM))
     report = dict(result.report, scan_quality=flagged)
     assert Report.from_dict(report).scan_quality.flagged[0].scan_id == "s0"
@@ -54,7 +54,7 @@ def test_the_report_carries_a_typed_scan_quality_section_and_the_html_shows_it(t
     assert "HD-BET, SynthStrip" in html and "31.0%" in html
 
     off = run_assessment(load_manifest(tiny_cohort), model=model,
-                         options=AssessmentOptions(**{**options.__dict__, "scan_qa": scan_qa.ScanQaPolicy(mode="off")}))
+                         options=AssessmentOptions(**{**options.__dict__, "scan_qa": scan_qa_policy.ScanQaPolicy(mode="off")}))
     assert "scan_quality" not in off.report and "qa_template_corr" not in off.features.table.columns
     assert 'id="scan-quality"' not in render_report_html(off.report, off.features.table)
 

@@ -18,8 +18,9 @@ from .metrics import utility
 from .models.loading import LoadedModel
 from .quantile.attacks import QMIA_ATTACKS, run_qmia_attacks
 from .reference.run import ReferenceOptions, run_reference_attacks
-from .scan_qa import QA_COLUMNS, ScanQaPolicy, scan_qa_section, template_for
 from .report import build_report, exposure_section, provenance
+from .scan_qa import QA_COLUMNS, template_for
+from .scan_qa_policy import ScanQaPolicy, scan_qa_section
 from .verdict import Policy, evaluate
 
 # share of the progress bar per stage (without / with reference models to train)
