@@ -150,6 +150,11 @@ class ScanFlags:
             stderr.print(f"note: {len(both)} subject(s) have member and non-member sessions ({', '.join(both[:5])}"
                          f"{' ...' if len(both) > 5 else ''}): a model that saw one session has seen that brain; "
                          "list whole subjects (sub-01) to keep them on one side", highlight=False)
+        left = manifest.source.get("sessions_left_out") or []
+        if left:
+            stderr.print(f"note: {len(left)} unlisted session(s) of member subjects left out ({', '.join(left[:5])}"
+                         f"{' ...' if len(left) > 5 else ''}): the model has seen those brains, so they are not "
+                         "non-members; list them with --members, or give --non-members", highlight=False)
         return manifest
 
 

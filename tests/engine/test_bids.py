@@ -141,6 +141,20 @@ def test_second_list_of_non_members(bids_case: BidsCase, tmp_path: Path) -> None
                         "sub-12: listed as a member and as a non-member"]
 
 
+def test_unlisted_sessions_of_members_are_not_non_members(bids_case: BidsCase, tmp_path: Path) -> None:  # noqa: F811
+    """Without a non-member list, a member subject's unlisted session is left out, not a non-member:
+    the model has seen that brain, and as a non-member it would look like a member and hide leakage."""
+    members = tmp_path / "m.txt"
+    members.write_text("sub-01_ses-1\nsub-11\n")
+    manifest = bids_manifest(BidsInput(bids_case.root, members, bids_filter=PREPROC), tmp_path / "m.csv")
+    ids = {r.scan_id: r.member for r in manifest.records}
+    assert ids["sub-01_ses-1"] is True and ids["sub-11"] is True
+    assert "sub-01_ses-2" not in ids
+    assert ids["sub-02_ses-2"] is False  # another subject's sessions stay non-members
+    assert manifest.source["sessions_left_out"] == ["sub-01_ses-2"]
+    assert manifest.source["subjects_in_both"] == []
+
+
 def test_unknown_entity_and_missing_participants(bids_case: BidsCase, tmp_path: Path) -> None:  # noqa: F811
     with pytest.raises(InputError, match="unknown entity colour"):
         bids_manifest(BidsInput(bids_case.root, bids_case.members, bids_filter="colour=red"), tmp_path / "m.csv")

@@ -261,8 +261,10 @@ def bids_manifest(spec: BidsInput, csv_path: Path, *, confine: bool = False) -> 
 
     Returns:
         The loaded manifest; its ``source`` names the dataset, the filter and the lists' SHA-256,
-        and ``subjects_in_both``: subjects with member and non-member sessions (a non-member
-        session of a subject the model saw is not an unseen brain).
+        ``subjects_in_both``: subjects with member and non-member sessions (a non-member
+        session of a subject the model saw is not an unseen brain; only an explicit non-member list
+        puts one there), and ``sessions_left_out``: without a non-member list, the unlisted sessions
+        of member subjects, which are neither (as non-members they would hide leakage).
 
     Raises:
         BidsError: every problem found, each naming the subject (and file).
@@ -292,8 +294,13 @@ def bids_manifest(spec: BidsInput, csv_path: Path, *, confine: bool = False) -> 
         chosen_non = _resolve(non_members, "non-members", groups, subjects, problems)
         for group in sorted(chosen_members & chosen_non, key=lambda g: (g[0], g[1] or "")):
             problems.append(f"{_scan_id(group)}: listed as a member and as a non-member")
+        left_out: set[_Group] = set()
     else:
-        chosen_non = set(groups) - chosen_members
+        # an unlisted session of a member subject is not an unseen brain: counted as a non-member it
+        # would look like a member and hide leakage, so it is left out (an explicit list decides itself)
+        member_subjects = {g[0] for g in chosen_members}
+        left_out = {g for g in set(groups) - chosen_members if g[0] in member_subjects}
+        chosen_non = set(groups) - chosen_members - left_out
     has_sessions = any(g[1] is not None for g in chosen_members | chosen_non)
     renamed = {a: (f"bids_{a}" if a.lower() in _RESERVED | {"session"} else a) for a in attrs}
     header = ["scan_id", "path", "age", "member", *renamed.values()] + (["session"] if has_sessions else [])
@@ -326,6 +333,7 @@ def bids_manifest(spec: BidsInput, csv_path: Path, *, confine: bool = False) -> 
         "non_members_sha256": non_members.sha256 if non_members is not None else None,
         "non_members_from": "list" if non_members is not None else "every other matching scan",
         "subjects_in_both": sorted({f"sub-{g[0]}" for g in chosen_members} & {f"sub-{g[0]}" for g in chosen_non}),
+        "sessions_left_out": sorted(_scan_id(g) for g in left_out),
     }
     _write(Path(csv_path), rows, header, source)
     return load_manifest(csv_path, base_dir=root, confine=confine)
