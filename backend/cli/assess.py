@@ -106,6 +106,7 @@ def assess(
     keep: Annotated[Optional[Path], typer.Option("--keep", help="keep.csv of --reference-models: scan_id and one 0/1 column per model file stem (1 = trained on that scan).")] = None,
     reference_attack: Annotated[Optional[list[str]], typer.Option("--reference-attack", help="Reference attack (repeatable): calibrated-loss, lira-offline, lira-online, rmia, and their :grad-norm variants (default all).")] = None,
     no_quantile: Annotated[bool, typer.Option("--no-quantile", help="Skip the quantile-regression attacks (qmia).")] = False,
+    scan_qa: Annotated[Optional[str], typer.Option("--scan-qa", help="Scan QA against the MNI152 template: fail (default; exit 2 when most scans look unregistered or not skull-stripped), warn (flagged scans only listed in the report) or off.")] = None,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
@@ -120,7 +121,7 @@ def assess(
     with errors_exit_2():
         scans.check()
     asked = {"feature_sets": feature_set, "classifiers": classifier, "repeats": repeats, "seed": seed,
-             "quantile": False if no_quantile else None}
+             "quantile": False if no_quantile else None, "scan_qa": scan_qa}
     references = ReferenceFlags(reference, recipe, reference_models, keep, reference_attack)
     if federated or rounds or max_rounds is not None or trajectory_set:
         with errors_exit_2():

@@ -87,3 +87,16 @@ def test_assess_exits_2_when_most_real_scans_are_shifted(tmp_path: Path) -> None
     assert "scan QA: 3 of 4 scans" in text and "subject1" in text and "subject4" not in text
     assert "Register to MNI152" in text and "skull-strip" in text
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_the_scan_qa_flag_reaches_the_report_and_a_bad_value_exits_2(tiny_cohort: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = save_tiny_model(BrainAge3D(channels=TINY_CHANNELS, mean_age=60.0), tmp_path / "m.pt")
+    common = ["assess", "--model", str(model), "--manifest", str(tiny_cohort), "--no-cache", "-q", "--repeats", "1",
+              "--no-quantile", "--feature-set", "error", "--classifier", "threshold", "--loader-workers", "0"]
+    bad = runner.invoke(app, [*common, "--out", str(tmp_path / "bad"), "--scan-qa", "strict"])
+    assert bad.exit_code == 2 and "scan_qa" in bad.output
+    warn = runner.invoke(app, [*common, "--out", str(tmp_path / "warn"), "--scan-qa", "warn"])
+    assert warn.exit_code in (0, 1), warn.output
+    report = Report.read(tmp_path / "warn" / "report.json")
+    assert report.scan_quality is not None and report.scan_quality.mode == "warn"
