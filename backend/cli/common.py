@@ -32,7 +32,7 @@ BidsFilterOpt = Annotated[Optional[str], typer.Option("--bids-filter", help="Wit
 ShapeOpt = Annotated[Optional[str], typer.Option("--input-shape", help="Model input grid, e.g. 91x109x91 (overrides the sidecar).")]
 VoxelOpt = Annotated[Optional[float], typer.Option("--voxel-size", help="Model voxel size in mm (overrides the sidecar).")]
 NormOpt = Annotated[Optional[str], typer.Option("--normalize", help="Intensity normalisation: zscore, none, minmax, robust.")]
-ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Built-in architecture of a weights file: brain_age_3d, brain_age_slice_mean.")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Built-in architecture of a weights file: brain_age_3d, brain_age_slice_mean, sfcn, monai_densenet121, monai_resnet.")]
 ArchKwOpt = Annotated[Optional[str], typer.Option("--arch-options", help='Architecture options as JSON, e.g. \'{"width": 0.5}\'.')]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1... (default: CUDA when present).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Scans per vectorised pass.")]

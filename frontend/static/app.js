@@ -244,14 +244,17 @@
       };
       var arch = $(form, "[name='metadata.arch']").value;
       if (arch) { metadata.arch = arch; }
-      var kwargs = $(form, "[name='metadata.arch_kwargs']").value.trim();
-      if (kwargs) {
-        try { metadata.arch_kwargs = JSON.parse(kwargs); } catch (e) {
+      // JSON objects (arch_kwargs), or a name or JSON object (output "bins"/{...}, loss "soft_label_kl"/{...})
+      ["arch_kwargs", "output", "loss"].forEach(function (key) {
+        var text = $(form, "[name='metadata." + key + "']").value.trim();
+        if (!text) { return; }
+        if (key !== "arch_kwargs" && text.charAt(0) !== "{") { metadata[key] = text; return; }
+        try { metadata[key] = JSON.parse(text); } catch (e) {
           var bad = new Error("Some fields need fixing.");
-          bad.details = [{ field: "metadata.arch_kwargs", reason: "not valid JSON: " + e.message }];
+          bad.details = [{ field: "metadata." + key, reason: "not valid JSON: " + e.message }];
           throw bad;
         }
-      }
+      });
       var dpEpsilon = $(form, "[name='metadata.dp.epsilon']").value.trim();
       if (dpEpsilon) {
         metadata.dp = { epsilon: Number(dpEpsilon) };

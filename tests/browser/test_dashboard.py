@@ -152,6 +152,14 @@ def test_upload_run_and_read_the_report(page: Any, live_server: Any, model_file:
     page.get_by_label("Grid (voxels, X×Y×Z)").fill("23,27,23")
     page.get_by_label("Voxel size (mm)").fill("8")
     page.get_by_label("Architecture", exact=True).select_option("brain_age_3d")
+    # age bins declared without their centres: the server's reason, next to the output field
+    page.get_by_label("Output (optional)").fill("bins")
+    page.get_by_role("button", name="Upload and check the model").click()
+    output_error = page.locator("[data-error-for='metadata.output']")
+    output_error.wait_for(state="visible", timeout=60_000)
+    assert "needs 'centers'" in output_error.inner_text()
+    page.get_by_label("Output (optional)").fill("age")
+    page.get_by_label("Loss of the white-box gradients (optional)").fill('{"name": "mse"}')
     page.get_by_role("button", name="Upload and check the model").click()
     page.locator("#models tbody tr", has_text="tiny cnn").wait_for(timeout=60_000)
 
