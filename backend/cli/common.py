@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
-ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Model file: TorchScript, torch.export (.pt2), safetensors or state dict.")]
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Model file: TorchScript, torch.export (.pt2), safetensors, state dict or .npz of parameter arrays.")]
 ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help="Manifest CSV: scan_id, path, age, member [, learner, attributes...] (or --bids).")]
 BidsOpt = Annotated[Optional[Path], typer.Option("--bids", help="A BIDS dataset in place of --manifest: subjects and ages from participants.tsv (sessions.tsv ages win), scans by --bids-filter, members from --members.")]
 MembersOpt = Annotated[Optional[Path], typer.Option("--members", help="With --bids: text file of member subject IDs (sub-01 or 01) or subject+session IDs (sub-01_ses-1, or two columns).")]

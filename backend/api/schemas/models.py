@@ -72,8 +72,8 @@ MODEL_UPLOAD_BODY: dict[str, Any] = {
                         "file": {
                             "type": "string",
                             "format": "binary",
-                            "description": "TorchScript archive, torch.export program (.pt2), safetensors or "
-                            "state-dict weights of a built-in architecture",
+                            "description": "TorchScript archive, torch.export program (.pt2), or weights of a built-in "
+                            "architecture: safetensors, a state dict, or an .npz of parameter arrays",
                         },
                         "metadata": {
                             "type": "string",
