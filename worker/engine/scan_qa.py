@@ -48,10 +48,12 @@ synthetic cohort, 40 scans, 4 mm       0.826 - 0.932      0.000 - 0.021
 The real scans are skull-stripped, so their "unmasked" versions are simulated: CSF, skull and a
 textured scalp in layers 14 mm deep around the brain at T1-like levels, and noisy air. Hence
 correlation >= 0.85 (the originals clear it by 0.08 at 2 mm; 15 degree rotations fall 0.016
-below it, 20 degrees and 15 mm shifts much further) and outside fraction <= 0.05 (unmasked
-scans are 5 times above it). The synthetic cohort varies more than the real scans (atrophy,
-smooth deformation, head size): its 5th percentile is 0.884, and its most atrophied or deformed
-scans (1 or 2 in 40) fall just below 0.85 and are listed, never most of a cohort.
+below it, 20 degrees and 15 mm shifts much further) and outside fraction <= 0.10 (unmasked
+scans are 2.7 times above it; skull-stripped ones leave room for larger heads and generous
+stripping). The synthetic cohort varies more than the real scans (atrophy, smooth deformation,
+head size): its 5th percentile is 0.884 at 2 mm, and its most deformed scans fall just below
+0.85 and are listed, never most of a cohort (of 100 synthetic scans at 4 mm: 3 below 0.85, the
+lowest 0.808; at most 4.4% of the signal outside the mask).
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ QA_COLUMNS = ("qa_template_corr", "qa_outside_mask")
 MIN_TEMPLATE_CORR = 0.85
 """Least correlation with the MNI152 template of a scan that looks registered."""
 
-MAX_OUTSIDE_MASK = 0.05
+MAX_OUTSIDE_MASK = 0.10
 """Largest fraction of a scan's signal outside the dilated brain mask of a skull-stripped scan."""
 
 SIGNAL_THRESHOLD = 0.1
