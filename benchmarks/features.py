@@ -12,7 +12,11 @@ Methods are interleaved and each timed ``--repeats`` times; medians are compared
 The last line is ``ratio_whitebox_to_floor=X ratio_loop_to_floor=Y ratio_whitebox_to_best=Z``,
 best being the faster of floor and loop (target: Z <= 1.1).
 
-Usage: python benchmarks/features.py [--device cpu|cuda] [--shape 91x109x91] [--scans 8]
+``--clock cpu`` times by the process's CPU time instead of wall time: on a machine shared with
+other work, with ``--threads 1``, it measures the work each method does, unaffected by the load
+(it hides differences in how well methods use several cores, so quote wall times from a quiet machine).
+
+Usage: python benchmarks/features.py [--device cpu|cuda] [--shape 91x109x91] [--scans 8] [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -46,9 +50,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--each-method", action="store_true", help="also time the extraction forced to each method")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time, or the process's CPU time (a shared machine; with --threads 1)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and args.device != "cpu":
+        parser.error("--clock cpu measures CPU work: use it with --device cpu")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     torch.manual_seed(0)
     shape = parse_shape(args.shape)
@@ -115,16 +124,16 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, fn in methods.items():
                 _sync(device)
-                start = time.perf_counter()
+                start = clock()
                 fn()
                 _sync(device)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
 
     med = {name: statistics.median(t) for name, t in times.items()}
     n_params = sum(p.numel() for p in params.values())
     print(f"device={device} arch={args.arch} {arch_kwargs} params={n_params} shape={shape} scans={args.scans} "
           f"batch_size={args.batch_size} threads={torch.get_num_threads()} repeats={args.repeats} "
-          f"method={computer.chooser.method}")
+          f"method={computer.chooser.method} clock={args.clock}")
     print(f"choosing the method took its first pass plus {measuring:.3f} s")
     for name, t in med.items():
         print(f"{name:13s} median {t:8.3f} s  ({args.scans / t:7.2f} scans/s)  runs={[round(v, 3) for v in times[name]]}")
