@@ -115,8 +115,7 @@ def shard_plan(resources: Resources, assessment_id: str) -> ShardPlan | None:
     options = job_options.read_stored(row.options)
     known = set(ModelMetadata.model_fields)
     overrides = {k: v for k, v in (model_row.model_metadata or {}).items() if k in known} or None
-    path = stored_path(resources.storage, model_row.rounds[-1] if model_row.kind == "federated_rounds" and model_row.rounds
-                       else model_row.path)
+    path = stored_path(resources.storage, model_row.path)  # the model the job's own host loads (the final round)
     return ShardPlan(assessment_id, manifest, size, path, overrides, job_extraction(resources, options),
                      shards_root(resources, assessment_id))
 
