@@ -125,7 +125,8 @@ def round_features(
         ref = models[r - 1]
         model = ref if isinstance(ref, LoadedModel) else loader(Path(ref), overrides, device=device)
         opts = replace(ext, white_box=wb_final if final else wb_rounds,
-                       layers=tuple(final_layers if final else round_layers), device=device)
+                       layers=tuple(final_layers if final else round_layers), device=device,
+                       scan_qa=ext.scan_qa and final)  # the same scans every round: QA once
 
         def tell(done: int, total: int, i: int = i, r: int = r) -> None:
             if progress is not None:
