@@ -112,8 +112,8 @@ def scan_qa_section(table: pd.DataFrame, policy: ScanQaPolicy, template: QaTempl
         names = ", ".join(str(f["scan_id"]) for f in flagged[:5]) + (", ..." if len(flagged) > 5 else "")
         raise InputError(
             f"scan QA: {len(flagged)} of {n} scans do not look like registered, skull-stripped MNI152 brains "
-            f"(more than {100 * policy.max_flagged_fraction:g}%): {names}; e.g. {flagged[0]['scan_id']}: "
-            f"{'; '.join(flagged[0]['reasons'])}. {QA_ADVICE[0].upper() + QA_ADVICE[1:]} "
-            "(or set scan_qa to 'warn' to assess anyway)"
+            f"(more than {100 * policy.max_flagged_fraction:g}%): {names} (e.g. {flagged[0]['scan_id']}: "
+            f"{'; '.join(flagged[0]['reasons'])}). {QA_ADVICE[0].upper() + QA_ADVICE[1:]} "
+            "(or assess anyway with scan_qa 'warn', --scan-qa warn on the command line)"
         )
     return section
