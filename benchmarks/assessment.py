@@ -14,18 +14,28 @@ data-loader worker processes, on a fresh conformed-volume cache each time:
   report        verdict and report.
 
 The model runs in this process (a job runs it in the confined host, which adds one copy of each
-batch). The last line is ``ratio_two_workers_to_one=X ratio_decode_to_features=Y``: X the cold
+batch). With ``--shard-processes 1,2`` it then times the feature extraction split into shards of
+``--shard-scans`` taken by 1 and by 2 worker processes (spawned and warm, each with the model
+loaded and ``cores / processes`` torch threads, as ``brainmia worker`` processes taking the shard
+tasks of one assessment; scans from the warm cache) and prints ``ratio_two_processes_to_one=``. The
+last line is ``ratio_two_workers_to_one=X ratio_decode_to_features=Y``: X the cold
 decode time with 2 workers over that with 1 (target <= 0.6 where 2 cores are free), Y the cold
 decode time with 2 workers over the features time.
 
 Usage: python benchmarks/assessment.py [--scans 20] [--device cpu|cuda] [--batch-size 8] [--workers 1,2]
+       [--shard-processes 1,2] [--shard-scans 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import multiprocessing
+import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -108,6 +118,60 @@ def assess(model, manifest, cache: VolumeCache, workers: int, args: argparse.Nam
             "report": marks["done"] - marks["report"]}
 
 
+_SHARD_STATE: dict[str, object] = {}
+
+
+def _shard_init(model_path: str, manifest_path: str, cache_dir: str, device: str, threads: int, batch_size: int) -> None:
+    """A worker process: torch threads, the model and the manifest loaded once."""
+    torch.set_num_threads(threads)
+    model = load_model(Path(model_path), device=device)
+    _SHARD_STATE.update(model=model, manifest=load_manifest(Path(manifest_path)), cache=VolumeCache(Path(cache_dir)),
+                        device=device)
+    _SHARD_STATE["computer"] = _choose_method(model, device, batch_size)
+
+
+def _choose_method(model, device: str, batch_size: int):  # type: ignore[no-untyped-def]
+    """The model's computer with its gradient method chosen (the one-off measurement, outside any timing)."""
+    spec = model.metadata.conform_spec()
+    computer = model.computer(device)
+    while computer.chooser.method is None:
+        computer.compute(torch.randn(batch_size, 1, *spec.shape), torch.full((batch_size,), 60.0), True,
+                         list(computer.aliases.values()))
+    return computer
+
+
+def _shard_warm(_: int) -> int:
+    time.sleep(0.5)  # one per process: every process has started and loaded the model
+    return os.getpid()
+
+
+def _shard_extract(start: int, stop: int, batch_size: int) -> float:
+    """Extract the features of scans ``start:stop`` (one shard); seconds spent."""
+    from worker.engine.features import extract_features
+
+    begin = time.perf_counter()
+    manifest = _SHARD_STATE["manifest"]
+    extract_features(_SHARD_STATE["model"], replace(manifest, records=manifest.records[start:stop]),  # type: ignore[attr-defined]
+                     ExtractionOptions(batch_size=batch_size, device=_SHARD_STATE["device"], num_workers=0),  # type: ignore[arg-type]
+                     cache=_SHARD_STATE["cache"])  # type: ignore[arg-type]
+    return time.perf_counter() - begin
+
+
+def shard_scaling(model_path: Path, manifest_path: Path, cache_dir: Path, n: int, processes: int,
+                  args: argparse.Namespace) -> float:
+    """Wall seconds for ``processes`` warm worker processes to extract every shard of ``n`` scans."""
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    context = multiprocessing.get_context("spawn")
+    init = (str(model_path), str(manifest_path), str(cache_dir), args.device, threads, args.batch_size)
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_shard_init, initargs=init) as pool:
+        list(pool.map(_shard_warm, range(processes)))
+        start = time.perf_counter()
+        size = args.shard_scans
+        list(pool.map(_shard_extract, range(0, n, size), [min(i + size, n) for i in range(0, n, size)],
+                      [args.batch_size] * math.ceil(n / size)))
+        return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scans", type=int, default=20, help="scans (20: the fewest the quantile attacks take)")
@@ -117,6 +181,8 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="loader worker counts to compare")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--keep", type=Path, default=None, help="write the scans here (default: a temporary folder)")
+    parser.add_argument("--shard-processes", default="", help="worker process counts taking feature shards, e.g. 1,2")
+    parser.add_argument("--shard-scans", type=int, default=5, help="scans per feature shard")
     args = parser.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
 
@@ -124,16 +190,15 @@ def main() -> None:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        manifest = load_manifest(write_scans(folder, args.scans))
-        model = load_model(write_model(folder), device=args.device)
+        manifest_path = write_scans(folder, args.scans)
+        manifest = load_manifest(manifest_path)
+        model_path = write_model(folder)
+        model = load_model(model_path, device=args.device)
         print(f"wrote {args.scans} scans of {SHAPE_1MM} int16 and the model in {time.perf_counter() - start:.1f} s; "
               f"device={args.device} batch_size={args.batch_size} torch_threads={torch.get_num_threads()}")
         spec = model.metadata.conform_spec()
         start = time.perf_counter()
-        computer = model.computer(args.device)  # the one-off choice of the gradient method, outside the stages
-        while computer.chooser.method is None:
-            computer.compute(torch.randn(args.batch_size, 1, *spec.shape), torch.full((args.batch_size,), 60.0),
-                             True, list(computer.aliases.values()))
+        computer = _choose_method(model, args.device, args.batch_size)  # one-off, outside the stages
         print(f"gradient method {computer.chooser.method}, chosen in {time.perf_counter() - start:.1f} s")
         results: dict[int, dict[str, float]] = {}
         for workers in counts:
@@ -147,6 +212,13 @@ def main() -> None:
                   + f" | decode cold {args.scans / row['decode_cold']:.1f} scans/s, warm "
                   f"{args.scans / row['decode_warm']:.1f} scans/s, features {args.scans / row['features']:.2f} scans/s, "
                   f"assessment (warm cache) {args.scans / total:.2f} scans/s")
+        if args.shard_processes:
+            walls = {p: shard_scaling(model_path, manifest_path, Path(tmp) / f"cache-{counts[-1]}", args.scans, p, args)
+                     for p in (int(x) for x in args.shard_processes.split(","))}
+            print(" ".join(f"shard_processes={p} features={w:.2f}s ({args.scans / w:.2f} scans/s)" for p, w in walls.items())
+                  + f" shard_scans={args.shard_scans}")
+            first, last = min(walls), max(walls)
+            print(f"ratio_two_processes_to_one={walls[last] / walls[first]:.3f}")
     one, two = results[counts[0]], results[counts[-1]]
     print(f"ratio_two_workers_to_one={two['decode_cold'] / one['decode_cold']:.3f} "
           f"ratio_decode_to_features={two['decode_cold'] / two['features']:.3f}")
