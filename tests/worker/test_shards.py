@@ -71,3 +71,27 @@ def test_the_embedded_worker_extracts_the_shards_in_turn_and_the_features_equal_
     assert whole["state"] == "succeeded", whole
     assert reference_tasks(app.state.sessionmaker, whole["id"], "shard") == []
     assert_same_features(_features(app, sharded["id"]), _features(app, whole["id"]))
+
+
+def test_a_sharded_job_reports_progress_per_shard_and_a_cancel_stops_its_shards(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from backend.services.job_states import reference_tasks
+
+    job_id = submit(client, job_inputs, batch_size=1)["id"]
+    deadline, seen = time.monotonic() + 120, []
+    while True:  # one shard done, the next one running
+        rows = reference_tasks(app.state.sessionmaker, job_id, "shard")
+        seen.append(client.get(f"/api/v1/assessments/{job_id}").json())
+        if any(r.state == "succeeded" for r in rows) and any(r.state == "running" for r in rows):
+            break
+        assert seen[-1]["state"] not in ("succeeded", "failed"), seen[-1]
+        assert time.monotonic() < deadline, [(r.model_index, r.state) for r in rows]
+        time.sleep(0.02)
+    client.post(f"/api/v1/assessments/{job_id}/cancel")
+    body = wait_for(client, job_id, ("cancelled", "failed", "succeeded"), timeout=60, seen=seen)
+    assert body["state"] == "cancelled", body
+    states = [r.state for r in reference_tasks(app.state.sessionmaker, job_id, "shard")]
+    assert "cancelled" in states and "running" not in states and states.count("succeeded") < 4, states
+    assert any(b["stage"] == "features" and "shards of 4 scans" in b["message"] for b in seen), seen[-3:]
+    assert not (app.state.storage.root / "shards" / job_id).exists()  # nothing left behind
