@@ -303,6 +303,8 @@ def scan_qa_values(volume: np.ndarray, template: QaTemplate) -> tuple[float, flo
     n_signal = int(signal.sum())
     outside = float((signal & ~region).sum() / n_signal) if n_signal else 1.0
 
+    if not region.any():  # a grid outside the brain: nothing to compare
+        return 0.0, outside
     smoothed = _smooth(volume, template.qa_voxel_size)
     inside = smoothed[region].astype(np.float64)
     reference = template.t1[region].astype(np.float64)
