@@ -106,7 +106,9 @@ def test_federated_attacks_beat_chance(federation):
     assert sec["attack"] == result.report["verdict"]["strongest_attack"]
     assert [a["name"] for a in result.report["attacks"]] == list(sections)
     assert all(a["status"] == "ok" and a["scope"] in ("final", "trajectory") for a in result.report["attacks"])
-    assert result.report["verdict"]["level"] in ("medium", "high") and not result.passed
+    # a leaking federation is never cleared; with bounds that hold over every attack together, a
+    # federation this small (6 scans a learner) may stop at inconclusive rather than medium
+    assert result.report["verdict"]["level"] in ("inconclusive", "medium", "high") and not result.passed
     assert "membership_score" in result.features.table
     assert result.report["provenance"]["model"]["rounds"][-1]["round"] == 60
 
