@@ -263,7 +263,8 @@ class ModelProvenance(_Open):
 
 
 class ManifestProvenance(_Open):
-    """The scan list (``n_learners`` in a federated assessment)."""
+    """The scan list (``n_learners`` in a federated assessment; ``source`` when it was derived, e.g.
+    from a BIDS dataset: the dataset, the entity filter, the member lists' SHA-256, sessions left out)."""
 
     path: Optional[str]
     sha256: Optional[str]
@@ -271,6 +272,7 @@ class ManifestProvenance(_Open):
     n_members: int
     n_nonmembers: int
     n_learners: Optional[int] = None
+    source: Optional[dict[str, Any]] = None
 
 
 class RequestProvenance(_Open):
