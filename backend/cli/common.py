@@ -56,6 +56,7 @@ OPTION_FLAGS = {
     "trajectory_sets": "--trajectory-set",
     "reference": "--reference",
     "quantile": "--no-quantile",
+    "scan_qa": "--scan-qa",
 }
 
 

@@ -29,6 +29,7 @@ def submit(
     classifier: Annotated[Optional[list[str]], typer.Option("--classifier", help="Attack classifier (repeatable): threshold, logistic, mlp, gbt.")] = None,
     feature_set: Annotated[Optional[list[str]], typer.Option("--feature-set", help="Feature set to attack with (repeatable; default: all of the paper's).")] = None,
     policy: Annotated[Optional[Path], typer.Option("--policy", help="Policy file (JSON or TOML) overriding the server's default thresholds.")] = None,
+    scan_qa: Annotated[Optional[str], typer.Option("--scan-qa", help="Scan QA against the MNI152 template: fail (default), warn or off, as for brainmia assess.")] = None,
     poll_interval: Annotated[float, typer.Option("--poll-interval", min=0.05, help="Seconds between progress polls.")] = 2.0,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.0, help="Give up waiting after this many seconds (exit 2; the job goes on).")] = None,
     quiet: QuietOpt = False,
@@ -54,7 +55,7 @@ def submit(
     with errors_exit_2():
         # only the fields given: the server's defaults apply to the rest
         options = requested_options(repeats=repeats, classifiers=classifier, feature_sets=feature_set,
-                                    policy=policy).model_dump(exclude_unset=True, exclude_none=True)
+                                    policy=policy, scan_qa=scan_qa).model_dump(exclude_unset=True, exclude_none=True)
 
     doing = "checking the token"
     with BrainMIAClient(server, token) as client, tempfile.TemporaryDirectory(prefix="brainmia-submit-") as tmp:

@@ -56,4 +56,5 @@ def assessment_form() -> dict[str, Any]:
         "levels": ("low", "medium", "high"),
         "reference": reference_form(),
         "quantile": AssessmentOptionsIn.model_fields["quantile"].default,
+        "scan_qa": AssessmentOptionsIn.model_fields["scan_qa"].default,
     }

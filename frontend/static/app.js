@@ -489,7 +489,8 @@
           fail_on_error: $(form, "[name=fail_on_error]").checked,
           fail_on_inconclusive: $(form, "[name=fail_on_inconclusive]").checked
         },
-        quantile: $(form, "[name=quantile]").checked
+        quantile: $(form, "[name=quantile]").checked,
+        scan_qa: ($(form, "[name=scan_qa]:checked") || { value: "fail" }).value
       };
       if (reference) { options.reference = reference; }
       var trainSize = $(form, "[name=train_size]").value;

@@ -185,6 +185,8 @@ def test_the_new_assessment_form_offers_reference_models_and_the_quantile_attack
         in fieldset
     assert theirs not in page and "globex references" not in page
     assert re.search(r'<input id="quantile" name="quantile" type="checkbox" checked>', page)
+    assert re.search(r'<input type="radio" name="scan_qa" value="fail" checked>', page)  # the default
+    assert 'name="scan_qa" value="warn"' in page and 'name="scan_qa" value="off"' in page
     assert 'data-error-for="options.reference.reference_set_id"' in fieldset
 
     scan_sets = browser(app, tokens["alice"]).get("/scan-sets").text

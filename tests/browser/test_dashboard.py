@@ -483,6 +483,8 @@ def test_reference_models_upload_and_choice_on_the_new_assessment_form(
     assert page.locator(".no-reference-sets").is_hidden()
     assert page.get_by_label("Run the quantile-regression attacks").is_checked()
     page.get_by_label("Run the quantile-regression attacks").uncheck()
+    assert page.get_by_label("Fail the assessment when most scans look unregistered", exact=False).is_checked()
+    page.get_by_label("Only list the flagged scans in the report").check()
     page.get_by_label("Repeats").fill("1")
     page.get_by_role("button", name="Start the assessment").click()
     page.wait_for_url(re.compile(r".*/assessments/[0-9a-f]{32}$"))
@@ -492,5 +494,6 @@ def test_reference_models_upload_and_choice_on_the_new_assessment_form(
         options = api.get(f"/api/v1/assessments/{job_id}").json()["options"]
         reference_set = api.get("/api/v1/reference-sets", params={"scan_set_id": sets[0]}).json()["items"][0]
         assert options["reference"] == {"reference_set_id": reference_set["id"]} and options["quantile"] is False
+        assert options["scan_qa"] == "warn"
         assert api.delete(f"/api/v1/assessments/{job_id}").status_code == 204
     assert page.console_errors == []

@@ -41,10 +41,11 @@ def test_leaky_model_fails_the_policy_exit_1(leaky_model: Path, server: tuple[st
     done = run_submit(
         "--server", url, "--model", str(leaky_model), "--manifest", str(tiny_cohort), "--out", str(out),
         "--classifier", "threshold", "--classifier", "logistic", "--repeats", "3", "--poll-interval", "0.2", "-q",
-        token=token,  # from BRAINMIA_TOKEN
+        "--scan-qa", "warn", token=token,  # from BRAINMIA_TOKEN
     )
     assert done.returncode == 1, done.stdout + done.stderr
     report = json.loads((out / "report.json").read_text())
+    assert report["provenance"]["settings"]["scan_qa"]["mode"] == "warn"
     assert report["verdict"]["passed"] is False and report["verdict"]["level"] in ("medium", "high")
     assert report["provenance"]["manifest"]["n_scans"] == len(load_manifest(tiny_cohort).records)
     # packed byte for byte: the server saw the very manifest the user has
@@ -100,6 +101,9 @@ def test_bad_input_exit_2_before_any_upload(server: tuple[str, str], plain_model
     metadata = run_submit("--server", url, "--model", str(plain_model), "--manifest", str(tiny_cohort), "--metadata", "{oops",
                        token=token)
     assert metadata.returncode == 2 and "metadata" in metadata.stderr
+    qa = run_submit("--server", url, "--model", str(plain_model), "--manifest", str(tiny_cohort), "--scan-qa", "maybe",
+                    token=token)
+    assert qa.returncode == 2 and "--scan-qa" in qa.stderr and "fail" in qa.stderr
     unreachable = run_submit("--server", f"http://127.0.0.1:{free_port()}", "--model", str(plain_model), "--manifest",
                           str(tiny_cohort), token=token)
     assert unreachable.returncode == 2 and "failed" in unreachable.stderr
