@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -17,7 +18,8 @@ from tests.engine.test_scan_qa import GRID_2MM, _table, shifted
 from worker.engine import scan_qa, scan_qa_policy
 from worker.engine.assessment import AssessmentOptions, run_assessment
 from worker.engine.features import ExtractionOptions
-from worker.engine.manifest import load_manifest
+from worker.engine.errors import InputError
+from worker.engine.manifest import ScanRecord, load_manifest
 from worker.engine.models import BrainAge3D, load_model
 from worker.engine.report import validate
 from worker.engine.report_model import Report
@@ -95,8 +97,36 @@ def test_the_scan_qa_flag_reaches_the_report_and_a_bad_value_exits_2(tiny_cohort
     common = ["assess", "--model", str(model), "--manifest", str(tiny_cohort), "--no-cache", "-q", "--repeats", "1",
               "--no-quantile", "--feature-set", "error", "--classifier", "threshold", "--loader-workers", "0"]
     bad = runner.invoke(app, [*common, "--out", str(tmp_path / "bad"), "--scan-qa", "strict"])
-    assert bad.exit_code == 2 and "scan_qa" in bad.output
+    assert bad.exit_code == 2 and "--scan-qa" in bad.output
     warn = runner.invoke(app, [*common, "--out", str(tmp_path / "warn"), "--scan-qa", "warn"])
     assert warn.exit_code in (0, 1), warn.output
     report = Report.read(tmp_path / "warn" / "report.json")
     assert report.scan_quality is not None and report.scan_quality.mode == "warn"
+
+
+def _shifted_real_scans(folder: Path, n: int) -> list[ScanRecord]:
+    """``n`` real T1 scans, each moved 18 mm along some axis (every one of them looks unregistered)."""
+    records = []
+    for i in range(n):
+        path = real_t1_paths()[i % 4]
+        img = nib.load(path)
+        out = folder / f"moved{i}.nii.gz"
+        nib.save(nib.Nifti1Image(shifted(img.get_fdata(dtype=np.float32), i % 3, 18), img.affine), out)
+        records.append(ScanRecord(scan_id=f"moved{i}", path=out, age=50.0 + i, member=bool(i % 2), line=i + 2))
+    return records
+
+
+def test_most_scans_flagged_in_a_random_sample_fail_before_any_feature(tmp_path: Path) -> None:
+    """Six of six sampled scans flagged: the 95% lower bound of the flagged share (0.61) is above
+    one half, so the assessment stops before extracting features; with four of four (0.47) it cannot
+    be sure and leaves it to the check of every scan."""
+    records = _shifted_real_scans(tmp_path, 6)
+    policy = scan_qa_policy.ScanQaPolicy()
+    with pytest.raises(InputError, match="checked before computing any feature: 6 of a random 6 scans flagged"):
+        scan_qa_policy.early_scan_qa(records, GRID_2MM, policy)
+    four = scan_qa_policy.early_scan_qa(records[:4], GRID_2MM, policy)
+    assert four is not None and four["n_flagged"] == 4 and 0.45 < four["flagged_fraction_low"] < 0.5
+    assert scan_qa_policy.early_scan_qa(records, GRID_2MM, scan_qa_policy.ScanQaPolicy(mode="warn")) is None
+    originals = [ScanRecord(scan_id=f"s{i}", path=p, age=50.0, member=True, line=i + 2)
+                 for i, p in enumerate(real_t1_paths())]
+    assert scan_qa_policy.early_scan_qa(originals, GRID_2MM, policy)["n_flagged"] == 0

@@ -20,7 +20,7 @@ from .quantile.attacks import QMIA_ATTACKS, run_qmia_attacks
 from .reference.run import ReferenceOptions, run_reference_attacks
 from .report import build_report, exposure_section, provenance
 from .scan_qa import QA_COLUMNS, template_for
-from .scan_qa_policy import ScanQaPolicy, scan_qa_section
+from .scan_qa_policy import ScanQaPolicy, early_scan_qa, scan_qa_section
 from .verdict import Policy, evaluate
 
 # share of the progress bar per stage (without / with reference models to train)
@@ -160,6 +160,8 @@ def run_assessment(
             raise InputError("precomputed features need the model and one row per manifest scan, in manifest order")
         model_provenance = model.provenance()
     elif model is not None:
+        report_progress("features", 0.0, "scan QA of a random sample of the scans")
+        early_scan_qa(manifest.records, model.metadata.conform_spec(), options.scan_qa, cache=cache, seed=options.seed)
         report_progress("features", 0.0, f"features of {len(manifest.records)} scans")
         features = extract_features(
             model,

@@ -5,16 +5,22 @@ The values and their calibration are in :mod:`worker.engine.scan_qa`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .scan_qa import MAX_OUTSIDE_MASK, MIN_TEMPLATE_CORR, QA_COLUMNS, QaTemplate
+from .scan_qa import MAX_OUTSIDE_MASK, MIN_TEMPLATE_CORR, QA_COLUMNS, QaTemplate, scan_qa_values, template_for
+from .volumes import ConformSpec, load_conformed
 
-__all__ = ["QA_ADVICE", "QaMode", "ScanQaPolicy", "scan_qa_section"]
+if TYPE_CHECKING:
+    from .cache import VolumeCache
+    from .manifest import ScanRecord
+
+__all__ = ["QA_ADVICE", "QaMode", "ScanQaPolicy", "early_scan_qa", "scan_qa_section"]
 
 QA_ADVICE = (
     "register to MNI152 (e.g. with ANTs or FSL flirt) and skull-strip (e.g. HD-BET, SynthStrip) before assessing"
@@ -117,3 +123,51 @@ def scan_qa_section(table: pd.DataFrame, policy: ScanQaPolicy, template: QaTempl
             "(or assess anyway with scan_qa 'warn', --scan-qa warn on the command line)"
         )
     return section
+
+
+EARLY_SAMPLE = 24
+"""Scans checked before any feature is computed (a seeded random sample)."""
+
+
+def early_scan_qa(records: Sequence[ScanRecord], spec: ConformSpec, policy: ScanQaPolicy, *,
+                  cache: VolumeCache | None = None, sample: int = EARLY_SAMPLE, seed: int = 0,
+                  confidence: float = 0.95) -> dict[str, Any] | None:
+    """Check a random sample of the scans before any feature is computed; fail early only when sure.
+
+    Every scan is checked later where it is conformed for the features (:func:`scan_qa_section`).
+    This pre-check conforms ``sample`` scans drawn at random (seeded; they go into ``cache``, so
+    the features reuse them) and, in ``fail`` mode, raises when the one-sided Clopper-Pearson
+    lower bound of the flagged fraction (at ``confidence``) is above ``max_flagged_fraction``:
+    then more than that fraction of all scans is flagged with that confidence (e.g. 24 of 24
+    flagged: lower bound 0.88), and hours of feature extraction are not spent first.
+
+    Returns:
+        ``{"n_sampled", "n_flagged", "flagged_fraction_low"}``, or None when the grid is not
+        judged or the mode is not ``fail``.
+
+    Raises:
+        InputError: the sample shows, at ``confidence``, that most scans are flagged.
+    """
+    from scipy.stats import beta
+
+    template = template_for(spec)
+    if policy.mode != "fail" or template.judgeable() is not None or not records:
+        return None
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(records), size=min(sample, len(records)), replace=False).tolist())
+    rows = []
+    for i in chosen:
+        record = records[i]
+        volume = cache.get(record.path, spec) if cache is not None else load_conformed(record.path, spec)
+        corr, outside = scan_qa_values(volume, template)
+        rows.append({"scan_id": record.scan_id, "member": int(record.member), QA_COLUMNS[0]: corr, QA_COLUMNS[1]: outside})
+    k, n = sum(bool(policy.reasons(r[QA_COLUMNS[0]], r[QA_COLUMNS[1]])) for r in rows), len(rows)
+    low = float(beta.ppf(1 - confidence, k, n - k + 1)) if k else 0.0
+    if low > policy.max_flagged_fraction:
+        try:
+            scan_qa_section(pd.DataFrame(rows), policy, template)
+        except InputError as exc:
+            raise InputError(f"{exc} [checked before computing any feature: {k} of a random {n} scans flagged, so "
+                             f"more than {100 * policy.max_flagged_fraction:g}% of all {len(records)} are, "
+                             f"at {100 * confidence:g}% confidence]") from None
+    return {"n_sampled": n, "n_flagged": k, "flagged_fraction_low": low}
