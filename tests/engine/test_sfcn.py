@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.stats import norm
 from torch import nn
 
+from tests.engine.test_heads import _loop_loss_grads
 from worker.engine.errors import InputError
 from worker.engine.features.batch import BatchComputer
 from worker.engine.features.methods import (
@@ -104,25 +104,6 @@ def test_mean_normalisations() -> None:
     assert not get_normalization("mean")(np.zeros((4, 4, 4), np.float32), None).any()
 
 
-def _kl_loop(module: nn.Module, x: torch.Tensor, ages: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-    """Reference: SFCN's training loss on one scan at a time (num2vect soft labels from scipy,
-    renormalised; nn.KLDivLoss), by plain autograd."""
-    centers = 42.5 + np.arange(40)
-    params = dict(module.named_parameters())
-    out = []
-    for i in range(x.shape[0]):
-        v = norm.cdf(centers + 0.5, loc=float(ages[i])) - norm.cdf(centers - 0.5, loc=float(ages[i]))
-        q = torch.tensor(v / v.sum(), dtype=torch.float32)[None]
-        for p in params.values():
-            p.requires_grad_(True)
-            p.grad = None
-        nn.KLDivLoss(reduction="sum")(module(x[i : i + 1]), q).backward()
-        out.append({n: p.grad.detach().clone() for n, p in params.items()})
-    for p in params.values():
-        p.requires_grad_(False)
-    return out
-
-
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(7)
     return torch.randn(4, 1, *GRID, generator=g), torch.tensor([46.0, 58.3, 67.9, 79.5])
@@ -137,7 +118,7 @@ def test_per_sample_kl_gradients_equal_a_batch_of_one_loop_for_every_offered_met
     offered = available_methods(fmodel)
     assert offered == ["vmap", "loop"]  # batch norm has parameters: hooks is not offered
     x, ages = _batch()
-    reference = _kl_loop(eager, x, ages)
+    reference = _loop_loss_grads(eager, x, ages)
     with torch.no_grad():
         expected = eager(x).exp() @ (torch.arange(40) + 42.5)
     for method in offered:
@@ -165,7 +146,7 @@ def test_sfcn_features_are_those_of_its_loss() -> None:
     assert aliases == {"output": "classifier.conv_6", "first_conv": "feature_extractor.conv_0.0",
                        "last_conv": "feature_extractor.conv_5.0"}
     values = BatchComputer(module, "cpu", method="loop", head=head).compute(x, ages, True, list(aliases.values()))
-    reference = _kl_loop(module, x, ages)
+    reference = _loop_loss_grads(module, x, ages)
     for i, ref in enumerate(reference):
         for path in aliases.values():
             grads = [ref[f"{path}.weight"], ref[f"{path}.bias"]]
@@ -203,7 +184,7 @@ def test_reference_models_of_an_sfcn_train_with_its_soft_label_kl() -> None:
         float((expected - ages)[torch.tensor(mask)].abs().mean()), rel=1e-5)
     out = reference_outputs([model], x, ages.numpy(), layers=["classifier.conv_6"], device="cpu", head=head)
     assert np.allclose(out.predictions[0], expected.numpy(), rtol=1e-5)
-    reference = _kl_loop(model, x, ages)
+    reference = _loop_loss_grads(model, x, ages)
     norms = [float(torch.cat([r["classifier.conv_6.weight"].flatten(), r["classifier.conv_6.bias"]]).norm())
              for r in reference]
     assert np.allclose(out.grad_norms[0, :, 0], norms, rtol=1e-4)
