@@ -26,8 +26,7 @@ from backend.services.resources import Resources
 from .celery_app import REFERENCE_TASK_NAME
 from .fanout import Units, run_subtask
 from .reference_fanout import ReferenceUnits, SendReference, reference_plan
-from .runner import worker_name
-from .tasks import requeued_on_database_outage, resources_for
+from .tasks import run_subtask_message
 
 logger = logging.getLogger(__name__)
 
@@ -68,18 +67,4 @@ def run_reference_task(
 @shared_task(name=REFERENCE_TASK_NAME, bind=True)
 def train_reference_model(self: Any, assessment_id: str, attempt: int, model_index: int) -> str:
     """Train attempt ``attempt`` of reference model ``model_index`` of ``assessment_id``."""
-    app = self.app
-
-    def requeue(job_id: str, index: int, next_attempt: int) -> None:
-        app.send_task(REFERENCE_TASK_NAME, args=[job_id, next_attempt, index])
-
-    with requeued_on_database_outage():
-        return run_reference_task(
-            resources_for(app),
-            assessment_id,
-            int(attempt),
-            int(model_index),
-            worker=worker_name(self.request.hostname),
-            shutdown=app.brainmia_shutdown,
-            requeue=None if app.brainmia_settings.embedded else requeue,
-        )
+    return run_subtask_message(self, REFERENCE_TASK_NAME, run_reference_task, assessment_id, attempt, model_index)

@@ -18,9 +18,8 @@ from backend.services.resources import Resources
 
 from .celery_app import SHARD_TASK_NAME
 from .fanout import SendUnit, Units, run_subtask
-from .runner import worker_name
 from .shards import ShardUnits, shard_plan
-from .tasks import requeued_on_database_outage, resources_for
+from .tasks import run_subtask_message
 
 
 def _units(resources: Resources, assessment_id: str) -> Units | None:
@@ -44,12 +43,4 @@ def run_shard_task(resources: Resources, assessment_id: str, attempt: int, shard
 @shared_task(name=SHARD_TASK_NAME, bind=True)
 def extract_feature_shard(self: Any, assessment_id: str, attempt: int, shard_index: int) -> str:
     """Extract attempt ``attempt`` of shard ``shard_index`` of ``assessment_id``."""
-    app = self.app
-
-    def requeue(job_id: str, index: int, next_attempt: int) -> None:
-        app.send_task(SHARD_TASK_NAME, args=[job_id, next_attempt, index])
-
-    with requeued_on_database_outage():
-        return run_shard_task(resources_for(app), assessment_id, int(attempt), int(shard_index),
-                              worker=worker_name(self.request.hostname), shutdown=app.brainmia_shutdown,
-                              requeue=None if app.brainmia_settings.embedded else requeue)
+    return run_subtask_message(self, SHARD_TASK_NAME, run_shard_task, assessment_id, attempt, shard_index)

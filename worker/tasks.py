@@ -88,3 +88,25 @@ def requeued_on_database_outage() -> Iterator[None]:
     except DatabaseUnavailable as exc:
         logger.warning("%s: the message goes back to the queue", exc)
         raise Reject(str(exc), requeue=True) from exc
+
+
+def run_subtask_message(task: Any, task_name: str, run: Any, assessment_id: str, attempt: int, index: int) -> str:
+    """The body of a fan-out sub-task's Celery task (a reference model, a feature shard).
+
+    Args:
+        task: the bound Celery task.
+        task_name: its name, used to send a handed-back unit's message again.
+        run: ``run(resources, assessment_id, attempt, index, *, worker, shutdown, requeue)``.
+        assessment_id: the job.
+        attempt: the unit's attempt.
+        index: the unit (reference model or shard) index.
+    """
+    app = task.app
+
+    def requeue(job_id: str, unit: int, next_attempt: int) -> None:
+        app.send_task(task_name, args=[job_id, next_attempt, unit])
+
+    with requeued_on_database_outage():
+        return run(resources_for(app), assessment_id, int(attempt), int(index),
+                   worker=worker_name(task.request.hostname), shutdown=app.brainmia_shutdown,
+                   requeue=None if app.brainmia_settings.embedded else requeue)
