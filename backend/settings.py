@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,9 @@ class Settings(BaseSettings):
         loader_workers: data-loader processes decoding and conforming scans in parallel
             during feature extraction (0: in the job's process; unset: the cores minus one,
             at most 16).
+        gradient_method: how per-sample gradients are computed: ``auto`` (the fastest exact
+            method, timed per model, grid and device; a sharded job times once and every shard
+            uses that method), ``vmap``, ``loop`` or ``hooks``.
         max_model_bytes: largest accepted model upload.
         model_check_timeout_s: an uploaded model is run once in a child process limited to this
             many seconds (wall clock and CPU time) per model file...
@@ -95,6 +99,7 @@ class Settings(BaseSettings):
     device: str | None = None
     batch_size: int = 8
     loader_workers: int | None = Field(None, ge=0)
+    gradient_method: Literal["auto", "vmap", "loop", "hooks"] = "auto"
     max_model_bytes: int = 2 * GiB
     model_check_timeout_s: float = 120.0
     model_check_memory_mb: int = 6144

@@ -148,7 +148,8 @@ def job_extraction(resources: Resources, options: Any) -> Any:
     settings = resources.settings
     return ExtractionOptions(white_box=True, batch_size=options.batch_size or settings.batch_size,
                              device=pick_device(options.device or settings.device),
-                             num_workers=settings.loader_workers)
+                             num_workers=settings.loader_workers,
+                             gradient_method=options.gradient_method or settings.gradient_method)
 
 
 def _load_inputs(resources: Resources, assessment_id: str, job: JobContext) -> _Inputs:

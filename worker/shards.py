@@ -10,6 +10,12 @@ folder exists). The job's worker then merges the shards in manifest order into o
 :class:`~worker.engine.features.FeatureTable`, whose per-scan vectors (gradients, activations)
 are ``.npy`` files read memory-mapped, never all in memory at once, and runs the attacks on it.
 
+With the gradient method ``auto``, the job's worker times the exact methods once, on the first
+batches of the first shard, before any shard is sent, and writes the winner to
+``shards/<assessment>/method.json``: every shard, on whichever worker, then computes every batch
+with that one method, so the merged table equals an unsharded run with that method, value for
+value (the methods agree only to float32 rounding, and each process would otherwise time its own).
+
 A shard's files: ``meta.json`` (column order, text columns and their dtypes, layer aliases,
 attributes, array names), ``columns.npz`` (numeric columns, exact dtypes) and ``a<i>.npy`` per array; nothing is
 pickled.
@@ -37,7 +43,7 @@ from backend.services.reference_task_states import SHARD
 from backend.services.resources import Resources
 
 from .fanout import SendUnit, Units, obtain
-from .job_context import PROGRESS_MIN_INTERVAL_S, JobContext
+from .job_context import PROGRESS_MIN_INTERVAL_S, JobContext, Stopped
 from .runner import job_extraction, job_manifest, job_rows, public_text, stored_path
 
 logger = logging.getLogger(__name__)
@@ -45,6 +51,8 @@ logger = logging.getLogger(__name__)
 FEATURES_SHARE = 0.6
 """Share of the job's progress bar for the shards (the engine's own share for features)."""
 _COPY_ROWS = 256  # rows of a per-scan array copied at once while merging
+METHOD_FILE = "method.json"
+"""The job's gradient method, decided once before the shards are sent (in the shards' folder)."""
 
 
 @dataclass
@@ -116,8 +124,29 @@ def shard_plan(resources: Resources, assessment_id: str) -> ShardPlan | None:
     known = set(ModelMetadata.model_fields)
     overrides = {k: v for k, v in (model_row.model_metadata or {}).items() if k in known} or None
     path = stored_path(resources.storage, model_row.path)  # the model the job's own host loads (the final round)
-    return ShardPlan(assessment_id, manifest, size, path, overrides, job_extraction(resources, options),
-                     shards_root(resources, assessment_id))
+    root = shards_root(resources, assessment_id)
+    extraction = job_extraction(resources, options)
+    decided = _read_method(root)
+    if extraction.gradient_method == "auto" and decided is not None:
+        extraction = replace(extraction, gradient_method=decided)
+    return ShardPlan(assessment_id, manifest, size, path, overrides, extraction, root)
+
+
+def _read_method(root: Path) -> str | None:
+    from worker.engine.features.methods import JACOBIAN_METHODS
+
+    try:
+        method = json.loads((root / METHOD_FILE).read_text())["method"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return method if method in JACOBIAN_METHODS else None
+
+
+def _write_method(root: Path, method: str, tmp: Path) -> None:
+    (tmp / METHOD_FILE).write_text(json.dumps({"method": method}))
+    root.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp / METHOD_FILE, root / METHOD_FILE)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 class ShardUnits(Units):
@@ -144,6 +173,29 @@ class ShardUnits(Units):
             self._host = model_host(resources.settings, self.plan.extraction.device, lambda: self._halt())
             self._model = self._host.load(self.plan.model_path, self.plan.overrides, check=False)
         return self._model
+
+    def decide_method(self, resources: Resources, stop: Callable[[], bool]) -> str:
+        """With ``auto``: time the gradient methods on the first batches of the first shard (in
+        this worker's model host), store the winner for every shard and use it; else the plan's.
+
+        Raises:
+            ExtractionCancelled, HostStopped: ``stop`` said so.
+        """
+        from worker.engine.features import extract_features
+        from worker.engine.features.methods import AUTO, REFERENCE
+
+        plan = self.plan
+        if plan.extraction.gradient_method != AUTO:
+            return str(plan.extraction.gradient_method)
+        self._halt = stop
+        sample = plan.records(0)[:2 * plan.extraction.batch_size]  # timing decides within two batches
+        table = extract_features(self._loaded(resources), replace(plan.manifest, records=sample),
+                                 replace(plan.extraction, scan_qa=False), cache=resources.volume_cache(),
+                                 should_stop=stop)
+        method = table.gradient_method or REFERENCE  # undecided (one batch, no clear winner): the loop
+        _write_method(plan.root, method, resources.storage.temp_dir())
+        plan.extraction = replace(plan.extraction, gradient_method=method)
+        return method
 
     def stored(self) -> list[bool]:
         """Which shards are complete in storage."""
@@ -208,12 +260,23 @@ def obtain_shards(resources: Resources, job: JobContext, *, worker: str, send: S
     plan = shard_plan(resources, job.id)
     if plan is None:
         return None
+    from worker.engine.features import ExtractionCancelled
+    from worker.engine.sandbox import HostStopped
+
     units = ShardUnits(plan)
     missing = units.n - sum(units.stored())
     job.append_log(f"features: {len(plan.manifest.records)} scans in {units.n} shards of {plan.size}"
                    + (f", {missing} to extract" if missing < units.n else "")
                    + (" as tasks over the workers" if send else " in this worker"))
     try:
+        if missing:
+            timed = plan.extraction.gradient_method == "auto"
+            try:
+                method = units.decide_method(resources, job.should_stop)
+            except (ExtractionCancelled, HostStopped):
+                raise Stopped() from None
+            job.append_log(f"features: per-sample gradients by {method} in every shard"
+                           + (" (timed on the first shard's first batches)" if timed else ""))
         obtain(resources, job, units, worker=worker, send=send)
     finally:
         units.close()
@@ -229,7 +292,8 @@ def write_shard(table: Any, folder: Path, tmp: Path) -> Path:
     names = list(table.arrays)
     dtypes = {c: str(frame[c].dtype) for c in text}  # pandas' text dtypes by name ("object", "str", ...)
     meta = {"columns": list(frame.columns), "text": text, "dtypes": dtypes, "layer_aliases": table.layer_aliases,
-            "attributes": list(table.attributes), "arrays": names, "rows": len(frame)}
+            "attributes": list(table.attributes), "arrays": names, "rows": len(frame),
+            "gradient_method": table.gradient_method}
     np.savez(tmp / "columns.npz", allow_pickle=False, **numeric)
     for i, name in enumerate(names):
         np.save(tmp / f"a{i}.npy", np.ascontiguousarray(table.arrays[name]), allow_pickle=False)
@@ -280,5 +344,7 @@ def merge_shards(folders: list[Path], dest: Path) -> Any:
         out.flush()
         del out, parts
         arrays[name] = np.load(path, mmap_mode="r")
+    methods = {m.get("gradient_method") for m in metas}
     return FeatureTable(table=table, arrays=arrays, layer_aliases=dict(first["layer_aliases"]),
-                        attributes=list(first["attributes"]))
+                        attributes=list(first["attributes"]),
+                        gradient_method=methods.pop() if len(methods) == 1 else None)

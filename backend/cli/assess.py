@@ -23,6 +23,7 @@ from .common import (
     CacheOpt,
     DeviceOpt,
     LayersOpt,
+    GradientMethodOpt,
     LoaderWorkersOpt,
     ManifestOpt,
     MembersOpt,
@@ -111,12 +112,13 @@ def assess(
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
     loader_workers: LoaderWorkersOpt = None,
+    gradient_method: GradientMethodOpt = None,
 ) -> None:
     """Run the full assessment: exit 0 when the verdict passes the policy, 1 when it fails, 2 on bad input or error."""
     from worker.engine.errors import InputError
 
     model_flags = ModelFlags(input_shape, voxel_size, normalize, arch, arch_options)
-    run = RunFlags(device, batch_size, layer, cache_dir, no_cache, quiet, loader_workers)
+    run = RunFlags(device, batch_size, layer, cache_dir, no_cache, quiet, loader_workers, gradient_method)
     scans = ScanFlags(manifest, bids, members, non_members, bids_filter)
     with errors_exit_2():
         scans.check()
@@ -234,11 +236,12 @@ def features(
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
     loader_workers: LoaderWorkersOpt = None,
+    gradient_method: GradientMethodOpt = None,
 ) -> None:
     """Compute the per-scan feature table only."""
     from worker.engine.features import extract_features
 
-    run = RunFlags(device, batch_size, layer, cache_dir, no_cache, quiet, loader_workers)
+    run = RunFlags(device, batch_size, layer, cache_dir, no_cache, quiet, loader_workers, gradient_method)
     flags = ScanFlags(manifest, bids, members, non_members, bids_filter)
     with errors_exit_2():
         flags.check()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
+import click
 import typer
 
 from ..progress import stderr
@@ -41,6 +42,8 @@ LoaderWorkersOpt = Annotated[Optional[int], typer.Option("--loader-workers", min
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Conformed-volume cache (default: $BRAINMIA_CACHE_DIR or ~/.brainmia/cache/volumes).")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not cache conformed volumes.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+GRADIENT_METHODS = ("auto", "vmap", "loop", "hooks")  # worker.engine.features.methods, without importing torch
+GradientMethodOpt = Annotated[Optional[str], typer.Option("--gradient-method", click_type=click.Choice(GRADIENT_METHODS), help="Per-sample gradients by auto (the fastest exact method, timed on the first batches), vmap, loop or hooks (default: $BRAINMIA_GRADIENT_METHOD or auto).")]
 
 #: the flag of each request option (``AssessmentOptionsIn`` field), for error messages
 OPTION_FLAGS = {
@@ -199,7 +202,7 @@ class ModelFlags:
 @dataclass(frozen=True)
 class RunFlags:
     """``--device``, ``--batch-size``, ``--layer``, ``--cache-dir``, ``--no-cache``, ``--quiet``,
-    ``--loader-workers``: where and how features are computed."""
+    ``--loader-workers``, ``--gradient-method``: where and how features are computed."""
 
     device: str | None = None
     batch_size: int = 8
@@ -208,6 +211,7 @@ class RunFlags:
     no_cache: bool = False
     quiet: bool = False
     loader_workers: int | None = None
+    gradient_method: str | None = None
 
     def extraction(self, device: str, white_box: bool = True) -> Any:
         """The engine's ``ExtractionOptions`` on ``device`` (resolved by :func:`pick_device`)."""
@@ -222,6 +226,7 @@ class RunFlags:
             batch_size=self.batch_size,
             device=device,
             num_workers=workers,
+            gradient_method=self.gradient_method or get_settings().gradient_method,
         )
 
     def cache(self) -> Any:

@@ -151,3 +151,22 @@ def test_hooks_method_is_exact_where_eligible_and_dropped_where_samples_interact
         jac, pred = chooser.jacobian(x)
         assert methods._agree((jac, pred), loop_jacobian(mixing, x))
     assert chooser.method in ("vmap", "loop")
+
+
+def test_a_method_asked_for_per_batch_is_used_for_that_batch_and_reported() -> None:
+    module = _model()
+    x, ages = _batch()
+    layers = ["conv6", "output"]
+    computer = BatchComputer(module, "cpu")
+    assert computer.gradient_method is None  # auto, nothing timed yet
+    fixed = {name: BatchComputer(module, "cpu", method=name).compute(x, ages, True, layers) for name in ("vmap", "loop")}
+    for name in ("vmap", "loop", "vmap"):
+        values = computer.compute(x, ages, True, layers, name)
+        assert computer.gradient_method == name
+        for key, value in values.items():  # bit for bit the computer built with that method
+            np.testing.assert_array_equal(value, fixed[name][key], err_msg=f"{name} {key}")
+    computer.compute(x, ages, True, layers, "auto")
+    computer.compute(x, ages, True, layers)  # None keeps the computer's own (auto, now decided)
+    assert computer.gradient_method in JACOBIAN_METHODS
+    with pytest.raises(InputError, match="unknown gradient method 'fast'"):
+        computer.compute(x, ages, True, layers, "fast")

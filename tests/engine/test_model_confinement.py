@@ -158,15 +158,20 @@ def test_features_computed_in_the_host_equal_those_computed_in_process(tmp_path:
     torch.set_num_threads(1)  # as in the host: the same reduction order
     try:
         expected = local.compute(x, ages, True, layers)
+        by_vmap = local.compute(x, ages, True, layers, "vmap")
     finally:
         torch.set_num_threads(threads)
     with ModelHost() as host:
         hosted = host.load(path)
         assert hosted.aliases == local.aliases and hosted.paths == local.paths
         got = hosted.compute(x, ages, True, layers)
+        assert hosted.gradient_method in (None, "vmap", "loop", "hooks")  # auto: decided, or still timing
+        hosted_vmap = hosted.compute(x, ages, True, layers, "vmap")  # the method asked for, in the host
+        assert hosted.gradient_method == "vmap"
     assert set(got) == set(expected)
     for key, value in expected.items():
         np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+        np.testing.assert_array_equal(hosted_vmap[key], by_vmap[key], err_msg=key)
 
 
 def test_an_exported_program_loads_and_runs_in_the_host(tmp_path: Path) -> None:

@@ -1,8 +1,7 @@
 """Feature shards over two real ``brainmia worker`` processes on one Redis and PostgreSQL: a 16-scan
-assessment with ``shard_scans=4`` is 4 shard tasks; both workers extract shards, and the merged
-feature table is that of the unsharded run (``brainmia assess`` on the same model and scans: the same
-rows and columns, the model's outputs within the gradient methods' exactness,
-:mod:`tests.worker.feature_checks`).
+assessment with ``shard_scans=4`` is 4 shard tasks; both workers extract shards, with the gradient
+method the job timed once, and the merged feature table equals, value for value, that of the
+unsharded run with that method (``brainmia assess --gradient-method`` on the same model and scans).
 A second assessment, with the worker that is not running the job killed (SIGKILL) in the middle of
 its shard: only that shard is extracted again (2 attempts, by the survivor), and the job finishes
 with the same features.
@@ -25,7 +24,7 @@ from backend.client import BrainMIAClient
 from backend.db.models import Assessment, ReferenceTask
 from backend.db.session import make_engine, make_sessionmaker
 from tests.integration.conftest import Stack, cli_argv
-from tests.worker.feature_checks import assert_same_features
+from tests.worker.feature_checks import assert_identical_features
 
 SHARD_SCANS = 4
 OPTIONS = {"repeats": 1, "classifiers": ["threshold"], "quantile": False, "batch_size": SHARD_SCANS, "device": "cpu"}
@@ -38,6 +37,10 @@ def _wait_final(client: BrainMIAClient, job_id: str, stack: Stack, timeout: floa
         assert time.monotonic() < deadline, f"still {job['state']}: {job}\n{stack.diagnostics()}"
         time.sleep(0.2)
     return job
+
+
+def _settings(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "report.json").read_text())["provenance"]["settings"]
 
 
 def _features(folder: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
@@ -67,15 +70,6 @@ def test_shards_spread_over_two_workers_match_the_unsharded_features_and_a_kille
     def service(worker: str | None):  # type: ignore[no-untyped-def]
         return next((s for prefix, s in workers.items() if worker and worker.startswith(prefix)), None)
 
-    # the unsharded features: the same engine, model and scans, without the service
-    unsharded = stack.root / "unsharded"
-    done = subprocess.run(cli_argv("assess", "--model", str(tiny_model), "--manifest", str(small_cohort), "--out",
-                                   str(unsharded), "--batch-size", str(SHARD_SCANS), "--repeats", "1",
-                                   "--classifier", "threshold", "--device", "cpu"),
-                          env=stack.env, cwd=stack.root, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode in (0, 1), done.stderr[-3000:]
-    expected = _features(unsharded)
-
     with BrainMIAClient(stack.url, stack.token) as client:
         model = client.upload_model(tiny_model, json.loads(Path(f"{tiny_model}.json").read_text()))
         scans = client.upload_scan_set(small_archive)
@@ -87,9 +81,21 @@ def test_shards_spread_over_two_workers_match_the_unsharded_features_and_a_kille
         shards = rows(first)
         assert [(r.model_index, r.state, r.attempts) for r in shards] == [(k, "succeeded", 1) for k in range(4)]
         assert {service(r.worker) for r in shards} == set(workers.values()), [r.worker for r in shards]
-        assert_same_features(_features(result_dir(first)), expected)
+        method = _settings(result_dir(first))["gradient_method_used"]  # timed once by the job, used by every shard
+        assert method in ("vmap", "loop", "hooks") and f"per-sample gradients by {method} in every shard" in job["log"]
 
-        second = client.start_assessment(model["id"], scans["id"], OPTIONS)["id"]
+        # the unsharded features: the same engine, model, scans and gradient method, without the service
+        unsharded = stack.root / "unsharded"
+        done = subprocess.run(cli_argv("assess", "--model", str(tiny_model), "--manifest", str(small_cohort), "--out",
+                                       str(unsharded), "--batch-size", str(SHARD_SCANS), "--repeats", "1",
+                                       "--classifier", "threshold", "--device", "cpu", "--gradient-method", method),
+                              env=stack.env, cwd=stack.root, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode in (0, 1), done.stderr[-3000:]
+        expected = _features(unsharded)
+        assert _settings(unsharded)["gradient_method_used"] == method
+        assert_identical_features(_features(result_dir(first)), expected)
+
+        second = client.start_assessment(model["id"], scans["id"], OPTIONS | {"gradient_method": method})["id"]
         deadline, seen = time.monotonic() + 240, []
         while True:  # the worker not running the job, caught with a shard claimed
             parent = service(client.assessment(second)["worker"])
@@ -115,4 +121,5 @@ def test_shards_spread_over_two_workers_match_the_unsharded_features_and_a_kille
     assert all(r.attempts == 1 for k, r in final.items() if k != lost)  # the others once: not re-run
     assert f"shard {lost}: worker {victim_row.worker} stopped reporting" in job["log"]
     assert job["attempts"] == 1
-    assert_same_features(_features(result_dir(second)), expected)
+    assert "per-sample gradients by " + method + " in every shard" in job["log"]
+    assert_identical_features(_features(result_dir(second)), expected)

@@ -1,4 +1,6 @@
-"""Two per-scan feature tables of the same model on the same scans, compared.
+"""Two per-scan feature tables of the same model on the same scans, compared: identical
+(:func:`assert_identical_features`: both runs used one gradient method), or within the methods'
+exactness (:func:`assert_same_features`).
 
 Everything but the model's float outputs must be identical (rows in manifest order, ids, labels,
 ages, attributes, array names and shapes). The float outputs are compared within the engine's
@@ -34,3 +36,15 @@ def assert_same_features(got: tuple[pd.DataFrame, dict[str, np.ndarray]],
         assert arrays[name].shape == array.shape and arrays[name].dtype == array.dtype, name
         scale = float(np.abs(array).max()) or 1.0
         np.testing.assert_allclose(arrays[name], array, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
+
+
+def assert_identical_features(got: tuple[pd.DataFrame, dict[str, np.ndarray]],
+                              want: tuple[pd.DataFrame, dict[str, np.ndarray]]) -> None:
+    """``(table, arrays)`` pairs equal value for value (the same model, scans, batches and method)."""
+    table, arrays = got
+    expected, expected_arrays = want
+    pd.testing.assert_frame_equal(table, expected, check_exact=True)
+    assert sorted(arrays) == sorted(expected_arrays) and expected_arrays
+    for name, array in expected_arrays.items():
+        assert arrays[name].dtype == array.dtype, name
+        np.testing.assert_array_equal(arrays[name], array, err_msg=name)

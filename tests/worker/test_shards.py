@@ -1,9 +1,11 @@
 """Feature shards: exact round trip through storage, and the embedded mode running the same shards
-(the job's one worker, in turn) with the features of an unsharded run (the same rows and columns;
-the model's outputs within the gradient methods' exactness: :mod:`tests.worker.feature_checks`)."""
+(the job's one worker, in turn) with the features of an unsharded run, value for value: the job
+times the gradient methods once and every shard uses the winner (:mod:`worker.shards`), which the
+unsharded run is then asked for."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 
 from tests.backend.job_fixtures import get_row, submit, wait_for
 from tests.worker.conftest import SHARD_SCANS
-from tests.worker.feature_checks import assert_same_features
+from tests.worker.feature_checks import assert_identical_features
 from worker.engine.features import FeatureTable
 from worker.shards import merge_shards, write_shard
 
@@ -51,6 +53,11 @@ def _features(app, job_id: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:  
         return pd.read_csv(folder / "features.csv"), {k: arrays[k] for k in arrays.files}
 
 
+def _settings(app, job_id: str) -> dict:  # type: ignore[no-untyped-def]
+    folder = Path(get_row(app, job_id).result_dir)
+    return json.loads((folder / "report.json").read_text())["provenance"]["settings"]
+
+
 @pytest.mark.slow  # two embedded jobs, ~100 s on the shared 2-core machine
 def test_the_embedded_worker_extracts_the_shards_in_turn_and_the_features_equal_an_unsharded_run(  # type: ignore[no-untyped-def]
         app, client, job_inputs) -> None:
@@ -64,38 +71,60 @@ def test_the_embedded_worker_extracts_the_shards_in_turn_and_the_features_equal_
     assert [(r.model_index, r.state, r.attempts, r.worker, r.epoch) for r in rows] == [
         (k, "succeeded", 1, worker, SHARD_SCANS) for k in range(4)]  # the job's own worker, each once
     assert "features: 16 scans in 4 shards of 4 in this worker" in sharded["log"]
+    settings = _settings(app, sharded["id"])
+    method = settings["gradient_method_used"]  # timed once by the job, then used by every shard
+    assert settings["gradient_method"] == "auto" and method in ("vmap", "loop", "hooks"), settings
+    assert (f"features: per-sample gradients by {method} in every shard (timed on the first shard's first "
+            "batches)") in sharded["log"]
     assert not (app.state.storage.root / "shards" / sharded["id"]).exists()  # removed once published
 
     app.state.jobs.celery.brainmia_resources.settings.shard_scans = 100
-    whole = wait_for(client, submit(client, job_inputs, **options)["id"], ("succeeded", "failed"), timeout=180)
+    whole = wait_for(client, submit(client, job_inputs, **options, gradient_method=method)["id"],
+                     ("succeeded", "failed"), timeout=180)
     assert whole["state"] == "succeeded", whole
     assert reference_tasks(app.state.sessionmaker, whole["id"], "shard") == []
-    assert_same_features(_features(app, sharded["id"]), _features(app, whole["id"]))
+    assert _settings(app, whole["id"])["gradient_method_used"] == method
+    assert_identical_features(_features(app, sharded["id"]), _features(app, whole["id"]))
 
 
-def test_a_sharded_job_reports_progress_per_shard_and_a_cancel_stops_its_shards(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
+def test_a_sharded_job_reports_progress_per_shard_and_a_cancel_stops_its_shards(  # type: ignore[no-untyped-def]
+        app, client, job_inputs, monkeypatch) -> None:
+    import threading
     import time
 
     from backend.services.job_states import reference_tasks
+    from worker.shards import ShardUnits
 
+    started, cancelled = threading.Event(), threading.Event()
+    run = ShardUnits.run
+
+    def held_second_shard(self, resources, attempt, **kwargs):  # type: ignore[no-untyped-def]
+        if attempt.model_index == 1:  # running (claimed) until the job has seen the test's cancel
+            started.set()
+            assert cancelled.wait(60)
+            deadline = time.monotonic() + 10
+            while not kwargs["stop"]():  # the job reads the cancel flag once a second
+                assert time.monotonic() < deadline, "the cancel was not seen"
+                time.sleep(0.05)
+        return run(self, resources, attempt, **kwargs)
+
+    monkeypatch.setattr(ShardUnits, "run", held_second_shard)
     job_id = submit(client, job_inputs, batch_size=1)["id"]
     deadline, seen = time.monotonic() + 120, []
-    while True:  # one shard done, the next one running
-        rows = reference_tasks(app.state.sessionmaker, job_id, "shard")
+    while not started.is_set():
         seen.append(client.get(f"/api/v1/assessments/{job_id}").json())
-        if any(r.state == "succeeded" for r in rows) and any(r.state == "running" for r in rows):
-            break
         assert seen[-1]["state"] not in ("succeeded", "failed"), seen[-1]
-        assert time.monotonic() < deadline, [(r.model_index, r.state) for r in rows]
+        assert time.monotonic() < deadline, seen[-1]
         time.sleep(0.02)
-    client.post(f"/api/v1/assessments/{job_id}/cancel")
+    rows = reference_tasks(app.state.sessionmaker, job_id, "shard")
+    assert [r.state for r in rows] == ["succeeded", "running", "queued", "queued"], [(r.model_index, r.state) for r in rows]
+    seen.append(client.get(f"/api/v1/assessments/{job_id}").json())
+    assert client.post(f"/api/v1/assessments/{job_id}/cancel").status_code == 202
+    cancelled.set()
     body = wait_for(client, job_id, ("cancelled", "failed", "succeeded"), timeout=60, seen=seen)
     assert body["state"] == "cancelled", body
+    # the running shard stops before its first batch; the shards not yet started stay queued (never run)
     states = [r.state for r in reference_tasks(app.state.sessionmaker, job_id, "shard")]
-    # the shard running at the cancel stops (cancelled), or ends if it was in its last batch; the
-    # shards not yet started stay queued (never run). Shards of 4 scans can also all finish between
-    # the poll and the cancel: then the job alone is cancelled.
-    assert "running" not in states and set(states) <= {"succeeded", "cancelled", "queued"}, states
-    assert states.count("succeeded") == 4 or {"cancelled", "queued"} & set(states), states
+    assert states == ["succeeded", "cancelled", "queued", "queued"], states
     assert any(b["stage"] == "features" and "shards of 4 scans" in b["message"] for b in seen), seen[-3:]
     assert not (app.state.storage.root / "shards" / job_id).exists()  # nothing left behind

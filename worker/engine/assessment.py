@@ -225,7 +225,8 @@ def run_assessment(
         provenance=provenance(
             model=model_provenance,
             manifest=_manifest_provenance(manifest),
-            settings={**options.settings(), "policy": verdict.get("policy")},
+            settings={**options.settings(), "gradient_method_used": features.gradient_method,
+                      "policy": verdict.get("policy")},
             references=reference_provenance,
             started=started,
             duration_s=time.perf_counter() - t0,

@@ -33,8 +33,17 @@ class Computer(Protocol):
     aliases: dict[str, str]
     paths: list[str]
 
-    def compute(self, x: torch.Tensor, ages: torch.Tensor, white_box: bool, layers: Sequence[str]) -> dict[str, np.ndarray]:
-        """Named per-scan values (1-D columns, 2-D vectors) of one batch, as float32 arrays."""
+    @property
+    def gradient_method(self) -> str | None:
+        """The per-sample gradient method of the latest white-box batches (None before one, or
+        while ``auto`` is still timing the methods)."""
+        ...
+
+    def compute(self, x: torch.Tensor, ages: torch.Tensor, white_box: bool, layers: Sequence[str],
+                method: str | None = None) -> dict[str, np.ndarray]:
+        """Named per-scan values (1-D columns, 2-D vectors) of one batch, as float32 arrays;
+        ``method``: the gradient method (:mod:`.methods`; ``auto``: the fastest, measured; None:
+        the computer's own)."""
         ...
 
 
@@ -46,7 +55,8 @@ class BatchComputer:
         device: where the batches are computed.
         placed: the module is already on ``device`` (an exported program is placed when loaded).
         method: how per-sample gradients are computed: ``auto`` (the fastest exact method,
-            measured once per model structure, grid and device; :mod:`.methods`), ``vmap`` or ``loop``.
+            measured once per model structure, grid and device; :mod:`.methods`), ``vmap``, ``loop``
+            or ``hooks``; a batch may ask for another (:meth:`compute`).
         head: the model's output head (default: one age per scan, squared-error loss).
     """
 
@@ -61,8 +71,16 @@ class BatchComputer:
         self.paths = [m.path for m in self.modules]
         self.chooser = MethodChooser(self.fmodel, device, method)
 
-    def compute(self, x: torch.Tensor, ages: torch.Tensor, white_box: bool, layers: Sequence[str]) -> dict[str, np.ndarray]:
+    @property
+    def gradient_method(self) -> str | None:
+        """See :class:`Computer`."""
+        return self.chooser.method
+
+    def compute(self, x: torch.Tensor, ages: torch.Tensor, white_box: bool, layers: Sequence[str],
+                method: str | None = None) -> dict[str, np.ndarray]:
         """Features of one batch (see :class:`Computer`)."""
+        if method is not None and method != (self.chooser.fixed or AUTO):
+            self.chooser = MethodChooser(self.fmodel, self.device, method)
         x = x.to(self.device, non_blocking=True)
         ages = ages.to(self.device)
         if white_box:

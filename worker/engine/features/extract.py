@@ -17,6 +17,7 @@ from ..errors import BrainMIAError, InputError
 from ..manifest import Manifest, ScanRecord
 from ..models.loading import LoadedModel
 from ..scan_qa import QA_COLUMNS, template_for
+from .methods import AUTO
 from .table import FeatureTable
 
 DEFAULT_LAYERS = ("first_conv", "last_conv", "output")
@@ -41,6 +42,10 @@ class ExtractionOptions:
             :func:`~worker.engine.dataset.loader_workers`).
         scan_qa: compute each scan's QA values (:mod:`worker.engine.scan_qa`) where it is
             conformed; they become the table's ``qa_*`` columns (never attack features).
+        gradient_method: how per-sample gradients are computed (:mod:`.methods`): ``auto``
+            (the fastest exact method, timed on the first batches, which are computed by the
+            batch-of-one loop meanwhile), or ``vmap``, ``loop``, ``hooks`` for every batch (the
+            same method gives the same values whatever the split into shards).
     """
 
     white_box: bool = True
@@ -49,6 +54,7 @@ class ExtractionOptions:
     device: str | None = None
     num_workers: int | None = None
     scan_qa: bool = True
+    gradient_method: str = AUTO
 
 
 @contextmanager
@@ -168,7 +174,8 @@ def extract_features(
                 qa_parts.append(batch[2].numpy())
             if should_stop is not None and should_stop():
                 raise ExtractionCancelled("feature extraction cancelled")
-            for name, value in computer.compute(x, ages_all[index], options.white_box, layers).items():
+            for name, value in computer.compute(x, ages_all[index], options.white_box, layers,
+                                                options.gradient_method).items():
                 columns.setdefault(name, []).append(value)
             done += len(index)
             if progress is not None:
@@ -187,7 +194,8 @@ def extract_features(
     attributes = _attribute_names(manifest)
     table = _with_attributes(table, records, attributes)
     arrays = {k: v for k, v in merged.items() if v.ndim == 2}
-    return FeatureTable(table=table, arrays=arrays, layer_aliases=dict(computer.aliases), attributes=attributes)
+    return FeatureTable(table=table, arrays=arrays, layer_aliases=dict(computer.aliases), attributes=attributes,
+                        gradient_method=computer.gradient_method if options.white_box else None)
 
 
 def features_from_predictions(manifest: Manifest, predictions: dict[str, float]) -> FeatureTable:

@@ -29,12 +29,15 @@ class FeatureTable:
             flattened per-sample loss gradient of that module's weight and bias).
         layer_aliases: ``first_conv`` / ``last_conv`` / ``output`` -> module path.
         attributes: names of the manifest attribute columns kept in ``table``.
+        gradient_method: the per-sample gradient method of the white-box features
+            (:mod:`.methods`), once chosen; None for black-box ones or when not known.
     """
 
     table: pd.DataFrame
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     layer_aliases: dict[str, str] = field(default_factory=dict)
     attributes: list[str] = field(default_factory=list)
+    gradient_method: str | None = None
 
     @property
     def white_box(self) -> bool:

@@ -82,6 +82,8 @@ class HostedModel:
         aliases: ``first_conv`` / ``last_conv`` / ``output`` -> module path.
         paths: its parametrised modules' paths.
         weights_note: what was done to the weights' names to fit the architecture, or None.
+        gradient_method: the per-sample gradient method the host used for the latest white-box
+            batch (None before one, or while it is still timing the methods).
     """
 
     host: ModelHost
@@ -93,6 +95,7 @@ class HostedModel:
     paths: list[str] = field(default_factory=list)
     generation: int = 0
     weights_note: str | None = None
+    gradient_method: str | None = None
 
     def provenance(self) -> dict[str, Any]:
         """The model part of a report's provenance (as :meth:`LoadedModel.provenance`)."""
@@ -106,21 +109,26 @@ class HostedModel:
             raise InputError(f"the model host runs on {self.host.device}, not {device}")
         return self
 
-    def compute(self, x: Any, ages: Any, white_box: bool, layers: list[str]) -> dict[str, np.ndarray]:
-        """The feature values of one batch, computed in the host."""
+    def compute(self, x: Any, ages: Any, white_box: bool, layers: list[str],
+                method: str | None = None) -> dict[str, np.ndarray]:
+        """The feature values of one batch, computed in the host (``method``: the gradient method;
+        the one in use is kept in :attr:`gradient_method`)."""
         if self.generation != self.host.generation:
             raise ModelError(self.path.name, "this model is no longer loaded in its host")
         if white_box and not self.host.limits.white_box:
             raise ModelError(self.path.name, "this model host was started for checks only (no gradients)")
         n = int(x.shape[0])
-        _, values = self.host.call(
-            {"op": "features", "white_box": bool(white_box), "layers": list(layers)},
+        answer, values = self.host.call(
+            {"op": "features", "white_box": bool(white_box), "layers": list(layers),
+             "method": None if method is None else str(method)},
             {"x": np.ascontiguousarray(x.numpy(), dtype=np.float32),
              "ages": np.ascontiguousarray(ages.numpy(), dtype=np.float32)},
             what=f"one batch of {n} scans", name=self.path.name)
         for key, value in values.items():
             if value.ndim not in (1, 2) or value.shape[0] != n:
                 raise ModelError(self.path.name, f"the model host answered {key} with shape {value.shape}")
+        used = answer.get("method")
+        self.gradient_method = str(used) if used in ("vmap", "loop", "hooks") else None
         return values
 
 

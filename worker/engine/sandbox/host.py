@@ -8,7 +8,8 @@ everything it needs, confines itself (:func:`~worker.engine.sandbox.confine.conf
 * ``load`` (the file's bytes, its name and resolved metadata): the model is loaded from memory,
   its operators checked, and, with ``check``, run once on a blank volume; the answer gives its
   format, digest and layer names;
-* ``features`` (a batch of conformed volumes and their ages): the per-scan feature values;
+* ``features`` (a batch of conformed volumes, their ages and the gradient method): the per-scan
+  feature values, and the gradient method in use;
 * ``close``.
 
 An error answer holds a category and a reason written by BrainMIA's own checks, never the
@@ -107,8 +108,10 @@ def serve(inp: Any, out: Any, device: str) -> None:
                     raise RuntimeError("no model loaded")
                 with exact_float32():
                     values = computer.compute(torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["ages"]),
-                                              bool(header["white_box"]), [str(v) for v in header["layers"]])
-                write_message(out, {"ok": True}, {k: np.asarray(v, dtype=np.float32) for k, v in values.items()})
+                                              bool(header["white_box"]), [str(v) for v in header["layers"]],
+                                              header.get("method"))
+                write_message(out, {"ok": True, "method": computer.gradient_method},
+                              {k: np.asarray(v, dtype=np.float32) for k, v in values.items()})
             else:
                 write_message(out, {"ok": False, "kind": "protocol", "reason": f"unknown request {op!r}"})
         except Exception as exc:  # noqa: BLE001 - every failure becomes an answer
