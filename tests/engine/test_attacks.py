@@ -104,6 +104,27 @@ def test_mlp_wide_input_is_reduced_and_deterministic():
     assert not np.array_equal(a.score(Xt), c.score(Xt))
 
 
+def test_mlp_trains_wide_inputs_on_a_gpu_when_present_and_narrow_ones_on_the_cpu():
+    import torch
+
+    X, y = _problem(200, 2000, 1.0, seed=5)
+    X[:, :20] += 0.5 * (2 * y[:, None] - 1)
+    wide = make_attack("mlp", max_epochs=5).fit(X, y, seed=1)
+    narrow = make_attack("mlp", max_epochs=5).fit(X[:, :8], y, seed=1)
+    gpu = torch.cuda.is_available()
+    assert next(wide.net_.parameters()).device.type == ("cuda" if gpu else "cpu")
+    assert next(narrow.net_.parameters()).device.type == "cpu"
+    on_cpu = make_attack("mlp", max_epochs=5, device="cpu").fit(X, y, seed=1)
+    scores = wide.score(X)
+    assert scores.dtype == np.float64 and np.all((scores >= 0) & (scores <= 1))
+    if gpu:  # another device's dropout draws: another network, as good (both learn the shift)
+        assert np.corrcoef(scores, on_cpu.score(X))[0, 1] > 0.5
+        again = make_attack("mlp", max_epochs=5).fit(X, y, seed=1)
+        np.testing.assert_allclose(again.score(X), scores, rtol=1e-5, atol=1e-6)  # seeded on the GPU too
+    else:
+        np.testing.assert_array_equal(scores, on_cpu.score(X))
+
+
 def test_splits_balanced_disjoint_and_sized():
     members = np.r_[np.ones(60, int), np.zeros(45, int)]
     assert split_sizes(members) == (22, 23)  # default: half of the smaller group
