@@ -23,7 +23,7 @@ decode time with 2 workers over that with 1 (target <= 0.6 where 2 cores are fre
 decode time with 2 workers over the features time.
 
 Usage: python benchmarks/assessment.py [--scans 20] [--device cpu|cuda] [--batch-size 8] [--workers 1,2]
-       [--shard-processes 1,2] [--shard-scans 5]
+       [--shard-processes 1,2] [--shard-scans 5] [--decode-only]
 """
 
 from __future__ import annotations
@@ -183,6 +183,8 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="write the scans here (default: a temporary folder)")
     parser.add_argument("--shard-processes", default="", help="worker process counts taking feature shards, e.g. 1,2")
     parser.add_argument("--shard-scans", type=int, default=5, help="scans per feature shard")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="time the decode stages only (no gradient-method choice, features or attacks)")
     args = parser.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
 
@@ -197,14 +199,20 @@ def main() -> None:
         print(f"wrote {args.scans} scans of {SHAPE_1MM} int16 and the model in {time.perf_counter() - start:.1f} s; "
               f"device={args.device} batch_size={args.batch_size} torch_threads={torch.get_num_threads()}")
         spec = model.metadata.conform_spec()
-        start = time.perf_counter()
-        computer = _choose_method(model, args.device, args.batch_size)  # one-off, outside the stages
-        print(f"gradient method {computer.chooser.method}, chosen in {time.perf_counter() - start:.1f} s")
+        if not args.decode_only:
+            start = time.perf_counter()
+            computer = _choose_method(model, args.device, args.batch_size)  # one-off, outside the stages
+            print(f"gradient method {computer.chooser.method}, chosen in {time.perf_counter() - start:.1f} s")
         results: dict[int, dict[str, float]] = {}
         for workers in counts:
             cache = VolumeCache(Path(tmp) / f"cache-{workers}")
             row = {"decode_cold": decode(manifest, spec, cache, workers, args.decode_batch_size),
                    "decode_warm": decode(manifest, spec, cache, workers, args.decode_batch_size)}
+            if args.decode_only:
+                results[workers] = row
+                print(f"workers={workers} decode_cold={row['decode_cold']:.2f}s decode_warm={row['decode_warm']:.2f}s"
+                      f" | decode cold {args.scans / row['decode_cold']:.1f} scans/s")
+                continue
             row.update(assess(model, manifest, cache, workers, args))
             results[workers] = row
             total = row["features"] + row["attacks"] + row["report"]
@@ -220,8 +228,8 @@ def main() -> None:
             first, last = min(walls), max(walls)
             print(f"ratio_two_processes_to_one={walls[last] / walls[first]:.3f}")
     one, two = results[counts[0]], results[counts[-1]]
-    print(f"ratio_two_workers_to_one={two['decode_cold'] / one['decode_cold']:.3f} "
-          f"ratio_decode_to_features={two['decode_cold'] / two['features']:.3f}")
+    print(f"ratio_two_workers_to_one={two['decode_cold'] / one['decode_cold']:.3f}"
+          + ("" if args.decode_only else f" ratio_decode_to_features={two['decode_cold'] / two['features']:.3f}"))
 
 
 if __name__ == "__main__":

@@ -93,7 +93,12 @@ def test_sfcn_with_bins_and_soft_label_kl_is_assessed_in_both_formats(sfcn_case:
         assert report["utility"]["mae_members"] > 0
         norms = [c for c in table.columns if c.startswith("grad_norm:")]
         assert "grad_norm:classifier.conv_6" in norms
-        assert np.isfinite(table[norms].to_numpy()).all() and (table[norms].to_numpy() > 0).all()
+        values = table[norms].to_numpy()
+        assert np.isfinite(values).all() and (values >= 0).all()
+        # the output layer's bias always gets the KL's gradient; a scan whose last block's ReLUs are
+        # all dead in this small trained SFCN gets exact zeros below it (seen: 1 of 40), most do not
+        assert (table["grad_norm:classifier.conv_6"] > 0).all()
+        assert ((values > 0).mean(axis=0) > 0.5).all(), dict(zip(norms, (values > 0).mean(axis=0)))
     # the same model, the same features, whichever way it was saved
     a, b = tables["weights"], tables["scripted"].loc[tables["weights"].index]
     for column in ("prediction", "grad_norm:classifier.conv_6", "grad_norm:feature_extractor.conv_0.0"):
