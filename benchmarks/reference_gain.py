@@ -7,7 +7,8 @@ audited). Both targets are trained with the same recipe; K reference models are 
 on random halves of A + B (the keep matrix) and reused for the null assessment. The maximum
 over many noisy attacks is biased upward, so the same maxima are reported for the null target.
 
-Usage: ``python benchmarks/reference_gain.py --out /tmp/gain [--subjects 450 --references 8]``.
+Usage: ``python benchmarks/reference_gain.py --out /tmp/gain [--subjects 450 --references 8]
+[--brain-age-gap 3]``.
 The last line is ``reference_gain=X null_reference_gain=Y`` (best reference AUC minus best
 classifier AUC, for the target and for the null target).
 """
@@ -103,11 +104,14 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=1e-3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--brain-age-gap", type=float, default=CohortSpec.brain_age_gap,
+                        help="SD (years) of the subjects' brain age around their age: the per-scan difficulty "
+                             "every model shares, which reference models calibrate away")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cache = VolumeCache(args.out / "cache")
     cohort = generate_cohort(args.out / "cohort", CohortSpec(n_subjects=args.subjects, shape=SHAPE, voxel_size=VOXEL,
-                                                             seed=args.seed))
+                                                             seed=args.seed, brain_age_gap=args.brain_age_gap))
     audit, null_train = _split(cohort, args.out, args.seed)
     members = [r for r in load_manifest(audit).records if r.member]
     others = [r for r in load_manifest(audit).records if not r.member]
