@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - reported by the fixture below (skip lo
     schemathesis = None  # type: ignore[assignment]
 
 # deeper runs by hand: BRAINMIA_FUZZ_EXAMPLES=300 BRAINMIA_FUZZ_SEED=7 pytest tests/integration/test_openapi_fuzz.py
-MAX_EXAMPLES = int(os.environ.get("BRAINMIA_FUZZ_EXAMPLES", "40"))
+MAX_EXAMPLES = int(os.environ.get("BRAINMIA_FUZZ_EXAMPLES", "25"))
 SEED = int(os.environ.get("BRAINMIA_FUZZ_SEED", "0"))
 timings: dict[str, float] = {}
 
