@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
@@ -22,3 +22,7 @@ Text = Annotated[str, AfterValidator(no_nul)]
 
 Id = Annotated[str, Field(max_length=64), AfterValidator(no_nul)]
 """An object id given by the client."""
+
+GradientMethod = Literal["auto", "vmap", "loop", "hooks"]
+"""How per-sample gradients are computed (:mod:`worker.engine.features.methods`: ``auto`` and the
+exact methods); a setting and a request option."""

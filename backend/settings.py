@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from backend.fields import GradientMethod
 from frontend.chromium import CHROMIUM_NAMES, find_chromium  # noqa: F401 - importable from here too
 from worker.engine.volume_bounds import DEFAULT_MAX_VOXELS, VolumeLimits
 
@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     device: str | None = None
     batch_size: int = 8
     loader_workers: int | None = Field(None, ge=0)
-    gradient_method: Literal["auto", "vmap", "loop", "hooks"] = "auto"
+    gradient_method: GradientMethod = "auto"
     max_model_bytes: int = 2 * GiB
     model_check_timeout_s: float = 120.0
     model_check_memory_mb: int = 6144

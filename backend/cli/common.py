@@ -42,7 +42,7 @@ LoaderWorkersOpt = Annotated[Optional[int], typer.Option("--loader-workers", min
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Conformed-volume cache (default: $BRAINMIA_CACHE_DIR or ~/.brainmia/cache/volumes).")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not cache conformed volumes.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-GRADIENT_METHODS = ("auto", "vmap", "loop", "hooks")  # worker.engine.features.methods, without importing torch
+GRADIENT_METHODS = ("auto", "vmap", "loop", "hooks")  # backend.fields.GradientMethod, without importing pydantic
 GradientMethodOpt = Annotated[Optional[str], typer.Option("--gradient-method", click_type=click.Choice(GRADIENT_METHODS), help="Per-sample gradients by auto (the fastest exact method, timed on the first batches), vmap, loop or hooks (default: $BRAINMIA_GRADIENT_METHOD or auto).")]
 
 #: the flag of each request option (``AssessmentOptionsIn`` field), for error messages

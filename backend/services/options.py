@@ -21,7 +21,7 @@ from worker.engine.errors import InputError
 from worker.engine.feature_names import parse_feature_set
 from worker.engine.policy import Policy, load_policy
 
-from ..fields import Id, Text, no_nul
+from ..fields import GradientMethod, Id, Text, no_nul
 
 DEFAULT_REPEATS = 5
 """Repeated attacker-training / test splits of a centralised assessment."""
@@ -127,7 +127,7 @@ class AssessmentOptionsIn(BaseModel):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     device: str | None = Field(None, description="cpu, cuda, cuda:1... (default: the worker's; CUDA when present).")
     batch_size: int | None = Field(None, ge=1, le=1024, description="Scans per vectorised pass (default: the worker's).")
-    gradient_method: Literal["auto", "vmap", "loop", "hooks"] | None = Field(
+    gradient_method: GradientMethod | None = Field(
         None, description="How per-sample gradients are computed (default: the worker's, auto): auto times the "
                           "exact methods on the first batches and keeps the fastest; vmap, loop or hooks use that "
                           "one for every batch (the same values however the job is split into shards).")

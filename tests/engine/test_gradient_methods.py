@@ -170,3 +170,12 @@ def test_a_method_asked_for_per_batch_is_used_for_that_batch_and_reported() -> N
     assert computer.gradient_method in JACOBIAN_METHODS
     with pytest.raises(InputError, match="unknown gradient method 'fast'"):
         computer.compute(x, ages, True, layers, "fast")
+
+
+def test_the_settings_the_api_and_the_cli_offer_exactly_the_engine_s_methods() -> None:
+    from typing import get_args
+
+    from backend.cli.common import GRADIENT_METHODS
+    from backend.fields import GradientMethod
+
+    assert set(get_args(GradientMethod)) == set(GRADIENT_METHODS) == {methods.AUTO, *JACOBIAN_METHODS}

@@ -127,8 +127,10 @@ class HostedModel:
         for key, value in values.items():
             if value.ndim not in (1, 2) or value.shape[0] != n:
                 raise ModelError(self.path.name, f"the model host answered {key} with shape {value.shape}")
+        from ..features.methods import JACOBIAN_METHODS
+
         used = answer.get("method")
-        self.gradient_method = str(used) if used in ("vmap", "loop", "hooks") else None
+        self.gradient_method = str(used) if used in JACOBIAN_METHODS else None
         return values
 
 
