@@ -6,6 +6,7 @@ unsharded run is then asked for."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,18 @@ def _features(app, job_id: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:  
         return pd.read_csv(folder / "features.csv"), {k: arrays[k] for k in arrays.files}
 
 
+def _removed(folder: Path, timeout: float = 30.0) -> bool:
+    """Whether ``folder`` is gone within ``timeout`` s: the worker deletes a job's shards just
+    after it records the final state (a failed write of that state keeps them for the retry), so
+    a client that sees the state can be a moment ahead of the deletion."""
+    deadline = time.monotonic() + timeout
+    while folder.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _settings(app, job_id: str) -> dict:  # type: ignore[no-untyped-def]
     folder = Path(get_row(app, job_id).result_dir)
     return json.loads((folder / "report.json").read_text())["provenance"]["settings"]
@@ -76,7 +89,7 @@ def test_the_embedded_worker_extracts_the_shards_in_turn_and_the_features_equal_
     assert settings["gradient_method"] == "auto" and method in ("vmap", "loop", "hooks"), settings
     assert (f"features: per-sample gradients by {method} in every shard (timed on the first shard's first "
             "batches)") in sharded["log"]
-    assert not (app.state.storage.root / "shards" / sharded["id"]).exists()  # removed once published
+    assert _removed(app.state.storage.root / "shards" / sharded["id"])  # removed once published
 
     app.state.jobs.celery.brainmia_resources.settings.shard_scans = 100
     whole = wait_for(client, submit(client, job_inputs, **options, gradient_method=method)["id"],
@@ -90,7 +103,6 @@ def test_the_embedded_worker_extracts_the_shards_in_turn_and_the_features_equal_
 def test_a_sharded_job_reports_progress_per_shard_and_a_cancel_stops_its_shards(  # type: ignore[no-untyped-def]
         app, client, job_inputs, monkeypatch) -> None:
     import threading
-    import time
 
     from backend.services.job_states import reference_tasks
     from worker.shards import ShardUnits
@@ -127,4 +139,4 @@ def test_a_sharded_job_reports_progress_per_shard_and_a_cancel_stops_its_shards(
     states = [r.state for r in reference_tasks(app.state.sessionmaker, job_id, "shard")]
     assert states == ["succeeded", "cancelled", "queued", "queued"], states
     assert any(b["stage"] == "features" and "shards of 4 scans" in b["message"] for b in seen), seen[-3:]
-    assert not (app.state.storage.root / "shards" / job_id).exists()  # nothing left behind
+    assert _removed(app.state.storage.root / "shards" / job_id)  # nothing left behind
