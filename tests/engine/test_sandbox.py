@@ -51,6 +51,19 @@ def test_a_good_model_is_checked_in_the_child(tmp_path: Path) -> None:
     assert checked[0].metadata.input_shape == TINY_SHAPE and checked[0].metadata.arch == "brain_age_3d"
 
 
+def test_a_model_host_starts_without_warnings_in_the_server_log(caplog: pytest.LogCaptureFixture) -> None:
+    """The host's warm-up (before confinement) runs every gradient method on a random volume: a
+    blank one made the method check log that exact methods disagree, in every job's log."""
+    import logging
+
+    from worker.engine.sandbox.client import ModelHost
+
+    with caplog.at_level(logging.WARNING, logger="worker.engine.sandbox.client"):
+        host = ModelHost().start()
+        host.close()
+    assert not [r.getMessage() for r in caplog.records if "model host" in r.getMessage()]
+
+
 def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = make_code_pickle(tmp_path / "evil.pt", marker)

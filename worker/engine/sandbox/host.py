@@ -35,6 +35,7 @@ def _warm_up(device: str, white_box: bool = True) -> None:
     import torch
 
     from ..features.batch import BatchComputer
+    from ..features.methods import available_methods
     from ..models.architectures import BrainAge3D
 
     tempfile.gettempdir()  # cached: later callers get the name without probing the folder
@@ -42,7 +43,13 @@ def _warm_up(device: str, white_box: bool = True) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     computer = BatchComputer(model, device)
-    computer.compute(torch.zeros((2, 1, 16, 16, 16)), torch.zeros(2), white_box, list(computer.aliases.values()))
+    # not a blank volume: on a constant one instance norm divides by ~sqrt(eps) and ReLU and max
+    # pooling sit on ties, where exact methods may take different (equally valid) subgradients and
+    # the method check would log that they disagree
+    x = torch.randn((2, 1, 16, 16, 16), generator=torch.Generator().manual_seed(0))
+    methods = available_methods(computer.fmodel) if white_box else [None]
+    for method in methods:  # each once (timing them all, as ``auto`` does, costs more and sets up nothing else)
+        computer.compute(x, torch.full((2,), 50.0), white_box, list(computer.aliases.values()), method)
 
 
 def _user_name() -> None:
