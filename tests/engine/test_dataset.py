@@ -142,3 +142,38 @@ def test_concurrent_writers_of_one_entry(tmp_path):
     files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert len(files) == 1 and files[0].suffix == ".npy" and not files[0].name.startswith(".tmp")
     np.testing.assert_array_equal(np.load(files[0]), expected)
+
+
+_MAIN_SCRIPT = '''
+import sys
+from pathlib import Path
+
+with open(sys.argv[1] if __name__ == "__main__" else Path(__file__).with_suffix(".log"), "a") as log:
+    log.write(__name__ + "\\n")  # one line each time this script's top level runs
+
+if __name__ == "__main__":
+    from worker.engine.dataset import ScanDataset, make_loader
+    from worker.engine.manifest import load_manifest
+    from worker.engine.volumes import ConformSpec
+
+    records = load_manifest(Path(sys.argv[2])).records
+    for _ in range(3):  # three extractions, one loader worker each
+        assert len(list(make_loader(ScanDataset(records, ConformSpec((20, 24, 18), (4.0,) * 3)), 2, 1))) == 3
+'''
+
+
+def test_the_main_script_runs_once_in_the_fork_server_not_once_per_loader_worker(manifest, tmp_path):
+    """A loader worker starts from the fork server, which holds the parent's main script: a worker
+    does not run it again (about 1 s for the command line, once per worker of every extraction)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "main_script.py"
+    script.write_text(_MAIN_SCRIPT)
+    log = tmp_path / "main_script.log"
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    subprocess.run([sys.executable, str(script), str(log), str(tmp_path / "manifest.csv")], check=True, env=env,
+                   cwd=tmp_path, timeout=120)
+    assert log.read_text().split() == ["__main__", "__mp_main__"]  # the parent, then the fork server only

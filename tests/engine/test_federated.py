@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.conftest import TINY_SHAPE, TINY_VOXEL
@@ -140,6 +141,26 @@ def test_victims_the_model_never_saw_score_chance(federation):
     acc = np.array(result.section["matrix"]["accuracy"], dtype=float)
     learners = result.section["learners"]
     assert np.isnan(acc[[learners.index(f) for f in fakes]]).all()  # fake learners do not attack
+
+
+def test_later_rounds_read_the_scans_in_this_process_from_memory(federation, tmp_path):
+    """The loader workers decode the scans once (the first round used), filling the disk cache;
+    the next round reads each scan from that cache once, in this process, and keeps it in memory
+    for the rest; the features equal those of a run without workers."""
+    from worker.engine.cache import VolumeCache
+
+    manifest, n = federation.manifest, len(federation.manifest.records)
+    tables = {}
+    for workers in (1, 0):
+        cache = VolumeCache(tmp_path / f"cache{workers}")
+        options = FederatedAttackOptions(**{**FAST, "extraction": ExtractionOptions(layers=(), batch_size=8,
+                                                                                    num_workers=workers)})
+        tables[workers] = round_features(federation.model_paths, manifest, options, cache=cache)
+        # workers: round 20 decodes (in them), 40 reads the disk, 60 memory; else 20 decodes, 40 and 60 memory
+        assert (cache.stats.misses, cache.stats.hits) == (n, n if workers else 0), vars(cache.stats)
+    assert sorted(tables[1]) == [20, 40, 60]
+    for r, table in tables[1].items():
+        pd.testing.assert_frame_equal(table.table, tables[0][r].table)
 
 
 def test_bad_federated_manifest(federation):

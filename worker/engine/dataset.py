@@ -3,8 +3,9 @@
 Scans are decoded and conformed by data-loader worker processes (:func:`default_loader_workers`:
 the cores minus one, capped), each preparing whole batches ahead of the model, so a warm GPU
 does not wait on decoding; at most :func:`in_flight_batches` batches are held at once. Workers
-start from a fork server (a clean process that imported this module once), never by forking this
-process, which may hold threads (the model host's pipes, a web server, a Celery pool) and CUDA.
+start from a fork server (a clean process that imported this module and the parent's main script
+once: :mod:`worker.engine.loader_preload`), never by forking this process, which may hold threads
+(the model host's pipes, a web server, a Celery pool) and CUDA.
 The conformed-volume cache (:class:`~worker.engine.cache.VolumeCache`) is a folder written
 atomically, so every worker on a machine shares it; each worker's hit and miss counts are added to
 the caller's cache. With a scan-QA template (:mod:`worker.engine.scan_qa`), each item also
@@ -73,9 +74,19 @@ def in_flight_batches(num_workers: int) -> int:
 
 
 def _context() -> Any:
-    """The fork server's multiprocessing context, preloading this module (and so torch)."""
+    """The fork server's multiprocessing context, preloading the parent's main script
+    (:mod:`worker.engine.loader_preload`) and this module (and so torch)."""
+    from multiprocessing import spawn
+
+    from worker.engine import loader_preload
+
+    main = spawn.get_preparation_data("loader").get("init_main_from_path")  # the path children would re-run
+    if main:
+        os.environ[loader_preload.MAIN_ENV] = main  # read by the fork server when it starts
+    else:
+        os.environ.pop(loader_preload.MAIN_ENV, None)
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
+    ctx.set_forkserver_preload([loader_preload.__name__, __name__])
     return ctx
 
 
