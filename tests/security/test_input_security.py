@@ -180,13 +180,17 @@ def test_header_bomb_through_the_command_line_exits_2_naming_the_file(
         return _run_cli(command, "--model", str(tiny_model), "--manifest", str(manifest),
                         "--out", str(tmp_path / "out"), "--no-cache", "--quiet", env=env)
 
-    # the same command on a scan that is refused at once (garbage): the process's usual size
-    junk = tmp_path / "junk"
-    (junk / "scans").mkdir(parents=True)
-    (junk / "scans" / "junk.nii.gz").write_bytes(gzip.compress(b"\xff" * 1000))
-    (junk / "manifest.csv").write_text("scan_id,path,age,member\na,scans/junk.nii.gz,60,1\nb,scans/junk.nii.gz,61,0\n")
-    code, err, usual_mb = run(junk / "manifest.csv")
-    assert code == 2 and "junk.nii.gz" in err, err
+    # the process's usual size: the same command on a small scan refused at the same step (its
+    # header claims 8x8x8 voxels, no data follows), after the model host and the power analysis
+    small = tmp_path / "small"
+    (small / "scans").mkdir(parents=True)
+    rows = ["scan_id,path,age,member"]
+    for i in range(4):  # two members, two non-members: enough to be assessed
+        header_bomb(small / "scans" / f"small-{i}.nii.gz", (8, 8, 8))
+        rows.append(f"s{i},scans/small-{i}.nii.gz,{60 + i},{i % 2}")
+    (small / "manifest.csv").write_text("\n".join(rows) + "\n")
+    code, err, usual_mb = run(small / "manifest.csv")
+    assert code == 2 and "small-0.nii.gz" in err and "truncated" in err, err
 
     code, err, peak_mb = run(bomb_cohort(tmp_path / "cohort"))
     assert peak_mb - usual_mb < GROWTH_LIMIT_MB, f"the CLI peaked at {peak_mb:.0f} MB, {usual_mb:.0f} MB usually"
