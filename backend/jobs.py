@@ -166,8 +166,8 @@ class JobDispatcher:
         return job_states.cancel(self.factory, assessment_id)
 
     def delete(self, assessment_id: str) -> bool:
-        """Delete a job and its results; a running job is asked to stop first (it notices the
-        row is gone at its next write and leaves nothing behind).
+        """Delete a job, its results and its feature shards; a running job is asked to stop
+        first (it notices the row is gone at its next write and removes what it wrote meanwhile).
 
         Returns:
             whether the job existed.
@@ -179,7 +179,7 @@ class JobDispatcher:
                 return False
             result_dir = row.result_dir
             session.delete(row)
-        paths = [self.storage.result_dir(assessment_id)]
+        paths = [self.storage.result_dir(assessment_id), self.storage.shards_dir(assessment_id)]
         if result_dir:
             paths.append(Path(result_dir))
         self.storage.remove(paths)

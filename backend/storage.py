@@ -63,6 +63,10 @@ class Storage:
         """Folder of one assessment's results."""
         return self.root / "results" / assessment_id
 
+    def shards_dir(self, assessment_id: str) -> Path:
+        """Folder of one assessment's feature shards (:mod:`worker.shards`) until it finishes."""
+        return self.root / "shards" / assessment_id
+
     def temp_dir(self) -> Path:
         """A new private temporary folder inside the storage (same filesystem: renames are atomic)."""
         return Path(tempfile.mkdtemp(dir=self.root / "tmp"))

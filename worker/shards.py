@@ -93,7 +93,7 @@ class ShardPlan:
 
 def shards_root(resources: Resources, assessment_id: str) -> Path:
     """``shards/<assessment>`` in the storage folder."""
-    return resources.storage.root / "shards" / assessment_id
+    return resources.storage.shards_dir(assessment_id)
 
 
 def remove_shards(resources: Resources, assessment_id: str) -> None:

@@ -226,6 +226,17 @@ def test_delete_removes_row_and_results(app, client, job_inputs) -> None:  # typ
     assert [e.object_id for e in _audit(app, "delete")] == [job_id]
 
 
+def test_delete_a_queued_job_removes_the_shards_an_earlier_attempt_wrote(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
+    """A sharded job handed back to the queue (a worker shut down) keeps its finished shards for
+    the next attempt; deleted before that attempt, no worker would ever remove them."""
+    job_id = add_assessment(app, "acme", job_inputs, state="queued", attempts=1)
+    shard = app.state.storage.shards_dir(job_id) / "00000"
+    shard.mkdir(parents=True)
+    (shard / "meta.json").write_text("{}")
+    assert client.delete(f"{API}/{job_id}").status_code == 204
+    assert not app.state.storage.shards_dir(job_id).exists()
+
+
 def test_delete_a_running_job_stops_it(app, client, job_inputs) -> None:  # type: ignore[no-untyped-def]
     created = submit(client, job_inputs, **SLOW)
     wait_for(client, created["id"], ("running",))

@@ -89,7 +89,7 @@ def test_the_embedded_worker_extracts_the_shards_in_turn_and_the_features_equal_
     assert settings["gradient_method"] == "auto" and method in ("vmap", "loop", "hooks"), settings
     assert (f"features: per-sample gradients by {method} in every shard (timed on the first shard's first "
             "batches)") in sharded["log"]
-    assert _removed(app.state.storage.root / "shards" / sharded["id"])  # removed once published
+    assert _removed(app.state.storage.shards_dir(sharded["id"]))  # removed once published
 
     app.state.jobs.celery.brainmia_resources.settings.shard_scans = 100
     whole = wait_for(client, submit(client, job_inputs, **options, gradient_method=method)["id"],
@@ -139,4 +139,4 @@ def test_a_sharded_job_reports_progress_per_shard_and_a_cancel_stops_its_shards(
     states = [r.state for r in reference_tasks(app.state.sessionmaker, job_id, "shard")]
     assert states == ["succeeded", "cancelled", "queued", "queued"], states
     assert any(b["stage"] == "features" and "shards of 4 scans" in b["message"] for b in seen), seen[-3:]
-    assert _removed(app.state.storage.root / "shards" / job_id)  # nothing left behind
+    assert _removed(app.state.storage.shards_dir(job_id))  # nothing left behind
