@@ -78,17 +78,25 @@ def test_assess_exits_2_when_most_real_scans_are_shifted(tmp_path: Path) -> None
     torch.manual_seed(0)
     weights = tmp_path / "brain_age_3d.safetensors"
     save_file(BrainAge3D().state_dict(), str(weights))
-    result = runner.invoke(
-        app,
-        ["assess", "--model", str(weights), "--manifest", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "out"),
-         "--arch", "brain_age_3d", "--input-shape", "91x109x91", "--voxel-size", "2", "--normalize", "zscore",
-         "--batch-size", "2", "--no-cache", "-q", "--loader-workers", "0", "--repeats", "1", "--no-quantile"],
-    )
+    command = ["assess", "--model", str(weights), "--manifest", str(tmp_path / "manifest.csv"), "--arch", "brain_age_3d",
+               "--input-shape", "91x109x91", "--voxel-size", "2", "--normalize", "zscore", "--batch-size", "2",
+               "--no-cache", "-q", "--loader-workers", "0", "--repeats", "1", "--no-quantile"]
+    result = runner.invoke(app, [*command, "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
     assert "scan QA: 3 of 4 scans" in text and "subject1" in text and "subject4" not in text
     assert "Register to MNI152" in text and "skull-strip" in text
     assert not (tmp_path / "out" / "report.json").exists()
+
+    # assessed anyway (warn): the verdict says the flagged scans can hide leakage, and what to do
+    warned = runner.invoke(app, [*command, "--out", str(tmp_path / "warn"), "--scan-qa", "warn",
+                                 "--feature-set", "error", "--classifier", "threshold"])
+    assert warned.exit_code in (0, 1), warned.output
+    report = Report.read(tmp_path / "warn" / "report.json")
+    finding = next(f for f in report.verdict.findings if f.metric == "scan_qa_flagged")
+    assert finding.severity == "info" and finding.value == 0.75
+    assert finding.message.startswith("3 of 4 scans (1 member(s), 2 non-member(s)) do not look like registered")
+    assert "lower than the model's" in finding.message and "skull-strip" in finding.recommendation
 
 
 def test_the_scan_qa_flag_reaches_the_report_and_a_bad_value_exits_2(tiny_cohort: Path, tmp_path: Path) -> None:

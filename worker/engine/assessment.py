@@ -219,7 +219,7 @@ def run_assessment(
     report_progress("report", 0.98, "verdict and report")
     dp = getattr(model.metadata, "dp", None) if model is not None else None
     verdict = evaluate(run.attacks, policy, utility=utility(features), exposure=run.exposure,
-                       dp_claim=dp.model_dump() if dp is not None else None)
+                       dp_claim=dp.model_dump() if dp is not None else None, scan_quality=scan_quality)
     exposure = exposure_section(features, run.exposure, verdict.get("strongest_attack"))
     report = build_report(
         provenance=provenance(

@@ -5,7 +5,7 @@ The values and their calibration are in :mod:`worker.engine.scan_qa`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -123,6 +123,24 @@ def scan_qa_section(table: pd.DataFrame, policy: ScanQaPolicy, template: QaTempl
             "(or assess anyway with scan_qa 'warn', --scan-qa warn on the command line)"
         )
     return section
+
+
+def flagged_scans_note(section: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The verdict's finding on the scans that failed QA and were assessed anyway (``message``,
+    ``recommendation``), or None when none was flagged.
+
+    A scan that is not registered or not skull-stripped has a large error whether or not the model
+    saw it: flagged members look like non-members, which can hide leakage.
+    """
+    k, n = int(section.get("n_flagged") or 0), int(section.get("n_scans") or 0)
+    if not k:
+        return None
+    members = sum(int(f["member"]) for f in section.get("flagged") or [])
+    message = (f"{k} of {n} scans ({members} member(s), {k - members} non-member(s)) do not look like "
+               "registered, skull-stripped MNI152 brains (listed under scan quality); they were assessed as "
+               "given. Such a scan's error is large whether or not the model saw it, so flagged members "
+               "look like non-members: the leakage measured can be lower than the model's.")
+    return message, f"{QA_ADVICE[0].upper() + QA_ADVICE[1:]} for the flagged scans, then re-assess."
 
 
 EARLY_SAMPLE = 24

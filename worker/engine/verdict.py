@@ -34,6 +34,7 @@ from .epsilon import check_dp_claim, empirical_epsilon
 from .policy import DEFAULT_POLICY, LEVELS, Policy, load_policy
 from .power import power_statement
 from .report_ranking import is_completed, strongest_attack
+from .scan_qa_policy import flagged_scans_note
 from .simultaneous import ALPHA, CORRECTION, Bound
 from .verdict_levels import (
     LevelDecision,
@@ -224,6 +225,7 @@ def evaluate(
     attacks: Sequence[dict], policy: Policy = DEFAULT_POLICY, *, utility: dict | None = None,
     exposure: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     dp_claim: Mapping[str, Any] | None = None, counts: tuple[int, int] | None = None,
+    scan_quality: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Judge attack results (``AttackRunResult.attacks``) against a policy.
 
@@ -235,6 +237,7 @@ def evaluate(
         exposure: attack name -> per-scan scores, for the empirical epsilon.
         dp_claim: the model's declared ``{epsilon, delta}``, checked against the empirical bound.
         counts: (members, non-members) of the assessment (default: from ``utility``).
+        scan_quality: the report's scan-QA section; scans it flagged add an info finding.
 
     Returns:
         ``level``, ``passed``, ``incomplete``, ``strongest_attack`` (the name of
@@ -310,6 +313,10 @@ def evaluate(
         ))
     if utility:
         findings.append(_utility_finding(utility))
+    flagged = flagged_scans_note(scan_quality) if scan_quality else None
+    if flagged is not None:
+        findings.append(_finding("info", None, "scan_qa_flagged", scan_quality["n_flagged"] / scan_quality["n_scans"],
+                                 None, *flagged))
 
     incomplete = bool(failed) or not ok
     fails_level = level != "inconclusive" and _rank(level) >= _rank(policy.fail_at)
