@@ -109,6 +109,7 @@ def shard_plan(resources: Resources, assessment_id: str) -> ShardPlan | None:
         Stopped: the job was deleted.
         InputError: a changed manifest.
     """
+    from worker.engine.features.methods import AUTO
     from worker.engine.models import ModelMetadata
 
     row, model_row, scan_set = job_rows(resources, assessment_id)
@@ -127,7 +128,7 @@ def shard_plan(resources: Resources, assessment_id: str) -> ShardPlan | None:
     root = shards_root(resources, assessment_id)
     extraction = job_extraction(resources, options)
     decided = _read_method(root)
-    if extraction.gradient_method == "auto" and decided is not None:
+    if extraction.gradient_method == AUTO and decided is not None:
         extraction = replace(extraction, gradient_method=decided)
     return ShardPlan(assessment_id, manifest, size, path, overrides, extraction, root)
 
@@ -261,6 +262,7 @@ def obtain_shards(resources: Resources, job: JobContext, *, worker: str, send: S
     if plan is None:
         return None
     from worker.engine.features import ExtractionCancelled
+    from worker.engine.features.methods import AUTO
     from worker.engine.sandbox import HostStopped
 
     units = ShardUnits(plan)
@@ -270,7 +272,7 @@ def obtain_shards(resources: Resources, job: JobContext, *, worker: str, send: S
                    + (" as tasks over the workers" if send else " in this worker"))
     try:
         if missing:
-            timed = plan.extraction.gradient_method == "auto"
+            timed = plan.extraction.gradient_method == AUTO
             try:
                 method = units.decide_method(resources, job.should_stop)
             except (ExtractionCancelled, HostStopped):
