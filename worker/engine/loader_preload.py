@@ -5,7 +5,7 @@ such as ``brainmia``) with everything it imports unless the fork server already 
 1 s for the command line, paid by every loader worker of every extraction (a federation's rounds
 start one loader each). Preloading ``__main__`` is meant to prevent that, but Python before
 3.13.8 never does it (CPython gh-126631: the path it looks for is under another key), so
-:func:`worker.engine.dataset.make_loader` passes the path in :data:`MAIN_ENV` and this module,
+the loaders' context (:mod:`worker.engine.dataset`) passes the path in :data:`MAIN_ENV` and this module,
 first in the preload list, imports it the way the fork server would. Where the fork server has
 already done so, or the main is a module (``python -m``, which children never re-run), it does
 nothing.

@@ -128,18 +128,18 @@ def round_features(
         opts = replace(ext, white_box=wb_final if final else wb_rounds,
                        layers=tuple(final_layers if final else round_layers), device=device,
                        scan_qa=ext.scan_qa and final)  # the same scans every round: QA once
-        if i:  # the scans are decoded: this process reads them (memory, the disk cache), no workers to start
-            opts = replace(opts, num_workers=0)
+        # loader workers for the first round only: they fill the disk cache (a copy of the memory
+        # cache in each worker would be lost); later rounds read the decoded scans in this process,
+        # which keeps them in memory
+        workers = 0 if i else loader_workers(opts.num_workers, len(manifest.records), opts.batch_size)
+        opts = replace(opts, num_workers=workers)
 
         def tell(done: int, total: int, i: int = i, r: int = r) -> None:
             if progress is not None:
                 progress("features", (i + done / total) / len(used),
                          f"round {r}/{n_rounds}: features {done}/{total} scans")
 
-        # loader workers (the first round's) fill the disk cache: a copy of the memory cache in
-        # each worker would be lost; this process keeps the volumes it reads in memory
-        in_workers = loader_workers(opts.num_workers, len(manifest.records), opts.batch_size) > 0
-        ft = extract_features(model, manifest, opts, cache=memo.inner if in_workers else memo, progress=tell,
+        ft = extract_features(model, manifest, opts, cache=memo.inner if workers else memo, progress=tell,
                               should_stop=should_stop)
         ft.table["learner"] = [rec.learner for rec in manifest.records]
         if "learner" not in ft.attributes:
